@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# The virtual environment is made on first use. torch is installed first, pinned to the
+# version this project is developed against (a local CPU build on the dev machines); where that
+# exact version is not on offer, the newest torch is taken instead.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv bench reproduce clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)" || $(PY) -m pip install torch
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ddpmkit.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV) runs
