@@ -1,0 +1,40 @@
+"""Sample-quality metrics on feature sets, all in float64.
+
+Frechet distance (FID when the features are Inception pool3), KID, improved precision and
+recall, the Inception Score from class probabilities, sliced Wasserstein and RBF MMD (also on
+raw coordinates), the mean log-density under a known density, and each score's floor.
+"""
+from .classifier_score import ClassifierScore, inception_score, inception_score_from_logits
+from .density import LogDensity, mean_log_density
+from .frechet import FeatureStats, frechet_distance, frechet_distance_from_features, sqrtm_psd
+from .kernel import (KIDResult, kernel_inception_distance, median_heuristic_bandwidth,
+                     polynomial_kernel, rbf_mmd2)
+from .manifold import PrecisionRecall, fraction_in_manifold, knn_radii, precision_recall
+from .sliced import random_directions, sliced_wasserstein, wasserstein_1d
+from .summary import feature_metrics, metric_floor
+
+__all__ = [
+    "FeatureStats",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "sqrtm_psd",
+    "KIDResult",
+    "kernel_inception_distance",
+    "polynomial_kernel",
+    "rbf_mmd2",
+    "median_heuristic_bandwidth",
+    "PrecisionRecall",
+    "precision_recall",
+    "knn_radii",
+    "fraction_in_manifold",
+    "ClassifierScore",
+    "inception_score",
+    "inception_score_from_logits",
+    "wasserstein_1d",
+    "sliced_wasserstein",
+    "random_directions",
+    "LogDensity",
+    "mean_log_density",
+    "feature_metrics",
+    "metric_floor",
+]
