@@ -1,1 +1,58 @@
-"""(being written)"""
+"""Ancestral sampling: DDPM's reverse chain (Ho et al. 2020, Algorithm 2).
+
+x_{t-1} = mu_theta(x_t, t) + Sigma_theta(x_t, t)^{1/2} z, z ~ N(0, I), with no noise on the
+last step. mu_theta and Sigma_theta come from :meth:`GaussianDiffusion.p_mean_variance`, so every
+parameterisation (eps / x0 / v) and variance (fixed_small / fixed_large / learned_range) works.
+
+With fewer steps than the process has, the chain runs on the respaced process (Nichol &
+Dhariwal 2021, section 4): its betas, beta_tilde and (for learned_range) the interpolation range
+are those of the shorter schedule, while the network still sees the original timesteps.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..diffusion import GaussianDiffusion
+from .base import SampleOptions, register, respaced_for
+
+__all__ = ["ancestral", "ancestral_step"]
+
+
+def ancestral_step(process: GaussianDiffusion, out: torch.Tensor, x_t: torch.Tensor, i: int,
+                   noise: torch.Tensor | None, clip_x0: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDPM step from index ``i`` of ``process``: (x_{i-1}, predicted x_0).
+
+    ``out`` is the raw model output at (x_t, i); ``noise`` is ignored (and may be None) at i = 0.
+    """
+    t = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)
+    p = process.p_from_output(out, x_t, t, clip_x0)
+    if i == 0:
+        return p.mean, p.pred_x0
+    return p.mean + torch.exp(0.5 * p.log_variance) * noise, p.pred_x0
+
+
+@register("ddpm")
+def ancestral(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_T: torch.Tensor,
+              steps: int, opts: SampleOptions, skip: str = "linspace") -> torch.Tensor:
+    """DDPM ancestral sampling over ``steps`` steps (all of them when ``steps == process.T``).
+
+    ``skip`` picks the kept steps (see :func:`ddpmkit.samplers.base.subsequence`); the default
+    ``"linspace"`` is improved-diffusion's respacing, ``"uniform"`` is diffusers' DDPMScheduler
+    with ``timestep_spacing="leading"``. One noise draw per step except the last.
+    """
+    sub = respaced_for(process, steps, skip)
+    n = sub.T
+    original_t = sub.schedule.timesteps
+    x = x_T
+    for k in tqdm(range(n), desc="ddpm", disable=not opts.progress, leave=False):
+        i = n - 1 - k
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        out = sub.model_output(model, x, t, **opts.cond)
+        noise = opts.randn(x.shape, x) if i > 0 else None
+        x, pred_x0 = ancestral_step(sub, out, x, i, noise, opts.clip_x0)
+        opts.report(k, n, int(original_t[i]), x, pred_x0)
+    return x
