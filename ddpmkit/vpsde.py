@@ -21,7 +21,7 @@ and whose score is ``grad_y log p = -eps_hat / sigma``. In ``x`` the score is
 
 The model is called at ``tau`` as a tensor: ``long`` when every ``tau`` of the call is an
 integer (a training step, so embedding-table networks and integer-only oracles work on the
-uniform grids) and floating otherwise (sinusoidal time embeddings accept any real ``t``).
+grids made of training steps) and floating otherwise (sinusoidal time embeddings accept any real ``t``).
 """
 from __future__ import annotations
 
@@ -32,12 +32,10 @@ import numpy as np
 import torch
 
 from .diffusion import GaussianDiffusion
-from .schedules import space_timesteps
 
-__all__ = ["ContinuousVP", "x0_eps_from_prediction", "DISCRETIZATIONS"]
+__all__ = ["ContinuousVP", "x0_eps_from_prediction"]
 
 Model = Callable[..., torch.Tensor]
-DISCRETIZATIONS = ("uniform", "karras", "logsnr")
 
 
 def x0_eps_from_prediction(prediction: str, x: torch.Tensor, alpha_bar: torch.Tensor | float,
@@ -129,38 +127,6 @@ class ContinuousVP:
         """1 - beta of the schedule step at or after ``tau`` (the alpha_i of Song et al. alg. 5)."""
         k = int(np.clip(np.searchsorted(self.knots, tau - 1e-9, side="left"), 0, self.knots.size - 1))
         return float(self.process.schedule.alphas[k])
-
-    # ------------------------------------------------------------------ time grids
-    def grid(self, steps: int, discretization: str = "uniform", rho: float = 7.0) -> np.ndarray:
-        """``steps`` decreasing times from ``tau_max`` to ``tau_min`` (one point: ``[tau_max]``).
-
-        ``uniform``: the schedule's own steps, evenly spaced as in respacing (iDDPM sec. 4), so
-        the times are training steps. ``karras``: sigma_i = (sigma_max^(1/rho) + i/(n-1)
-        (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (EDM eq. 5). ``logsnr``: uniform in
-        log sigma, i.e. in log-SNR (DPM-Solver).
-        """
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
-        if discretization not in DISCRETIZATIONS:
-            raise ValueError(f"discretization must be one of {list(DISCRETIZATIONS)}, got discretization={discretization!r}")
-        if not (isinstance(rho, (int, float)) and rho > 0):
-            raise ValueError(f"rho must be a positive number, got rho={rho!r}")
-        n_knots = self.knots.size
-        if steps > n_knots and discretization == "uniform":
-            raise ValueError(f"steps must be <= {n_knots} for the uniform grid, got steps={steps}")
-        if steps == 1:
-            return np.array([self.tau_max])
-        if discretization == "uniform":
-            return self.knots[space_timesteps(n_knots, int(steps))][::-1].copy()
-        ramp = np.linspace(0.0, 1.0, int(steps))
-        if discretization == "karras":
-            lo, hi = self.sigma_min ** (1.0 / rho), self.sigma_max ** (1.0 / rho)
-            sigmas = (hi + ramp * (lo - hi)) ** rho
-        else:
-            sigmas = np.exp(math.log(self.sigma_max) + ramp * (math.log(self.sigma_min) - math.log(self.sigma_max)))
-        tau = self.tau_of_sigma(sigmas)
-        tau[0], tau[-1] = self.tau_max, self.tau_min
-        return tau
 
     # ------------------------------------------------------------------ the model
     def model_time(self, tau: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

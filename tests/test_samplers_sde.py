@@ -14,7 +14,8 @@ import torch
 from oracles import gaussian_oracle, mixture_oracle
 
 import ddpmkit as dk
-from ddpmkit.samplers import SAMPLERS, SampleOptions, sample
+from ddpmkit.samplers import SAMPLERS, SKIPS, SampleOptions, sample, subsequence
+from ddpmkit.samplers.sde import time_grid
 from ddpmkit.vpsde import ContinuousVP, x0_eps_from_prediction
 
 MINE = ("euler", "heun", "rk45", "sde", "pc")
@@ -121,30 +122,36 @@ def test_model_sees_long_at_training_steps_and_float_between():
     assert seen[1].dtype == torch.float32 and seen[1].tolist() == [40.5] * 3
 
 
-def test_grids_run_from_tau_max_to_tau_min():
-    vp = ContinuousVP(PROCESS)
-    for disc in ("uniform", "karras", "logsnr"):
-        grid = vp.grid(12, disc)
+def test_grids_run_from_top_to_bottom():
+    for skip in ("linspace", "karras", "logsnr"):
+        grid = time_grid(PROCESS, 12, skip)
         assert grid[0] == 999 and grid[-1] == 0 and np.all(np.diff(grid) < 0) and grid.size == 12
-    np.testing.assert_array_equal(vp.grid(10, "uniform")[::-1], PROCESS.respace(10).schedule.timesteps)
-    sig = vp.sigma(vp.grid(6, "logsnr"))
-    np.testing.assert_allclose(np.diff(np.log(sig)), np.full(5, np.log(sig[-1] / sig[0]) / 5), rtol=1e-9)
-    assert vp.grid(1).tolist() == [999.0]
+    for skip in SKIPS:   # the integer grids are the other samplers' sub-sequences, top first
+        np.testing.assert_array_equal(time_grid(PROCESS, 10, skip)[::-1], subsequence(PROCESS, 10, skip))
+    vp = ContinuousVP(PROCESS)
+    sig = vp.sigma(time_grid(PROCESS, 6, "karras", rho=3.0)) ** (1 / 3)
+    np.testing.assert_allclose(np.diff(sig), np.full(5, (sig[-1] - sig[0]) / 5), rtol=1e-9)
+    # one step: whatever the sub-sequence is (linspace keeps step 0, as respacing does)
+    assert time_grid(PROCESS, 1).tolist() == [0.0] and time_grid(PROCESS, 1, "trailing").tolist() == [999.0]
+    assert time_grid(PROCESS, 1, "karras").tolist() == [999.0]
 
 
 # --- ODE samplers: exact solution, order, DDIM ------------------------------------------------
 
-def test_euler_on_the_uniform_grid_is_ddim_eta0():
-    """DDIM eq. 12 with sigma = 0, written on the respaced process, step for step."""
+@pytest.mark.parametrize("skip", ["linspace", "uniform", "trailing"])
+def test_euler_is_ddim_eta0(skip):
+    """DDIM eq. 12 with sigma = 0, written here on the respaced process, step for step."""
     model, x_T, steps = rotated_gaussian(), noise(64), 25
-    respaced = PROCESS.respace(steps)
+    respaced = PROCESS.respace([int(i) for i in subsequence(PROCESS, steps, skip)])
     x = x_T
     for i in reversed(range(steps)):
         t = torch.full((64,), i)
         x0, eps = respaced.to_x0_eps(x, t, respaced.model_output(model, x, t))
         ab_prev = float(respaced.schedule.alpha_bar_prev[i])
         x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
-    torch.testing.assert_close(run("euler", model, x_T, steps), x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(run("euler", model, x_T, steps, skip=skip), x, rtol=1e-10, atol=1e-10)
+    if "ddim" in SAMPLERS:   # and the DDIM sampler itself
+        torch.testing.assert_close(run("ddim", model, x_T, steps, skip=skip, eta=0.0), x, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name,steps,tol", [("euler", 500, 0.012), ("heun", 100, 0.004), ("rk45", 1, 1e-4)])
@@ -160,10 +167,10 @@ def test_heun_is_second_order_euler_first_order():
     exact = exact_ode_map(x_T, ContinuousVP(PROCESS))
 
     def errors(name, steps_list, disc):
-        return np.array([float((run(name, rotated_gaussian(), x_T, s, discretization=disc) - exact).abs().max())
+        return np.array([float((run(name, rotated_gaussian(), x_T, s, skip=disc) - exact).abs().max())
                          for s in steps_list])
 
-    for disc in ("uniform", "logsnr"):
+    for disc in ("linspace", "karras"):
         euler, heun = errors("euler", [20, 40, 80], disc), errors("heun", [20, 40, 80], disc)
         assert np.all((1.7 < euler[:-1] / euler[1:]) & (euler[:-1] / euler[1:] < 2.4)), euler
         assert np.all(heun[:-1] / heun[1:] > 3.4), heun
@@ -266,14 +273,15 @@ def test_bad_input_is_a_one_line_value_error(name):
     model, x_T = rotated_gaussian(), noise(4)
     fn = SAMPLERS[name]
     with pytest.raises(ValueError, match="bogus"):
-        fn(PROCESS, model, x_T, 5, opts, bogus=1)
+        sample(PROCESS, model, (4, 2), name, 5, x_T=x_T, progress=False, bogus=1)
     if name != "rk45":
-        with pytest.raises(ValueError, match="steps"):
-            fn(PROCESS, model, x_T, 0, opts)
-        with pytest.raises(ValueError, match="discretization"):
-            fn(PROCESS, model, x_T, 5, opts, discretization="cubic")
+        for steps in (0, 1001):
+            with pytest.raises(ValueError, match="steps"):
+                fn(PROCESS, model, x_T, steps, opts)
+        with pytest.raises(ValueError, match="skip"):
+            fn(PROCESS, model, x_T, 5, opts, skip="cubic")
         with pytest.raises(ValueError, match="rho"):
-            fn(PROCESS, model, x_T, 5, opts, discretization="karras", rho=0)
+            fn(PROCESS, model, x_T, 5, opts, skip="karras", rho=0)
     bad = {"rk45": {"rtol": 0.0}, "pc": {"snr": -0.1}}.get(name)
     if bad:
         with pytest.raises(ValueError, match=next(iter(bad))):

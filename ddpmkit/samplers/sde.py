@@ -6,17 +6,20 @@ view of the process (:class:`ddpmkit.vpsde.ContinuousVP`) in the variables ``sig
 ``y = x / sqrt(alpha_bar)``, where the probability-flow ODE is ``dy / dsigma = eps_hat`` and the
 reverse SDE is a VE SDE with the clock ``sigma^2``. So:
 
-* ``euler`` on the ``uniform`` grid *is* DDIM with eta = 0 (DDIM eq. 13-14), step for step.
-* Each sampler runs over ``steps`` grid times from ``tau_max`` down to ``tau_min`` (the first
-  training step, not 0 noise) and ends with one step to ``sigma = 0``, which is the denoising
-  step ``x_0 = x0_hat(x, tau_min)`` (Tweedie's formula; score_sde's ``noise_removal``).
+* ``euler`` *is* DDIM with eta = 0 (DDIM eq. 13-14), step for step, on every integer grid.
+* Each sampler runs over ``steps`` grid times from the top of the grid down to its bottom
+  (``tau_max`` to ``tau_min``, the first training step, for the default ``skip="linspace"``)
+  and ends with one step to ``sigma = 0``, which is the denoising step ``x_0 = x0_hat(x, tau)``
+  (Tweedie's formula; score_sde's ``noise_removal``).
 * Function evaluations: euler and sde use ``steps``; heun ``2 steps - 1`` (its last step is
   Euler, as in EDM); pc ``steps + corrector_steps (steps - 1)``; rk45 chooses its own (``steps``
   is ignored) plus one for the final denoising step.
 
-Parameters (keyword, after ``opts``): ``discretization`` in ``("uniform", "karras", "logsnr")``
-and ``rho`` (karras) for the fixed-step samplers; ``snr`` and ``corrector_steps`` for ``pc``;
-``rtol`` and ``atol`` for ``rk45``. An unknown name is a ValueError.
+Grids (``skip``): the training steps of :func:`ddpmkit.samplers.base.subsequence` (``"linspace"``
+by default: both ends, as iDDPM's respacing; ``"uniform"``, ``"quadratic"``, ``"trailing"``,
+``"logsnr"``), or ``"karras"``: real-valued times whose sigmas follow EDM eq. 5 with ``rho``.
+Like the other samplers, one step with ``"linspace"`` is the single step 0 (as in respacing);
+``skip="trailing"`` or ``"karras"`` start one step at the top, ``tau_max``.
 """
 from __future__ import annotations
 
@@ -30,19 +33,12 @@ from tqdm.auto import tqdm
 
 from ..diffusion import GaussianDiffusion
 from ..vpsde import ContinuousVP
-from .base import SampleOptions, register
+from .base import SKIPS, SampleOptions, register, subsequence
 
-__all__ = ["euler", "heun", "rk45", "reverse_sde", "predictor_corrector"]
+__all__ = ["euler", "heun", "rk45", "reverse_sde", "predictor_corrector", "time_grid", "GRIDS"]
 
 Model = Callable[..., torch.Tensor]
-_GRID = {"discretization": "uniform", "rho": 7.0}
-
-
-def _params(sampler: str, params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown parameter {unknown[0]!r} for sampler {sampler!r}; known: {sorted(defaults)}")
-    return {**defaults, **params}
+GRIDS = SKIPS + ("karras",)
 
 
 def _positive(name: str, value: Any, integer: bool = False, allow_zero: bool = False) -> None:
@@ -53,13 +49,35 @@ def _positive(name: str, value: Any, integer: bool = False, allow_zero: bool = F
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {name}={value!r}")
 
 
-def _setup(process: GaussianDiffusion, x_T: torch.Tensor, steps: int, discretization: str, rho: float
-           ) -> tuple[ContinuousVP, np.ndarray, np.ndarray, torch.Tensor]:
-    """The time grid, its sigmas with a final 0, and y_T = x_T / sqrt(alpha_bar(tau_max))."""
+def time_grid(process: GaussianDiffusion, steps: int, skip: str = "linspace", rho: float = 7.0) -> np.ndarray:
+    """``steps`` decreasing times (original units) for the samplers here.
+
+    ``skip`` in :data:`SKIPS` but ``"karras"``: the training steps ``subsequence(process, steps,
+    skip)``, top first. ``"karras"``: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) -
+    sigma_max^(1/rho)))^rho (EDM eq. 5), mapped to times by the inverse of sigma(tau).
+    """
+    if skip not in GRIDS:
+        raise ValueError(f"skip must be one of {list(GRIDS)}, got skip={skip!r}")
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= process.T:
+        raise ValueError(f"steps must be an integer in [1, {process.T}], got steps={steps!r}")
     vp = ContinuousVP(process)
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
-    taus = vp.grid(int(steps), discretization, rho)
+    if skip != "karras":
+        return process.schedule.timesteps[subsequence(process, int(steps), skip)][::-1].astype(np.float64)
+    _positive("rho", rho)
+    if steps == 1:
+        return np.array([vp.tau_max])
+    ramp = np.linspace(0.0, 1.0, int(steps))
+    lo, hi = vp.sigma_min ** (1.0 / rho), vp.sigma_max ** (1.0 / rho)
+    tau = vp.tau_of_sigma((hi + ramp * (lo - hi)) ** rho)
+    tau[0], tau[-1] = vp.tau_max, vp.tau_min
+    return tau
+
+
+def _setup(process: GaussianDiffusion, x_T: torch.Tensor, steps: int, skip: str, rho: float
+           ) -> tuple[ContinuousVP, np.ndarray, np.ndarray, torch.Tensor]:
+    """The time grid, its sigmas with a final 0, and y = x_T / sqrt(alpha_bar) at the top."""
+    vp = ContinuousVP(process)
+    taus = time_grid(process, steps, skip, rho)
     sigmas = np.append(vp.sigma(taus), 0.0)
     if not x_T.is_floating_point():
         raise ValueError(f"x_T must be a floating-point tensor, got dtype {x_T.dtype}")
@@ -71,9 +89,9 @@ def _x_of_y(y: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _fixed_step_ode(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-                    opts: SampleOptions, second_order: bool, discretization: str, rho: float) -> torch.Tensor:
+                    opts: SampleOptions, second_order: bool, skip: str, rho: float) -> torch.Tensor:
     """Euler (DDIM eta=0) or Heun (EDM alg. 1) on dy/dsigma = eps_hat(x, tau)."""
-    vp, taus, sigmas, y = _setup(process, x_T, steps, discretization, rho)
+    vp, taus, sigmas, y = _setup(process, x_T, steps, skip, rho)
     n = len(taus)
     name = "heun" if second_order else "euler"
     for i in tqdm(range(n), desc=name, disable=not opts.progress, leave=False):
@@ -91,43 +109,40 @@ def _fixed_step_ode(process: GaussianDiffusion, model: Model, x_T: torch.Tensor,
 @register("euler")
 @torch.no_grad()
 def euler(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-          opts: SampleOptions, **params: Any) -> torch.Tensor:
+          opts: SampleOptions, skip: str = "linspace", rho: float = 7.0) -> torch.Tensor:
     """Probability-flow ODE, Euler in (sigma, y): identical to DDIM eta=0 (DDIM eq. 13-14).
 
-    ``steps`` network calls. Params: ``discretization`` ("uniform"), ``rho`` (7.0).
+    ``steps`` network calls; ``skip`` and ``rho`` choose the grid (see :func:`time_grid`).
     """
-    p = _params("euler", params, _GRID)
-    return _fixed_step_ode(process, model, x_T, steps, opts, False, p["discretization"], p["rho"])
+    return _fixed_step_ode(process, model, x_T, steps, opts, False, skip, rho)
 
 
 @register("heun")
 @torch.no_grad()
 def heun(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-         opts: SampleOptions, **params: Any) -> torch.Tensor:
+         opts: SampleOptions, skip: str = "linspace", rho: float = 7.0) -> torch.Tensor:
     """Probability-flow ODE, Heun's 2nd-order method (EDM alg. 1; last step Euler to sigma=0).
 
-    ``2 steps - 1`` network calls. Params: ``discretization`` ("uniform"), ``rho`` (7.0).
+    ``2 steps - 1`` network calls; ``skip`` and ``rho`` choose the grid (see :func:`time_grid`).
     """
-    p = _params("heun", params, _GRID)
-    return _fixed_step_ode(process, model, x_T, steps, opts, True, p["discretization"], p["rho"])
+    return _fixed_step_ode(process, model, x_T, steps, opts, True, skip, rho)
 
 
 @register("rk45")
 @torch.no_grad()
 def rk45(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-         opts: SampleOptions, **params: Any) -> torch.Tensor:
+         opts: SampleOptions, rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
     """Probability-flow ODE with scipy's adaptive RK45 (Dormand-Prince), as in score_sde.
 
     Integrates dy/d(log sigma) = sigma eps_hat from sigma_max to sigma_min on the flattened batch
     (float64 state; one error control for the whole batch, so results depend slightly on the
     batch), then denoises. ``steps`` is ignored: the solver picks its steps, and their number
     differs from batch to batch, so never run it in lock-step across DDP ranks without care.
-    Params: ``rtol`` (1e-5), ``atol`` (1e-5).
+    ``rtol``, ``atol``: the solver's tolerances (score_sde's 1e-5 by default).
     """
-    p = _params("rk45", params, {"rtol": 1e-5, "atol": 1e-5})
-    _positive("rtol", p["rtol"])
-    _positive("atol", p["atol"])
-    vp, _, _, y = _setup(process, x_T, 1, "uniform", 7.0)
+    _positive("rtol", rtol)
+    _positive("atol", atol)
+    vp, _, _, y = _setup(process, x_T, 1, "karras", 7.0)
     shape, dtype, device = y.shape, y.dtype, y.device
     u_start, u_end = math.log(vp.sigma_max), math.log(vp.sigma_min)
     bar = tqdm(total=1000, desc="rk45", disable=not opts.progress, leave=False)
@@ -142,7 +157,7 @@ def rk45(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int
 
     try:
         solution = solve_ivp(rhs, (u_start, u_end), y.double().cpu().numpy().ravel(), method="RK45",
-                             rtol=float(p["rtol"]), atol=float(p["atol"]), t_eval=[u_end])
+                             rtol=float(rtol), atol=float(atol), t_eval=[u_end])
     finally:
         bar.close()
     if not solution.success or not np.all(np.isfinite(solution.y)):
@@ -170,14 +185,15 @@ def _langevin(vp: ContinuousVP, model: Model, y: torch.Tensor, sigma: float, tau
     return y + step * score + torch.sqrt(2.0 * step) * noise
 
 
-def _reverse_sde_loop(name: str, process: GaussianDiffusion, model: Model, x_T: torch.Tensor,
-                      steps: int, opts: SampleOptions, p: dict[str, Any]) -> torch.Tensor:
+def _reverse_sde_loop(name: str, process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
+                      opts: SampleOptions, skip: str, rho: float, snr: float = 0.0, corrector_steps: int = 0
+                      ) -> torch.Tensor:
     """Euler-Maruyama on the reverse SDE dy = -score d(sigma^2) + dw (clock sigma^2 decreasing).
 
     y' = y - (sigma^2 - sigma'^2) / sigma * eps_hat + sqrt(sigma^2 - sigma'^2) z; the last step
     (to sigma = 0) adds no noise. After every other step, ``corrector_steps`` Langevin steps.
     """
-    vp, taus, sigmas, y = _setup(process, x_T, steps, p["discretization"], p["rho"])
+    vp, taus, sigmas, y = _setup(process, x_T, steps, skip, rho)
     n = len(taus)
     for i in tqdm(range(n), desc=name, disable=not opts.progress, leave=False):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -186,8 +202,8 @@ def _reverse_sde_loop(name: str, process: GaussianDiffusion, model: Model, x_T: 
         y = y - (dvar / sigma) * eps
         if sigma_next > 0:
             y = y + math.sqrt(dvar) * opts.randn(y.shape, y)
-            for _ in range(p.get("corrector_steps", 0)):
-                y = _langevin(vp, model, y, sigma_next, float(taus[i + 1]), opts, p["snr"])
+            for _ in range(corrector_steps):
+                y = _langevin(vp, model, y, sigma_next, float(taus[i + 1]), opts, snr)
         opts.report(i, n, float(taus[i]), _x_of_y(y, sigma_next), x0)
     return y
 
@@ -195,27 +211,26 @@ def _reverse_sde_loop(name: str, process: GaussianDiffusion, model: Model, x_T: 
 @register("sde")
 @torch.no_grad()
 def reverse_sde(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-                opts: SampleOptions, **params: Any) -> torch.Tensor:
+                opts: SampleOptions, skip: str = "linspace", rho: float = 7.0) -> torch.Tensor:
     """Reverse-time SDE (Song et al. 2021, eq. 6) by Euler-Maruyama; ``steps`` network calls.
 
     The step's mean equals the DDPM posterior mean; its noise variance sigma^2 - sigma'^2 is
-    larger than the posterior's. Params: ``discretization`` ("uniform"), ``rho`` (7.0).
+    larger than the posterior's. ``skip`` and ``rho`` choose the grid (see :func:`time_grid`).
     """
-    p = _params("sde", params, _GRID)
-    return _reverse_sde_loop("sde", process, model, x_T, steps, opts, p)
+    return _reverse_sde_loop("sde", process, model, x_T, steps, opts, skip, rho)
 
 
 @register("pc")
 @torch.no_grad()
 def predictor_corrector(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-                        opts: SampleOptions, **params: Any) -> torch.Tensor:
+                        opts: SampleOptions, snr: float = 0.16, corrector_steps: int = 1,
+                        skip: str = "linspace", rho: float = 7.0) -> torch.Tensor:
     """Predictor-corrector (Song et al. 2021, alg. 1 and 5): Euler-Maruyama + Langevin.
 
-    Params: ``snr`` (0.16: score_sde's default, tuned on CIFAR-10 VE; its VP configs run without
-    a corrector, and smaller values suit data of few dimensions), ``corrector_steps`` (1),
-    ``discretization`` ("uniform"), ``rho`` (7.0). Calls: ``steps + corrector_steps (steps-1)``.
+    ``snr``: the corrector's signal-to-noise ratio r (0.16 is score_sde's default, from its
+    CIFAR-10 configs; its VP configs switch the corrector off); ``corrector_steps``: Langevin
+    steps per level (M). Calls: ``steps + corrector_steps (steps - 1)``.
     """
-    p = _params("pc", params, {**_GRID, "snr": 0.16, "corrector_steps": 1})
-    _positive("snr", p["snr"])
-    _positive("corrector_steps", p["corrector_steps"], integer=True, allow_zero=True)
-    return _reverse_sde_loop("pc", process, model, x_T, steps, opts, p)
+    _positive("snr", snr)
+    _positive("corrector_steps", corrector_steps, integer=True, allow_zero=True)
+    return _reverse_sde_loop("pc", process, model, x_T, steps, opts, skip, rho, snr, corrector_steps)
