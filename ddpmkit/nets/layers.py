@@ -1,0 +1,167 @@
+"""Pieces the networks share: the sinusoidal time embedding, the time/class conditioning MLP,
+a validated GroupNorm, and the dict round-trip every network config uses.
+
+Nothing here knows about diffusion: ``t`` is just a number per sample (integer or fractional).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Mapping, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "sinusoidal_frequencies",
+    "timestep_embedding",
+    "SinusoidalEmbedding",
+    "ConditionEmbedding",
+    "group_norm",
+    "checked_groups",
+    "DictConfig",
+]
+
+
+# ---------------------------------------------------------------------------- time embedding
+def sinusoidal_frequencies(dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """The ``dim // 2`` angular frequencies of the DDPM time embedding, float64.
+
+    ``omega_i = max_period ** (-i / (half - 1))`` for ``i = 0 .. half - 1`` (Ho et al. 2020,
+    their ``get_timestep_embedding``; the tensor2tensor form of Vaswani et al. 2017, sec. 3.5):
+    the periods run geometrically from ``2 pi`` to ``2 pi * max_period``.
+    """
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
+        raise ValueError(f"dim must be an integer >= 2, got dim={dim!r}")
+    half = dim // 2
+    exponent = torch.arange(half, dtype=torch.float64) / max(half - 1, 1)
+    return torch.exp(-math.log(max_period) * exponent)
+
+
+def timestep_embedding(t: torch.Tensor, frequencies: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[sin(t omega), cos(t omega)]`` of shape ``(B, dim)`` (an odd ``dim`` gets a zero column).
+
+    ``t`` may be integer or fractional; it is used as given, in the units the caller trains with.
+    """
+    args = t.to(torch.float32)[:, None] * frequencies.to(torch.float32)[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class SinusoidalEmbedding(nn.Module):
+    """:func:`timestep_embedding` with the frequency table computed once (a non-saved buffer)."""
+
+    def __init__(self, dim: int, max_period: float = 10000.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("frequencies", sinusoidal_frequencies(dim, max_period).float(), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return timestep_embedding(t, self.frequencies, self.dim)
+
+
+class ConditionEmbedding(nn.Module):
+    """Time (and optional class) conditioning vector: ``MLP(sinusoid(t)) + E[y]``.
+
+    The MLP is ``Linear(dim, out) -> SiLU -> Linear(out, out)`` as in DDPM. With ``num_classes``
+    set, the class table has ``num_classes + 1`` rows; row ``num_classes`` is the *null* class
+    used for classifier-free guidance (Ho & Salimans 2022), and ``y=None`` means null for all.
+    """
+
+    def __init__(self, sinusoid_dim: int, out_dim: int, num_classes: int | None) -> None:
+        super().__init__()
+        self.sinusoid = SinusoidalEmbedding(sinusoid_dim)
+        self.mlp = nn.Sequential(nn.Linear(sinusoid_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        self.num_classes = num_classes
+        self.class_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes is not None else None
+
+    def forward(self, t: torch.Tensor, batch: int, y: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(t, device=self.sinusoid.frequencies.device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape ({batch},) or be a scalar, got t.shape={tuple(t.shape)}")
+        emb = self.mlp(self.sinusoid(t).to(self.mlp[0].weight.dtype))
+        if self.class_embed is None:
+            if y is not None:
+                raise ValueError("y was given but the network has no class embedding (num_classes=None)")
+            return emb
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
+        elif y.shape != (batch,) or y.is_floating_point():
+            raise ValueError(f"y must be integer labels of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
+        return emb + self.class_embed(y)
+
+
+# ---------------------------------------------------------------------------- normalisation
+def checked_groups(channels: int, num_groups: int) -> int:
+    """GroupNorm groups for ``channels``: ``min(num_groups, channels)``, which must divide it."""
+    groups = min(num_groups, channels)
+    if channels % groups:
+        raise ValueError(
+            f"norm_groups={num_groups} does not divide a layer with {channels} channels; "
+            f"choose norm_groups dividing every channel count"
+        )
+    return groups
+
+
+def group_norm(channels: int, num_groups: int, eps: float) -> nn.GroupNorm:
+    return nn.GroupNorm(checked_groups(channels, num_groups), channels, eps=eps)
+
+
+# ---------------------------------------------------------------------------- config dicts
+C = TypeVar("C", bound="DictConfig")
+
+
+def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to ``hint`` (a JSON list becomes a tuple), or a one-line ValueError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(owner, key, value, inner[0])
+    ok = False
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis and isinstance(value, (list, tuple)):
+        return tuple(_coerce(owner, key, v, args[0]) for v in value)
+    if not ok:
+        name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        raise ValueError(f"{owner}.{key} must be {name}, got {key}={value!r}")
+    return value
+
+
+class DictConfig:
+    """Mixin for frozen dataclass configs: ``to_dict()`` gives JSON-ready plain values (tuples as
+    lists) and ``from_dict(d)`` restores them, rejecting unknown keys and wrong types."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{cls.__name__}.from_dict needs a mapping, got {type(d).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = {}
+        for key, value in d.items():
+            if key not in names:
+                raise ValueError(f"{cls.__name__} has no field {key!r} (got {key}={value!r})")
+            values[key] = _coerce(cls.__name__, key, value, hints[key])
+        return cls(**values)

@@ -1,0 +1,338 @@
+"""The U-Net of DDPM (Ho et al. 2020, appendix B) with the options of improved DDPM and ADM
+(Nichol & Dhariwal 2021; Dhariwal & Nichol 2021): multi-head attention, scale-shift norm,
+residual up/down sampling, class conditioning with a null class for classifier-free guidance.
+
+Layout: ``conv_in`` -> levels of residual blocks (attention at chosen resolutions), each level
+but the last ending in a downsample -> middle (res, attention, res) -> mirrored levels with one
+extra block each, fed the stored activations by concatenation -> GroupNorm, SiLU, ``conv_out``.
+The network knows nothing about diffusion: ``forward(x, t, y=None)`` with ``t`` any number per
+sample (integer index or fractional).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import ConditionEmbedding, DictConfig, checked_groups, group_norm
+
+__all__ = ["UNetConfig", "UNet", "ResBlock", "AttentionBlock"]
+
+
+def _fail(name: str, value: Any, why: str) -> None:
+    raise ValueError(f"UNetConfig.{name} {why}, got {name}={value!r}")
+
+
+@dataclass(frozen=True)
+class UNetConfig(DictConfig):
+    """Hyper-parameters of :class:`UNet` (every field can be overridden in the presets).
+
+    Attributes:
+        image_size: side of the training images; ``attention_resolutions`` refer to it.
+        in_channels, out_channels: image channels in and out (out = 2x in for learned variance).
+        channels: base width; level ``i`` has ``channels * channel_mult[i]`` channels.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_resolutions: feature-map sides that get self-attention after each res block.
+        num_heads: attention heads, unless ``head_channels`` is set (then heads = C // it).
+        dropout: dropout before the second conv of each residual block.
+        norm_groups: GroupNorm groups (clamped to the channel count, must divide it).
+        scale_shift: iDDPM/ADM ``norm(h) * (1 + scale) + shift`` conditioning instead of adding.
+        resblock_updown: resample inside residual blocks (ADM) instead of strided / upsample convs.
+        num_classes: class-conditional with ``num_classes + 1`` rows, the last one the null class.
+        mid_attention: self-attention in the middle block.
+        zero_init: zero the last conv of every block and of the output (DDPM, ADM).
+        grad_checkpoint: recompute blocks in backward to save memory (training only).
+    """
+
+    image_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    num_heads: int = 1
+    head_channels: int | None = None
+    dropout: float = 0.1
+    norm_groups: int = 32
+    norm_eps: float = 1e-5
+    scale_shift: bool = False
+    resblock_updown: bool = False
+    num_classes: int | None = None
+    mid_attention: bool = True
+    zero_init: bool = True
+    grad_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                _fail(name, value, "must be an integer >= 1")
+        mult = self.channel_mult
+        if not isinstance(mult, tuple) or not mult or any(not isinstance(m, int) or m < 1 for m in mult):
+            _fail("channel_mult", mult, "must be a non-empty tuple of integers >= 1")
+        factor = 2 ** (len(mult) - 1)
+        if self.image_size % factor:
+            _fail("image_size", self.image_size, f"must be divisible by 2**(levels-1)={factor}")
+        sides = self.level_sizes()
+        res = self.attention_resolutions
+        if not isinstance(res, tuple) or any(r not in sides for r in res):
+            _fail("attention_resolutions", res, f"must be a tuple drawn from the level sizes {sides}")
+        if not 0.0 <= self.dropout < 1.0:
+            _fail("dropout", self.dropout, "must lie in [0, 1)")
+        if self.norm_groups < 1:
+            _fail("norm_groups", self.norm_groups, "must be >= 1")
+        if self.norm_eps <= 0:
+            _fail("norm_eps", self.norm_eps, "must be > 0")
+        if self.num_classes is not None and self.num_classes < 1:
+            _fail("num_classes", self.num_classes, "must be None or >= 1")
+        if self.head_channels is not None and self.head_channels < 1:
+            _fail("head_channels", self.head_channels, "must be None or >= 1")
+        widths = [self.channels] + [self.channels * m for m in mult]
+        for width in widths:
+            checked_groups(width, self.norm_groups)
+        attn_widths = [self.channels * m for m, s in zip(mult, sides) if s in res]
+        attn_widths += [self.channels * mult[-1]] if self.mid_attention else []
+        for width in attn_widths:
+            self.heads_for(width)
+
+    def level_sizes(self) -> tuple[int, ...]:
+        """Feature-map side at each level for ``image_size`` inputs."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_mult)))
+
+    def heads_for(self, width: int) -> int:
+        """Attention heads for a layer of ``width`` channels (validated)."""
+        if self.head_channels is not None:
+            if width % self.head_channels:
+                _fail("head_channels", self.head_channels, f"must divide the attention width {width}")
+            return width // self.head_channels
+        if width % self.num_heads:
+            _fail("num_heads", self.num_heads, f"must divide the attention width {width}")
+        return self.num_heads
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def ddpm_cifar10(cls, **overrides: Any) -> "UNetConfig":
+        """DDPM CIFAR-10 (Ho et al. 2020, appendix B): 35.7M parameters."""
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def iddpm_cifar10(cls, **overrides: Any) -> "UNetConfig":
+        """Improved DDPM CIFAR-10 (Nichol & Dhariwal 2021): learned sigma, so 6 output channels."""
+        base = cls(out_channels=6, num_res_blocks=3, attention_resolutions=(16, 8), num_heads=4,
+                   dropout=0.3, scale_shift=True)
+        return replace(base, **overrides)
+
+    @classmethod
+    def digits(cls, **overrides: Any) -> "UNetConfig":
+        """A small net for 1x8x8 digit images that trains in minutes on a 2-core CPU."""
+        base = cls(image_size=8, in_channels=1, out_channels=1, channels=32, channel_mult=(1, 2),
+                   num_res_blocks=2, attention_resolutions=(4,), num_heads=4, dropout=0.1,
+                   norm_groups=8, scale_shift=True)
+        return replace(base, **overrides)
+
+
+# ---------------------------------------------------------------------------- blocks
+def _zero(module: nn.Module, enabled: bool) -> nn.Module:
+    if enabled:
+        for p in module.parameters():
+            nn.init.zeros_(p)
+    return module
+
+
+def _resample(x: torch.Tensor, mode: str | None) -> torch.Tensor:
+    if mode == "up":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    if mode == "down":
+        return F.avg_pool2d(x, 2)
+    return x
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, add the embedding (or scale-shift the second norm), GroupNorm-SiLU-
+    dropout-conv, plus a (1x1 projected) skip. ``resample`` ('up'/'down') resamples inside (ADM).
+
+    ``emb_act`` is ``SiLU(emb)``: every block starts its embedding projection with that SiLU, so
+    the network computes it once.
+    """
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, cfg: UNetConfig, resample: str | None = None) -> None:
+        super().__init__()
+        self.scale_shift = cfg.scale_shift
+        self.resample = resample
+        self.norm1 = group_norm(cin, cfg.norm_groups, cfg.norm_eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, cout * (2 if cfg.scale_shift else 1))
+        self.norm2 = group_norm(cout, cfg.norm_groups, cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1), cfg.zero_init)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(x))
+        if self.resample is not None:
+            h, x = _resample(h, self.resample), _resample(x, self.resample)
+        h = self.conv1(h)
+        e = self.emb_proj(emb_act)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), scale + 1.0)
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H*W positions, with a residual connection
+    (DDPM's single-head block; ADM's multi-head one). One fused qkv projection, fused SDPA."""
+
+    def __init__(self, channels: int, heads: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = group_norm(channels, cfg.norm_groups, cfg.norm_eps)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1), cfg.zero_init)
+
+    def forward(self, x: torch.Tensor, emb_act: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, hgt * wid)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)          # each (B, heads, L, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, hgt, wid))
+
+
+class Downsample(nn.Module):
+    """Halve the side: a stride-2 3x3 conv (DDPM)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb_act: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the side: nearest-neighbour then a 3x3 conv (DDPM)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb_act: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Stage(nn.Module):
+    """A residual block followed, optionally, by attention: one skip activation in the U-Net."""
+
+    def __init__(self, res: ResBlock, attn: AttentionBlock | None) -> None:
+        super().__init__()
+        self.res = res
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
+        h = self.res(x, emb_act)
+        return self.attn(h) if self.attn is not None else h
+
+
+class Level(nn.Module):
+    """The stages at one resolution and the resampler that leaves it (None at the end)."""
+
+    def __init__(self, stages: list[Stage], resample: nn.Module | None) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.resample = resample
+
+
+# ---------------------------------------------------------------------------- the network
+class UNet(nn.Module):
+    """The DDPM / iDDPM / ADM U-Net. ``forward(x, t, y=None)``: ``x`` (B, C, H, W), ``t`` (B,) or
+    a scalar, integer or float; ``y`` (B,) class labels in ``[0, num_classes]`` (``num_classes``
+    is the null class; ``None`` means null for all). Returns (B, out_channels, H, W)."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise ValueError(f"config must be a UNetConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        ch, emb_dim = cfg.channels, 4 * cfg.channels
+        widths = [ch * m for m in cfg.channel_mult]
+        sides = cfg.level_sizes()
+        last = len(widths) - 1
+
+        def stage(cin: int, cout: int, side: int) -> Stage:
+            attn = AttentionBlock(cout, cfg.heads_for(cout), cfg) if side in cfg.attention_resolutions else None
+            return Stage(ResBlock(cin, cout, emb_dim, cfg), attn)
+
+        def resampler(width: int, mode: str) -> nn.Module:
+            if cfg.resblock_updown:
+                return ResBlock(width, width, emb_dim, cfg, resample=mode)
+            return Downsample(width) if mode == "down" else Upsample(width)
+
+        self.embed = ConditionEmbedding(ch, emb_dim, cfg.num_classes)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+
+        skips, width = [ch], ch
+        self.down = nn.ModuleList()
+        for i, (cout, side) in enumerate(zip(widths, sides)):
+            stages = []
+            for _ in range(cfg.num_res_blocks):
+                stages.append(stage(width, cout, side))
+                width = cout
+                skips.append(width)
+            self.down.append(Level(stages, resampler(width, "down") if i < last else None))
+            if i < last:
+                skips.append(width)
+
+        mid_attn = AttentionBlock(width, cfg.heads_for(width), cfg) if cfg.mid_attention else None
+        self.mid = nn.ModuleList([Stage(ResBlock(width, width, emb_dim, cfg), mid_attn),
+                                  Stage(ResBlock(width, width, emb_dim, cfg), None)])
+
+        self.up = nn.ModuleList()
+        for i in reversed(range(len(widths))):
+            stages = []
+            for _ in range(cfg.num_res_blocks + 1):
+                stages.append(stage(width + skips.pop(), widths[i], sides[i]))
+                width = widths[i]
+            self.up.append(Level(stages, resampler(width, "up") if i > 0 else None))
+
+        self.norm_out = group_norm(width, cfg.norm_groups, cfg.norm_eps)
+        self.conv_out = _zero(nn.Conv2d(width, cfg.out_channels, 3, padding=1), cfg.zero_init)
+
+    def _run(self, block: nn.Module, h: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
+        if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb_act, use_reentrant=False)
+        return block(h, emb_act)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must have shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        factor = 2 ** (len(cfg.channel_mult) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"x's height and width must be divisible by {factor}, got {tuple(x.shape)}")
+        emb_act = F.silu(self.embed(t, x.shape[0], y))
+
+        h = self.conv_in(x)
+        skips = [h]
+        for level in self.down:
+            for block in level.stages:
+                h = self._run(block, h, emb_act)
+                skips.append(h)
+            if level.resample is not None:
+                h = self._run(level.resample, h, emb_act)
+                skips.append(h)
+        for block in self.mid:
+            h = self._run(block, h, emb_act)
+        for level in self.up:
+            for block in level.stages:
+                h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb_act)
+            if level.resample is not None:
+                h = self._run(level.resample, h, emb_act)
+        return self.conv_out(F.silu(self.norm_out(h)))
