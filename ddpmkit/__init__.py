@@ -3,11 +3,16 @@
     import ddpmkit as dk
     process = dk.GaussianDiffusion(dk.Schedule.cosine(1000), prediction="eps", variance="learned_range")
     loss = process.loss(model, x0, objective="hybrid").mean()
+    x = dk.sample(process, model, (64, 3, 32, 32), sampler="dpmpp2m", steps=20, seed=0)
 """
 from .schedules import Schedule, space_timesteps
 from .diffusion import GaussianDiffusion, ModelPrediction
 from .losses import ImportanceSampler, UniformSampler, training_losses, make_timestep_sampler
 from .likelihood import VLBResult, vlb_bpd
+from .ode_likelihood import ODELikelihoodResult, ode_bpd
+from .samplers import SAMPLERS, SampleOptions, StepInfo, invert, sample
+from .data import ArrayDataset, DataConfig, load_dataset, to_uint8_images
+from .nets import MLP, MLPConfig, UNet, UNetConfig, build_network
 
 __version__ = "0.1.0"
 
@@ -22,4 +27,20 @@ __all__ = [
     "make_timestep_sampler",
     "VLBResult",
     "vlb_bpd",
+    "ODELikelihoodResult",
+    "ode_bpd",
+    "sample",
+    "invert",
+    "SAMPLERS",
+    "SampleOptions",
+    "StepInfo",
+    "DataConfig",
+    "ArrayDataset",
+    "load_dataset",
+    "to_uint8_images",
+    "UNet",
+    "UNetConfig",
+    "MLP",
+    "MLPConfig",
+    "build_network",
 ]

@@ -1,0 +1,183 @@
+"""The command line: ``ddpmkit train | sample | eval | presets``.
+
+    ddpmkit train digits optim.steps=3000 --resume
+    ddpmkit sample runs/digits --sampler ddim --steps 50 --n 64 --seed 0 --out grid.png
+    ddpmkit eval runs/digits
+    torchrun --nproc_per_node 2 -m ddpmkit train cifar10-ddpm data.path=/data/cifar-10-batches-bin
+
+Errors a user can cause (a bad key, value, path or file) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["main"]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .config import list_presets, load_config
+
+    for name in list_presets():
+        cfg = load_config(name)
+        net = cfg.network
+        size = getattr(net, "image_size", None)
+        print(f"{name:14s} data={cfg.data.name:10s} network={cfg.network_kind}"
+              f"{'' if size is None else f' {size}x{size}'} T={cfg.diffusion.T} "
+              f"{cfg.diffusion.schedule}/{cfg.diffusion.prediction}/{cfg.diffusion.variance}/"
+              f"{cfg.diffusion.objective} steps={cfg.optim.steps} batch={cfg.optim.batch_size}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+    if result.stopped_by:
+        print(f"stopped by {result.stopped_by} at step {result.step}; resume with --resume")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _sample_cond(n: int, num_classes: int | None, label: int | None, device: torch.device) -> dict[str, Any]:
+    """Labels for a class-conditional network: the requested class, or one row per class."""
+    if num_classes is None:
+        if label is not None:
+            raise ValueError(f"--class {label} given, but the checkpoint's network is not class-conditional")
+        return {}
+    if label is not None:
+        if not 0 <= label < num_classes:
+            raise ValueError(f"--class must lie in [0, {num_classes - 1}], got {label}")
+        return {"y": torch.full((n,), label, dtype=torch.long, device=device)}
+    return {"y": torch.arange(n, device=device) % num_classes}
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import to_uint8_images
+    from .monitor import save_sample_grid
+    from .samplers import sample
+
+    device = _device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device=device, ema_rate=args.ema_rate)
+    model = ckpt.ema_model if not args.raw_weights else ckpt.model
+    data_shape, levels = _data_shape_levels(ckpt.config)
+    params: dict[str, Any] = {}
+    if args.eta is not None:
+        params["eta"] = args.eta
+    cond = _sample_cond(args.n, getattr(ckpt.config.network, "num_classes", None), args.label, device)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    with torch.no_grad() if args.sampler not in ("rk45",) else torch.enable_grad():
+        x = sample(ckpt.process, model, (args.n, *data_shape), sampler=args.sampler, steps=args.steps,
+                   generator=generator, device=device, clip_x0=args.clip and levels is not None,
+                   progress=not args.quiet, cond=cond, **params)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        arrays: dict[str, np.ndarray] = {"x": x.cpu().numpy()}
+        if levels is not None:
+            arrays["images"] = to_uint8_images(x.cpu(), levels)
+        if "y" in cond:
+            arrays["y"] = cond["y"].cpu().numpy()
+        np.savez(out, **arrays)
+    else:
+        save_sample_grid(x.cpu(), out, levels)
+    print(f"wrote {args.n} samples ({args.sampler}, {args.steps} steps) to {out}")
+    return 0
+
+
+def _data_shape_levels(config: Any) -> tuple[tuple[int, ...], int | None]:
+    """The per-example shape and level count of a config's data (read from the test split)."""
+    from .data import load_dataset
+
+    data = load_dataset(config.data, "test")
+    return tuple(data.shape), data.levels
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(
+        args.checkpoint, split=args.split, n=args.n, device=_device(args.device),
+        samplers=[s for s in args.samplers.split(",") if s] if args.samplers else [],
+        steps=[int(s) for s in args.steps.split(",")] if args.steps else [],
+        num_samples=args.num_samples, ode=not args.no_ode, bound=not args.no_bound, seed=args.seed,
+        out=args.out, progress=not args.quiet,
+    )
+    print(json.dumps(report["summary"], indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddpmkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("presets", help="list the shipped presets")
+    p.set_defaults(fn=_cmd_presets)
+
+    p = sub.add_parser("train", help="train a model from a preset or a config file")
+    p.add_argument("config", help="a preset name (see `ddpmkit presets`), a .toml/.json file or a run directory")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 data.path=...")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (still resumable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from a checkpoint")
+    p.add_argument("checkpoint", help="a run directory or a checkpoint .json")
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional models)")
+    p.add_argument("--out", default="samples.png", help="a .png grid or an .npz of arrays")
+    p.add_argument("--ema-rate", type=float, default=None)
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--no-clip", dest="clip", action="store_false", help="do not clip x0 to [-1, 1]")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=_cmd_sample)
+
+    p = sub.add_parser("eval", help="bits/dim (bound and ODE) and sample quality of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n", type=int, default=None, help="examples of the split for bits/dim (default all)")
+    p.add_argument("--samplers", default="", help="e.g. ddpm,ddim,dpmpp2m: sample-quality metrics per sampler")
+    p.add_argument("--steps", default="", help="e.g. 10,20,50,100,1000")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per sampler x steps")
+    p.add_argument("--no-ode", action="store_true", help="skip the probability-flow ODE likelihood")
+    p.add_argument("--no-bound", action="store_true", help="skip the variational bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="directory for eval.json / eval.md / the plot")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=_cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ddpmkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

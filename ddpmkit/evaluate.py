@@ -1,0 +1,234 @@
+"""Evaluate a checkpoint: bits/dim by the bound and by the ODE, and sample quality per sampler.
+
+Sample quality follows the FID protocol (REFERENCES.md): features of the generated samples are
+compared with the features of the **training split**; beside every score stands its floor, the
+score that the held-out test split gets against the same reference at the same sample count.
+Features: the committed digits classifier for the 8x8 digits, Inception-v3 pool3 when the user
+gives its weights file, raw coordinates for 2-D and vector data.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint
+from .data import ArrayDataset, load_dataset
+from .likelihood import vlb_bpd
+from .ode_likelihood import ode_bpd
+from .samplers import sample
+
+__all__ = ["evaluate_checkpoint", "evaluate_model", "CountingModel", "pick_extractor", "bits_per_dim",
+           "sample_quality"]
+
+
+class CountingModel:
+    """Wraps a model and counts its calls (the number of function evaluations, NFE)."""
+
+    def __init__(self, model: Callable[..., torch.Tensor]):
+        self.model = model
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x, t, **cond)
+
+
+def _mean_sem(values: torch.Tensor) -> dict[str, float]:
+    v = values.double().cpu()
+    sem = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "sem": sem, "n": len(v)}
+
+
+def pick_extractor(data: ArrayDataset, inception_weights: str | None = None, device: Any = "cpu"):
+    """The feature network for a data set (see the module docstring), or None for none."""
+    from .features import IdentityFeatures, load_digit_classifier, load_inception
+
+    if inception_weights:
+        return load_inception(inception_weights, device=device)
+    if data.name == "digits":
+        return load_digit_classifier(device=device)
+    if not data.is_image:
+        return IdentityFeatures(int(np.prod(data.shape)))
+    return None
+
+
+def bits_per_dim(process, model, x: torch.Tensor, levels: int | None, *, bound: bool = True,
+                 ode: bool = True, ode_examples: int | None = None, batch_size: int = 500,
+                 generator: torch.Generator | None = None, progress: bool = True,
+                 cond: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Bits/dim of ``x`` by the full variational bound and by the probability-flow ODE."""
+    out: dict[str, Any] = {"levels": levels, "unit": "bits/dim" if levels else "bits/dim (continuous density)"}
+    cond = cond or {}
+    if bound:
+        totals, priors, decoders = [], [], []
+        for i in tqdm(range(0, len(x), batch_size), desc="bound", disable=not progress):
+            xb = x[i:i + batch_size]
+            cb = {k: v[i:i + batch_size] for k, v in cond.items()}
+            r = vlb_bpd(process, model, xb, levels=levels, generator=generator, t_batch=max(1, 4000 // len(xb)),
+                        progress=False, **cb)
+            totals.append(r.total), priors.append(r.prior), decoders.append(r.decoder)
+        out["bound"] = {**_mean_sem(torch.cat(totals)), "prior": float(torch.cat(priors).mean()),
+                        "decoder": float(torch.cat(decoders).mean())}
+    if ode:
+        n = len(x) if ode_examples is None else min(ode_examples, len(x))
+        bpds, nfes = [], []
+        for i in tqdm(range(0, n, batch_size), desc="ode", disable=not progress):
+            cb = {k: v[i:min(i + batch_size, n)] for k, v in cond.items()}
+            r = ode_bpd(process, model, x[i:min(i + batch_size, n)], levels=levels, generator=generator,
+                        progress=False, **cb)
+            bpds.append(r.bpd), nfes.append(r.nfe)
+        out["ode"] = {**_mean_sem(torch.cat(bpds)), "nfe_per_batch": nfes}
+    return out
+
+
+@torch.no_grad()
+def sample_quality(process, model, shape: Sequence[int], extractor, reference: torch.Tensor,
+                   held_out: torch.Tensor, samplers: Sequence[str], steps: Sequence[int],
+                   num_samples: int | None = None, seed: int = 0, batch_size: int = 500,
+                   cond_fn: Callable[[int], dict[str, Any]] | None = None, clip_x0: bool = True,
+                   progress: bool = True, sampler_params: dict[str, dict[str, Any]] | None = None,
+                   ) -> dict[str, Any]:
+    """Feature metrics (FD, KID, precision, recall, IS-style) per sampler x steps, with the floor.
+
+    ``reference`` is the training split and ``held_out`` the test split; ``num_samples``
+    defaults to the test split's size so that every score is comparable with the floor.
+    ``sampler_params`` maps a row name (e.g. "ddim-eta0.5") to {"sampler": ..., params...};
+    plain sampler names need no entry.
+    """
+    from .features import extract_features
+    from .metrics import feature_metrics
+
+    n = len(held_out) if num_samples is None else int(num_samples)
+    ref = extract_features(extractor, reference, batch_size)
+    sub = held_out if n >= len(held_out) else held_out[:n]
+    floor_set = extract_features(extractor, sub, batch_size)
+    metric_gen = torch.Generator().manual_seed(seed)
+    kid_size = min(1000, n, len(reference))
+    floor = feature_metrics(ref.features, floor_set.features, candidate_logits=floor_set.logits,
+                            kid_subset_size=kid_size, generator=metric_gen)
+    rows = []
+    for name in samplers:
+        params = dict((sampler_params or {}).get(name, {"sampler": name}))
+        sampler = params.pop("sampler")
+        for s in steps:
+            if s > process.T:
+                continue
+            counter = CountingModel(model)
+            gen = torch.Generator(reference.device).manual_seed(seed)
+            start = time.perf_counter()
+            chunks = []
+            for i in range(0, n, batch_size):
+                m = min(batch_size, n - i)
+                cond = cond_fn(m) if cond_fn else {}
+                grad = torch.enable_grad() if sampler == "rk45" else torch.no_grad()
+                with grad:
+                    chunks.append(sample(process, counter, (m, *shape), sampler=sampler, steps=s, generator=gen,
+                                         device=reference.device, clip_x0=clip_x0, progress=False, cond=cond,
+                                         **params).detach())
+            seconds = time.perf_counter() - start
+            x = torch.cat(chunks)
+            feats = extract_features(extractor, x.clamp(-1, 1) if clip_x0 else x, batch_size)
+            scores = feature_metrics(ref.features, feats.features, candidate_logits=feats.logits,
+                                     kid_subset_size=kid_size, generator=torch.Generator().manual_seed(seed))
+            if feats.logits is not None and cond_fn is not None and "y" in (cond := cond_fn(n)):
+                scores["class_accuracy"] = float((feats.logits.argmax(1).cpu() == cond["y"].cpu()).float().mean())
+            rows.append({"sampler": name, "steps": s, "nfe": counter.calls / math.ceil(n / batch_size),
+                         "seconds": seconds, **scores})
+            if progress:
+                print(f"  {name:>12s} steps={s:<5d} fd={scores['fd']:.3f} (floor {floor['fd']:.3f}) "
+                      f"precision={scores['precision']:.3f} recall={scores['recall']:.3f} {seconds:.1f}s")
+    return {"floor": floor, "rows": rows, "num_samples": n, "reference": f"train split ({len(reference)})"}
+
+
+def evaluate_model(config, process, model, *, split: str = "test", n: int | None = None,
+                   samplers: Sequence[str] = (), steps: Sequence[int] = (), num_samples: int | None = None,
+                   ode: bool = True, bound: bool = True, ode_examples: int | None = None, seed: int = 0,
+                   device: Any = "cpu", progress: bool = True, inception_weights: str | None = None,
+                   ) -> dict[str, Any]:
+    """Everything :func:`evaluate_checkpoint` measures, for a model in memory."""
+    test = load_dataset(config.data, split)
+    x = test.x.to(device) if n is None else test.x[:n].to(device)
+    gen = torch.Generator(device).manual_seed(seed)
+    report: dict[str, Any] = {"data": test.name, "split": split, "examples": len(x), "levels": test.levels}
+    if bound or ode:
+        report["bpd"] = bits_per_dim(process, model, x, test.levels, bound=bound, ode=ode,
+                                     ode_examples=ode_examples, generator=gen, progress=progress)
+    if samplers and steps:
+        extractor = pick_extractor(test, inception_weights, device)
+        if extractor is None:
+            raise ValueError(f"no feature network for data {test.name!r}: give --inception-weights PATH")
+        train = load_dataset(config.data, "train")
+        report["quality"] = sample_quality(process, model, test.shape, extractor, train.x.to(device),
+                                           test.x.to(device), samplers, steps, num_samples, seed,
+                                           clip_x0=test.levels is not None, progress=progress)
+    report["summary"] = _summary(report)
+    return report
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    s: dict[str, Any] = {"data": report["data"], "split": report["split"], "examples": report["examples"]}
+    for key in ("bound", "ode"):
+        if key in report.get("bpd", {}):
+            v = report["bpd"][key]
+            s[f"bpd_{key}"] = f"{v['mean']:.4f} +- {v['sem']:.4f}"
+    if "quality" in report:
+        s["fd_floor"] = round(report["quality"]["floor"]["fd"], 4)
+        s["fd"] = {f"{r['sampler']}@{r['steps']}": round(r["fd"], 4) for r in report["quality"]["rows"]}
+    return s
+
+
+def quality_table(quality: dict[str, Any]) -> str:
+    """A markdown table of :func:`sample_quality`'s rows, with the floor as the last row."""
+    lines = ["| sampler | steps | NFE | FD | KID | precision | recall | IS | seconds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in quality["rows"]:
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']:.0f} | {r['fd']:.3f} | {r['kid']:.3f} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r.get('is', float('nan')):.2f} | {r['seconds']:.1f} |")
+    f = quality["floor"]
+    lines.append(f"| *floor: test split* | | | {f['fd']:.3f} | {f['kid']:.3f} | {f['precision']:.3f} | "
+                 f"{f['recall']:.3f} | {f.get('is', float('nan')):.2f} | |")
+    return "\n".join(lines)
+
+
+def plot_quality(quality: dict[str, Any], path: str | Path) -> Path:
+    """FD against NFE, one line per sampler (log x axis), with the floor as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["sampler"] for r in quality["rows"]):
+        rows = [r for r in quality["rows"] if r["sampler"] == name]
+        ax.plot([r["nfe"] for r in rows], [r["fd"] for r in rows], marker="o", label=name)
+    ax.axhline(quality["floor"]["fd"], color="gray", linestyle="--", label="floor (test split)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations (NFE)")
+    ax.set_ylabel("Frechet distance (feature space)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path | None = None, device: Any = "cpu",
+                        **options: Any) -> dict[str, Any]:
+    """Load a checkpoint, run :func:`evaluate_model`, and write eval.json / eval.md / eval.png."""
+    ckpt = load_checkpoint(checkpoint, device=device)
+    report = evaluate_model(ckpt.config, ckpt.process, ckpt.ema_model, device=device, **options)
+    report["checkpoint"] = ckpt.state["path"]
+    out_dir = Path(out) if out is not None else Path(ckpt.state["path"]).parent.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    if "quality" in report:
+        (out_dir / "eval.md").write_text(quality_table(report["quality"]) + "\n")
+        plot_quality(report["quality"], out_dir / "eval.png")
+    return report
