@@ -26,6 +26,7 @@ _TABLE_NAMES = (
     "alphas",
     "alpha_bar",
     "alpha_bar_prev",
+    "one_minus_alpha_bar",
     "sqrt_alpha_bar",
     "sqrt_one_minus_alpha_bar",
     "log_betas",
@@ -42,6 +43,11 @@ def _check_T(T: int) -> int:
     if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 1:
         raise ValueError(f"T must be an integer >= 1, got T={T!r}")
     return int(T)
+
+
+def _check_max_beta(max_beta: float) -> None:
+    if not 0.0 < max_beta <= 1.0:
+        raise ValueError(f"max_beta must lie in (0, 1], got max_beta={max_beta!r}")
 
 
 def _betas_from_alpha_bar(alpha_bar: np.ndarray, max_beta: float) -> np.ndarray:
@@ -93,6 +99,8 @@ class Schedule:
         process ends at the same noise level.
         """
         T = _check_T(T)
+        if not 0.0 < beta_start <= beta_end < 1.0:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start!r}, beta_end={beta_end!r}")
         scale = 1000.0 / T
         betas = np.linspace(scale * beta_start, scale * beta_end, T, dtype=np.float64)
         return cls(np.minimum(betas, 0.999), name="linear")
@@ -105,6 +113,9 @@ class Schedule:
         beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} clipped at 0.999.
         """
         T = _check_T(T)
+        if not s > 0.0:
+            raise ValueError(f"s must be > 0, got s={s!r}")
+        _check_max_beta(max_beta)
 
         def f(u: np.ndarray) -> np.ndarray:
             return np.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -118,12 +129,17 @@ class Schedule:
         cls, T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0,
         max_beta: float = 0.999,
     ) -> "Schedule":
-        """Sigmoid schedule (Jabri et al. 2022; used by lucidrains and diffusers' variants).
+        """Sigmoid schedule of alpha_bar (Jabri et al. 2022, as in lucidrains' package).
+
+        Not diffusers' ``beta_schedule="sigmoid"``, which puts a sigmoid on the betas instead.
 
         alpha_bar(u) = (sigmoid(-(u (end - start) + start) / tau) - sigmoid(-end/tau)) /
         (sigmoid(-start/tau) - sigmoid(-end/tau)), u = t / T.
         """
         T = _check_T(T)
+        if not (start < end and tau > 0.0):
+            raise ValueError(f"need start < end and tau > 0, got start={start!r}, end={end!r}, tau={tau!r}")
+        _check_max_beta(max_beta)
 
         def sig(z: np.ndarray) -> np.ndarray:
             return 1.0 / (1.0 + np.exp(-z))
@@ -171,6 +187,11 @@ class Schedule:
     @cached_property
     def alpha_bar_prev(self) -> np.ndarray:
         return np.concatenate([[1.0], self.alpha_bar[:-1]])
+
+    @cached_property
+    def one_minus_alpha_bar(self) -> np.ndarray:
+        """1 - alpha_bar_t, the variance of q(x_t | x_0) (kept in float64 before the cast)."""
+        return 1.0 - self.alpha_bar
 
     @cached_property
     def sqrt_alpha_bar(self) -> np.ndarray:
@@ -307,7 +328,12 @@ def space_timesteps(T: int, spec: int | str | Sequence[int]) -> np.ndarray:
             raise ValueError(
                 f"respace: section {i} has {size} steps, cannot keep {count} (spec={spec!r}, T={T})"
             )
+        # Positions accumulate a fractional stride and are rounded (half to even), exactly as
+        # improved-diffusion does, so respaced timesteps match its checkpoints' runs.
         stride = (size - 1) / (count - 1) if count > 1 else 1.0
-        keep.extend(start + round(stride * j) for j in range(count))
+        position = 0.0
+        for _ in range(count):
+            keep.append(start + round(position))
+            position += stride
         start += size
     return np.asarray(keep, dtype=np.int64)
