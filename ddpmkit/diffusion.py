@@ -4,13 +4,17 @@ No network lives here: a model is any callable ``model(x_t, t, **cond)`` on a ba
 Integer ``t`` in ``[0, T)`` is the paper's step ``t + 1`` (see :mod:`ddpmkit.schedules`). On a
 respaced schedule the process hands the model the *original* timestep ``schedule.timesteps[t]``.
 
+Every public method validates its input (timesteps in range, matching shapes, finite data) and
+raises a one-line ``ValueError`` naming the argument; the private ``_`` methods hold each
+formula once and trust their input, so a composite call (``p_mean_variance``) checks only once.
+
 References: Ho et al. 2020 (DDPM) eqs. 4, 6, 7, 11; Nichol & Dhariwal 2021 (iDDPM) eq. 15;
 Salimans & Ho 2022 for the v parameterisation.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 
@@ -25,7 +29,12 @@ VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 @dataclass(frozen=True)
 class ModelPrediction:
-    """What p(x_{t-1} | x_t) needs from one network call, in every parameterisation."""
+    """What p(x_{t-1} | x_t) needs from one network call, in every parameterisation.
+
+    ``variance`` is Sigma_theta as used for sampling; ``log_variance`` is the one used by the
+    bound. They differ only for ``fixed_small`` at t = 0, where the variance is beta_tilde_1 = 0
+    (no noise on the last step) and the log variance is clipped to log beta_tilde_2 (iDDPM).
+    """
 
     mean: torch.Tensor          # posterior mean mu_theta(x_t, t)
     variance: torch.Tensor      # Sigma_theta(x_t, t) (broadcastable to x)
@@ -36,9 +45,22 @@ class ModelPrediction:
 
 
 def _check_choice(name: str, value: str, options: tuple[str, ...]) -> str:
-    if value not in options:
+    if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {list(options)}, got {name}={value!r}")
     return value
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """One-line ValueError if ``x`` holds NaN or inf."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
+
+
+def check_same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """One-line ValueError unless ``x`` has exactly ``ref``'s shape (no silent broadcasting)."""
+    if not isinstance(x, torch.Tensor) or x.shape != ref.shape:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
 
 
 class GaussianDiffusion:
@@ -48,15 +70,15 @@ class GaussianDiffusion:
         schedule: the beta schedule (possibly respaced).
         prediction: what the network predicts: ``"eps"`` (DDPM), ``"x0"`` or ``"v"``.
         variance: ``"fixed_small"`` (beta_tilde_t), ``"fixed_large"`` (beta_t, with
-            beta_tilde_1 at the first step as in iDDPM, for a better decoder) or
-            ``"learned_range"`` (iDDPM eq. 15: the network outputs twice the channels on dim 1;
-            the second half v gives log Sigma = frac log beta + (1 - frac) log beta_tilde with
-            frac = (v + 1) / 2).
+            beta_tilde_2 at the first step as in improved-diffusion, where the DDPM paper has
+            beta_1) or ``"learned_range"`` (iDDPM eq. 15: the network outputs twice the
+            channels on dim 1; the second half v gives log Sigma = frac log beta +
+            (1 - frac) log beta_tilde with frac = (v + 1) / 2).
     """
 
     def __init__(self, schedule: Schedule, prediction: str = "eps", variance: str = "fixed_small"):
         if not isinstance(schedule, Schedule):
-            raise ValueError(f"schedule must be a ddpmkit.Schedule, got {type(schedule).__name__}")
+            raise ValueError(f"schedule must be a ddpmkit.Schedule, got schedule={type(schedule).__name__}")
         self.schedule = schedule
         self.prediction = _check_choice("prediction", prediction, PREDICTIONS)
         self.variance = _check_choice("variance", variance, VARIANCES)
@@ -80,104 +102,177 @@ class GaussianDiffusion:
     def _g(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self.schedule.gather(name, t, like)
 
-    def check_t(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Validate integer timesteps: shape (B,) and values in [0, T)."""
+    def check_t(self, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
+        """Validate integer timesteps against the batch ``x``: shape (B,) (or a scalar, which is
+        expanded) and values in [0, T). Returns them as ``long``."""
         if not isinstance(t, torch.Tensor):
             t = torch.as_tensor(t, device=x.device)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"t must hold integer timesteps, got t.dtype={t.dtype}")
+        if x.dim() == 0:
+            raise ValueError("x must have a batch dimension, got a 0-d tensor")
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},) to match the batch, got t.shape={tuple(t.shape)}")
-        if t.is_floating_point() or t.is_complex():
-            raise ValueError(f"t must hold integer timesteps, got dtype {t.dtype}")
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= self.T:
-            raise ValueError(f"t must lie in [0, {self.T}), got t in [{lo}, {hi}]")
+        if t.numel():
+            lo, hi = torch.aminmax(t)
+            lo, hi = int(lo), int(hi)
+            if lo < 0 or hi >= self.T:
+                raise ValueError(f"t must lie in [0, {self.T}), got t in [{lo}, {hi}]")
         return t.long()
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (DDPM eq. 4)."""
         t = self.check_t(t, x0)
+        check_finite("x0", x0)
         mean = self._g("sqrt_alpha_bar", t, x0) * x0
-        variance = (1.0 - self._g("alpha_bar", t, x0)).expand_as(x0)
+        variance = self._g("one_minus_alpha_bar", t, x0).expand_as(x0)
         return mean, variance, torch.log(variance)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4)."""
         t = self.check_t(t, x0)
+        check_finite("x0", x0)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        elif noise.shape != x0.shape:
-            raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        else:
+            check_same_shape("noise", noise, "x0", x0)
+            check_finite("noise", noise)
+        return self._q_sample(x0, t, noise)
+
+    def _q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self._g("sqrt_alpha_bar", t, x0) * x0 + self._g("sqrt_one_minus_alpha_bar", t, x0) * noise
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I) (DDPM eqs. 6-7): mean, var, log var."""
+        """q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I) (DDPM eqs. 6-7): mean, var, log var.
+
+        At t = 0 the posterior is the point mass at x_0 (variance 0); its log variance is
+        clipped to log beta_tilde_2 as in improved-diffusion.
+        """
+        t = self.check_t(t, x_t)
+        check_same_shape("x0", x0, "x_t", x_t)
+        check_finite("x0", x0)
+        check_finite("x_t", x_t)
+        return self._q_posterior(x0, x_t, t)
+
+    def _q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean = self._g("posterior_mean_coef_x0", t, x_t) * x0 + self._g("posterior_mean_coef_xt", t, x_t) * x_t
         variance = self._g("posterior_variance", t, x_t).expand_as(x_t)
         log_variance = self._g("posterior_log_variance", t, x_t).expand_as(x_t)
         return mean, variance, log_variance
 
     # ------------------------------------------------------------------ parameterisations
+    def _checked(self, t: torch.Tensor, x_t: torch.Tensor, other_name: str, other: torch.Tensor) -> torch.Tensor:
+        check_same_shape(other_name, other, "x_t", x_t)
+        return self.check_t(t, x_t)
+
     def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) (DDPM eq. 4 solved for x_0)."""
-        return (x_t - self._g("sqrt_one_minus_alpha_bar", t, x_t) * eps) / self._g("sqrt_alpha_bar", t, x_t)
+        return self._x0_from_eps(x_t, self._checked(t, x_t, "eps", eps), eps)
 
     def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """eps = (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar)."""
-        return (x_t - self._g("sqrt_alpha_bar", t, x_t) * x0) / self._g("sqrt_one_minus_alpha_bar", t, x_t)
+        return self._eps_from_x0(x_t, self._checked(t, x_t, "x0", x0), x0)
 
     def v_from(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022)."""
-        return self._g("sqrt_alpha_bar", t, x0) * eps - self._g("sqrt_one_minus_alpha_bar", t, x0) * x0
+        check_same_shape("eps", eps, "x0", x0)
+        return self._v_from(x0, eps, self.check_t(t, x0))
 
     def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self._g("sqrt_alpha_bar", t, x_t) * x_t - self._g("sqrt_one_minus_alpha_bar", t, x_t) * v
+        """x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v."""
+        return self._x0_from_v(x_t, self._checked(t, x_t, "v", v), v)
 
     def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v."""
+        return self._eps_from_v(x_t, self._checked(t, x_t, "v", v), v)
+
+    def _x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return (x_t - self._g("sqrt_one_minus_alpha_bar", t, x_t) * eps) / self._g("sqrt_alpha_bar", t, x_t)
+
+    def _eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return (x_t - self._g("sqrt_alpha_bar", t, x_t) * x0) / self._g("sqrt_one_minus_alpha_bar", t, x_t)
+
+    def _v_from(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self._g("sqrt_alpha_bar", t, x0) * eps - self._g("sqrt_one_minus_alpha_bar", t, x0) * x0
+
+    def _x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._g("sqrt_alpha_bar", t, x_t) * x_t - self._g("sqrt_one_minus_alpha_bar", t, x_t) * v
+
+    def _eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._g("sqrt_one_minus_alpha_bar", t, x_t) * x_t + self._g("sqrt_alpha_bar", t, x_t) * v
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The regression target of L_simple for this parameterisation."""
+        check_same_shape("noise", noise, "x0", x0)
+        return self._target(x0, noise, self.check_t(t, x0))
+
+    def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.prediction == "eps":
             return noise
         if self.prediction == "x0":
             return x0
-        return self.v_from(x0, noise, t)
+        return self._v_from(x0, noise, t)
 
     def to_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Convert a network prediction (eps, x0 or v) into (x0, eps)."""
+        return self._to_x0_eps(x_t, self._checked(t, x_t, "pred", pred), pred)
+
+    def _to_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prediction == "eps":
-            return self.x0_from_eps(x_t, t, pred), pred
+            return self._x0_from_eps(x_t, t, pred), pred
         if self.prediction == "x0":
-            return pred, self.eps_from_x0(x_t, t, pred)
-        return self.x0_from_v(x_t, t, pred), self.eps_from_v(x_t, t, pred)
+            return pred, self._eps_from_x0(x_t, t, pred)
+        return self._x0_from_v(x_t, t, pred), self._eps_from_v(x_t, t, pred)
 
     # ------------------------------------------------------------------ the model
+    def output_shape(self, x_t: torch.Tensor) -> tuple[int, ...]:
+        """The shape a model output must have: x_t's, with twice the channels for learned_range."""
+        expected = list(x_t.shape)
+        if self.learned_variance:
+            if x_t.dim() < 2:
+                raise ValueError(
+                    f"learned_range needs a channel dimension (dim 1), got x of shape {tuple(x_t.shape)}")
+            expected[1] *= 2
+        return tuple(expected)
+
+    def _check_output(self, out: Any, x_t: torch.Tensor) -> None:
+        expected = self.output_shape(x_t)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            hint = " (learned_range needs twice the channels on dim 1)" if self.learned_variance else ""
+            raise ValueError(f"model output must have shape {expected}{hint}, got {got}")
+
     def model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         """Call ``model(x_t, t_original, **cond)`` and check the output's shape.
 
         The network sees the timesteps of the schedule it was trained on: on a respaced
         schedule, index ``t`` becomes ``schedule.timesteps[t]``.
         """
+        return self._model_output(model, x_t, self.check_t(t, x_t), **cond)
+
+    def _model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         t_model = self.schedule.table("timesteps", x_t.device)[t.to(x_t.device)]
         out = model(x_t, t_model, **cond)
-        expected = list(x_t.shape)
-        if self.learned_variance:
-            expected[1] *= 2
-        if not isinstance(out, torch.Tensor) or list(out.shape) != expected:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            hint = " (learned_range needs twice the channels on dim 1)" if self.learned_variance else ""
-            raise ValueError(f"model output must have shape {tuple(expected)}{hint}, got {got}")
+        self._check_output(out, x_t)
         return out
 
     def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(prediction, var_values) from a raw model output; var_values is None for fixed variance."""
+        """(prediction, var_values) from a raw model output; var_values is None for fixed variance.
+
+        For learned_range the first half of the channels (dim 1) is the prediction and the
+        second half the variance values v, as in improved-diffusion.
+        """
         if self.learned_variance:
+            if out.dim() < 2 or out.shape[1] % 2:
+                raise ValueError(f"learned_range output needs an even channel count on dim 1, got shape {tuple(out.shape)}")
             pred, var_values = out.chunk(2, dim=1)
             return pred, var_values
         return out, None
@@ -185,8 +280,14 @@ class GaussianDiffusion:
     def variance_from(self, var_values: torch.Tensor | None, t: torch.Tensor, x_t: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sigma_theta(x_t, t) and its log for this process's variance choice."""
+        t = self.check_t(t, x_t)
+        if self.learned_variance:
+            check_same_shape("var_values", var_values, "x_t", x_t)
+        return self._variance_from(var_values, t, x_t)
+
+    def _variance_from(self, var_values: torch.Tensor | None, t: torch.Tensor, x_t: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.variance == "learned_range":
-            assert var_values is not None
             min_log = self._g("posterior_log_variance", t, x_t)
             max_log = self._g("log_betas", t, x_t)
             frac = (var_values + 1.0) / 2.0
@@ -205,20 +306,27 @@ class GaussianDiffusion:
         The mean is the posterior mean at the predicted x_0 (optionally clipped to [-1, 1]),
         which for eps-prediction is exactly DDPM eq. 11.
         """
+        t = self.check_t(t, x_t)
+        self._check_output(out, x_t)
+        return self._p_from_output(out, x_t, t, clip_x0)
+
+    def _p_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                       clip_x0: bool = False) -> ModelPrediction:
         pred, var_values = self.split_output(out)
-        variance, log_variance = self.variance_from(var_values, t, x_t)
-        pred_x0, pred_eps = self.to_x0_eps(x_t, t, pred)
+        variance, log_variance = self._variance_from(var_values, t, x_t)
+        pred_x0, pred_eps = self._to_x0_eps(x_t, t, pred)
         if clip_x0:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
-            pred_eps = self.eps_from_x0(x_t, t, pred_x0)
-        mean, _, _ = self.q_posterior(pred_x0, x_t, t)
+            pred_eps = self._eps_from_x0(x_t, t, pred_x0)
+        mean, _, _ = self._q_posterior(pred_x0, x_t, t)
         return ModelPrediction(mean, variance, log_variance, pred_x0, pred_eps, var_values)
 
     def p_mean_variance(self, model: Model, x_t: torch.Tensor, t: torch.Tensor,
                         clip_x0: bool = False, **cond: Any) -> ModelPrediction:
         """One network call turned into p(x_{t-1} | x_t)."""
         t = self.check_t(t, x_t)
-        return self.p_from_output(self.model_output(model, x_t, t, **cond), x_t, t, clip_x0)
+        check_finite("x_t", x_t)
+        return self._p_from_output(self._model_output(model, x_t, t, **cond), x_t, t, clip_x0)
 
     # ------------------------------------------------------------------ losses
     def loss(self, model: Model, x0: torch.Tensor, objective: str = "simple", **kwargs: Any) -> torch.Tensor:
