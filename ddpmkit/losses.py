@@ -1,6 +1,6 @@
 """Training objectives and timestep samplers.
 
-- L_simple (DDPM eq. 14): mean squared error on the prediction target.
+- L_simple (DDPM eq. 14): mean squared error on the prediction target, averaged over dimensions.
 - L_t, the terms of the variational bound (DDPM eq. 5): KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
   for t > 0 and the decoder -log p(x_0|x_1) at t = 0 (discretized Gaussian, DDPM section 3.3).
   They are reported in **bits per dimension** (mean over the non-batch dimensions / log 2),
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, check_finite, check_same_shape
 from .gaussian import (
     continuous_gaussian_log_likelihood,
     discretized_gaussian_log_likelihood,
@@ -30,6 +30,7 @@ __all__ = [
     "OBJECTIVES",
     "training_losses",
     "vlb_term",
+    "check_levels",
     "UniformSampler",
     "ImportanceSampler",
     "make_timestep_sampler",
@@ -37,6 +38,24 @@ __all__ = [
 
 OBJECTIVES = ("simple", "vlb", "hybrid")
 LN2 = math.log(2.0)
+
+
+def check_levels(levels: int | None, x0: torch.Tensor) -> None:
+    """``levels`` must be None (continuous data) or an integer >= 2 with x0 inside [-1, 1]."""
+    if levels is None:
+        return
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be None or an integer >= 2, got levels={levels!r}")
+    lo, hi = float(x0.min()), float(x0.max())
+    if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
+        raise ValueError(
+            f"x0 must lie in [-1, 1] for a discretized decoder (levels={levels}), got values in "
+            f"[{lo:.4g}, {hi:.4g}]; pass levels=None for continuous data")
+
+
+def _working_dtype(x: torch.Tensor) -> torch.dtype:
+    """At least float32 (half-precision model outputs are promoted), float64 stays float64."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def vlb_term(process: GaussianDiffusion, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
@@ -48,14 +67,22 @@ def vlb_term(process: GaussianDiffusion, out: torch.Tensor, x0: torch.Tensor, x_
     data in [-1, 1], or a continuous Gaussian density when ``levels`` is None (then the value is
     a density and may be negative).
     """
+    t = process.check_t(t, x_t)
+    check_same_shape("x0", x0, "x_t", x_t)
     p = process.p_from_output(out, x_t, t, clip_x0=clip_x0)
-    true_mean, _, true_log_variance = process.q_posterior(x0, x_t, t)
-    kl = mean_flat(normal_kl(true_mean, true_log_variance, p.mean, p.log_variance)) / LN2
-    half_log_scale = 0.5 * p.log_variance
+    return _vlb_from_prediction(process, p.mean, p.log_variance, x0, x_t, t, levels)
+
+
+def _vlb_from_prediction(process: GaussianDiffusion, mean: torch.Tensor, log_variance: torch.Tensor,
+                         x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                         levels: int | None) -> torch.Tensor:
+    true_mean, _, true_log_variance = process._q_posterior(x0, x_t, t)
+    kl = mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance)) / LN2
+    half_log_scale = 0.5 * log_variance
     if levels is None:
-        nll = -continuous_gaussian_log_likelihood(x0, p.mean, half_log_scale)
+        nll = -continuous_gaussian_log_likelihood(x0, mean, half_log_scale)
     else:
-        nll = -discretized_gaussian_log_likelihood(x0, p.mean, half_log_scale, levels=levels)
+        nll = -discretized_gaussian_log_likelihood(x0, mean, half_log_scale, levels=levels)
     decoder = mean_flat(nll) / LN2
     return torch.where(t == 0, decoder, kl)
 
@@ -76,25 +103,34 @@ def training_losses(
 
     ``t`` defaults to uniform draws; pass the timesteps of a :class:`ImportanceSampler` and
     multiply ``loss`` by its weights for importance sampling. ``vlb`` is L_t in bits/dim
-    (always computed for reporting; its gradient reaches only the variance in ``hybrid``).
-    ``objective="vlb"`` optimises T * L_t, an unbiased estimate of the whole bound (iDDPM's
-    rescaled KL). ``levels`` is the number of quantisation levels of the data (None:
-    continuous data).
+    (always computed for reporting; in ``hybrid`` its gradient reaches only the variance
+    half of a learned_range output). ``objective="vlb"`` optimises T * L_t, an unbiased
+    estimate of the whole bound (improved-diffusion's "rescaled KL"); ``hybrid`` adds
+    ``hybrid_lambda * T * L_t`` to L_simple (iDDPM: L_simple + 0.001 L_vlb). ``levels`` is the
+    number of quantisation levels of the data (None: continuous data); with ``vlb`` or
+    ``hybrid`` and a level count, x0 must lie in [-1, 1].
     """
-    if objective not in OBJECTIVES:
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got objective={objective!r}")
-    if not torch.isfinite(x0).all():
-        raise ValueError("x0 contains NaN or infinite values")
+    if not isinstance(x0, torch.Tensor) or x0.dim() < 1:
+        raise ValueError(f"x0 must be a batch tensor (B, ...), got {type(x0).__name__}")
+    check_finite("x0", x0)
+    if objective != "simple":
+        check_levels(levels, x0)
     B = x0.shape[0]
     if t is None:
         t = torch.randint(0, process.T, (B,), device=x0.device, generator=generator)
     t = process.check_t(t, x0)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = process.q_sample(x0, t, noise)
-    out = process.model_output(model, x_t, t, **cond)
+    else:
+        check_same_shape("noise", noise, "x0", x0)
+        check_finite("noise", noise)
+    x_t = process._q_sample(x0, t, noise)
+    out = process._model_output(model, x_t, t, **cond)
     pred, var_values = process.split_output(out)
-    mse = mean_flat((process.target(x0, noise, t) - pred.float()) ** 2)
+    dtype = _working_dtype(out)
+    mse = mean_flat((process._target(x0, noise, t).to(dtype) - pred.to(dtype)) ** 2)
 
     if objective == "hybrid" and var_values is not None:
         frozen = torch.cat([pred.detach(), var_values], dim=1)   # stop-gradient on the mean
@@ -102,7 +138,8 @@ def training_losses(
         frozen = out.detach()   # fixed variance: nothing in L_vlb to learn beyond L_simple
     else:
         frozen = out
-    vlb = vlb_term(process, frozen.float(), x0.float(), x_t.float(), t, levels=levels)
+    p = process._p_from_output(frozen.to(dtype), x_t.to(dtype), t)
+    vlb = _vlb_from_prediction(process, p.mean, p.log_variance, x0.to(dtype), x_t.to(dtype), t, levels)
 
     if objective == "simple":
         loss = mse
@@ -117,14 +154,18 @@ class UniformSampler:
     """t ~ Uniform{0, ..., T-1}; weights are all 1."""
 
     def __init__(self, T: int):
-        self.T = T
+        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+            raise ValueError(f"T must be an integer >= 1, got T={T!r}")
+        self.T = int(T)
 
     def probabilities(self) -> np.ndarray:
         return np.full(self.T, 1.0 / self.T)
 
     def sample(self, batch_size: int, device: torch.device | str = "cpu",
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t, weights): timesteps and the importance weights 1 / (T p_t)."""
+        """(t, weights): timesteps drawn from p, and the importance weights 1 / (T p_t)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got batch_size={batch_size!r}")
         p = torch.from_numpy(self.probabilities())
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
         weights = 1.0 / (self.T * p[t])
@@ -144,15 +185,21 @@ class ImportanceSampler(UniformSampler):
     """iDDPM's importance sampling of t: p_t proportional to sqrt(E[L_t^2]) (iDDPM eq. 18).
 
     Keeps the last ``history`` losses of each t. Until every t has a full history, t is drawn
-    uniformly. A small ``uniform_prob`` is mixed in so that every t stays reachable.
+    uniformly. A small ``uniform_prob`` is mixed in so that every t stays reachable. Multiply
+    the per-example loss by the returned weights 1 / (T p_t): then E_t~p[w_t L_t] equals the
+    uniform average (1/T) sum_t L_t, so the objective is unchanged, only its variance.
     """
 
     def __init__(self, T: int, history: int = 10, uniform_prob: float = 0.001):
         super().__init__(T)
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            raise ValueError(f"history must be an integer >= 1, got history={history!r}")
+        if not 0.0 <= uniform_prob <= 1.0:
+            raise ValueError(f"uniform_prob must lie in [0, 1], got uniform_prob={uniform_prob!r}")
         self.history = history
         self.uniform_prob = uniform_prob
-        self.losses = np.zeros((T, history), dtype=np.float64)
-        self.counts = np.zeros(T, dtype=np.int64)
+        self.losses = np.zeros((self.T, history), dtype=np.float64)
+        self.counts = np.zeros(self.T, dtype=np.int64)
 
     def warmed_up(self) -> bool:
         return bool((self.counts >= self.history).all())
@@ -161,12 +208,23 @@ class ImportanceSampler(UniformSampler):
         if not self.warmed_up():
             return np.full(self.T, 1.0 / self.T)
         w = np.sqrt(np.mean(self.losses**2, axis=-1))
+        if not w.sum() > 0:   # every recorded loss is 0: nothing to prefer
+            return np.full(self.T, 1.0 / self.T)
         w = w / w.sum()
         return w * (1.0 - self.uniform_prob) + self.uniform_prob / self.T
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        for ti, li in zip(t.tolist(), losses.detach().float().cpu().tolist()):
-            if self.counts[ti] >= self.history:
+        """Record the per-example losses of the timesteps ``t`` (both shape (B,))."""
+        t = torch.as_tensor(t).detach().reshape(-1).cpu()
+        losses = torch.as_tensor(losses).detach().reshape(-1).double().cpu()
+        if t.shape != losses.shape:
+            raise ValueError(f"losses must have the shape of t {tuple(t.shape)}, got {tuple(losses.shape)}")
+        if t.is_floating_point() or (t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.T)):
+            raise ValueError(f"t must hold integer timesteps in [0, {self.T}), got t={t.tolist()[:8]}")
+        if not torch.isfinite(losses).all():
+            raise ValueError("losses contains NaN or infinite values")
+        for ti, li in zip(t.tolist(), losses.tolist()):
+            if self.counts[ti] >= self.history:   # full: drop the oldest
                 self.losses[ti, :-1] = self.losses[ti, 1:]
                 self.losses[ti, -1] = li
             else:
@@ -177,8 +235,13 @@ class ImportanceSampler(UniformSampler):
         return {"losses": self.losses.tolist(), "counts": self.counts.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.losses = np.asarray(state["losses"], dtype=np.float64)
-        self.counts = np.asarray(state["counts"], dtype=np.int64)
+        losses = np.asarray(state["losses"], dtype=np.float64)
+        counts = np.asarray(state["counts"], dtype=np.int64)
+        if losses.shape != (self.T, self.history) or counts.shape != (self.T,):
+            raise ValueError(
+                f"state must hold losses of shape {(self.T, self.history)} and counts of shape "
+                f"{(self.T,)}, got {losses.shape} and {counts.shape}")
+        self.losses, self.counts = losses, counts
 
 
 def make_timestep_sampler(name: str, T: int) -> UniformSampler:
@@ -187,4 +250,4 @@ def make_timestep_sampler(name: str, T: int) -> UniformSampler:
         return UniformSampler(T)
     if name == "importance":
         return ImportanceSampler(T)
-    raise ValueError(f"timestep sampler must be 'uniform' or 'importance', got {name!r}")
+    raise ValueError(f"timestep sampler must be 'uniform' or 'importance', got sampler={name!r}")
