@@ -15,9 +15,9 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, check_finite
 from .gaussian import mean_flat, normal_kl
-from .losses import vlb_term
+from .losses import _vlb_from_prediction, check_levels
 
 __all__ = ["VLBResult", "vlb_bpd", "prior_bpd"]
 
@@ -77,11 +77,15 @@ def vlb_bpd(
         t_batch: how many timesteps to evaluate in one network call (the batch is repeated
             ``t_batch`` times): larger is faster where memory allows.
         progress: show a progress bar over the T steps.
+        clip_x0: clip the predicted x_0 to [-1, 1] in every term (improved-diffusion's
+            ``image_nll.py`` does by default; off here, as it changes the model being bounded).
     """
-    if not torch.isfinite(x0).all():
-        raise ValueError("x0 contains NaN or infinite values")
-    if t_batch < 1:
-        raise ValueError(f"t_batch must be >= 1, got t_batch={t_batch}")
+    if not isinstance(x0, torch.Tensor) or x0.dim() < 1:
+        raise ValueError(f"x0 must be a batch tensor (B, ...), got {type(x0).__name__}")
+    check_finite("x0", x0)
+    check_levels(levels, x0)
+    if isinstance(t_batch, bool) or not isinstance(t_batch, int) or t_batch < 1:
+        raise ValueError(f"t_batch must be an integer >= 1, got t_batch={t_batch!r}")
     B, T = x0.shape[0], process.T
     terms = torch.zeros(B, T, dtype=torch.float64, device=x0.device)
     mse = torch.zeros(B, T, dtype=torch.float64, device=x0.device)
@@ -92,13 +96,12 @@ def vlb_bpd(
         x_rep = x0.repeat((k,) + (1,) * (x0.dim() - 1))
         t = torch.tensor(ts, device=x0.device).repeat_interleave(B)
         noise = torch.randn(x_rep.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = process.q_sample(x_rep, t, noise)
+        x_t = process._q_sample(x_rep, t, noise)
         c = {n: (v.repeat((k,) + (1,) * (v.dim() - 1)) if isinstance(v, torch.Tensor) else v)
              for n, v in cond.items()}
-        out = process.model_output(model, x_t, t, **c)
-        values = vlb_term(process, out, x_rep, x_t, t, levels=levels, clip_x0=clip_x0)
-        pred_eps = process.to_x0_eps(x_t, t, process.split_output(out)[0])[1]
-        err = mean_flat((pred_eps - noise) ** 2)
+        p = process._p_from_output(process._model_output(model, x_t, t, **c), x_t, t, clip_x0)
+        values = _vlb_from_prediction(process, p.mean, p.log_variance, x_rep, x_t, t, levels)
+        err = mean_flat((p.pred_eps - noise) ** 2)
         for j, tj in enumerate(ts):
             terms[:, tj] = values[j * B:(j + 1) * B].double()
             mse[:, tj] = err[j * B:(j + 1) * B].double()
