@@ -1,0 +1,254 @@
+"""Checkpoints: safetensors for tensors, JSON for the config and the trainer state.
+
+A checkpoint of step ``s`` in ``<run>/checkpoints/`` is two files,
+
+    step_000000s.safetensors   every tensor: model, EMA models, optimiser moments
+    step_000000s.json          config, trainer state (step, RNG states, timestep-sampler and
+                               optimiser scalars), the name and SHA-256 of the tensor file
+
+and ``latest``, a one-line text file naming the newest complete checkpoint. Every file is
+written to a temporary file in the same directory, flushed to disk (fsync) and renamed over its
+target (``os.replace`` is atomic), and ``latest`` is switched last: a crash at any moment
+leaves ``latest`` naming a complete checkpoint. Loading never unpickles anything; a truncated
+or corrupted file raises :class:`CheckpointError`, a one-line message naming the file.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "write_json",
+    "save_checkpoint",
+    "read_checkpoint",
+    "find_checkpoint",
+    "list_checkpoints",
+    "encode_bytes",
+    "decode_bytes",
+    "FORMAT",
+    "LoadedCheckpoint",
+    "load_checkpoint",
+]
+
+FORMAT = "ddpmkit-checkpoint-v1"
+LATEST = "latest"
+_STEP_FILE = re.compile(r"^step_(\d+)\.json$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: missing, truncated, corrupted or of another format."""
+
+
+# ---------------------------------------------------------------------------- atomic files
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file (mkstemp gives 0o600)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, rename it to ``path``.
+
+    Readers see either the old file or the whole new one, never a part.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, _FILE_MODE)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def encode_bytes(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_bytes(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- save
+def _step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """``(step, json_path)`` of every checkpoint in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(directory: str | Path, step: int, tensors: dict[str, torch.Tensor],
+                    meta: dict[str, Any], keep_last: int = 0) -> Path:
+    """Write checkpoint ``step`` (tensors, then JSON, then ``latest``); prune to ``keep_last``.
+
+    ``meta`` must be JSON-serialisable (it holds the config and the trainer state). With
+    ``keep_last > 0`` only the newest ``keep_last`` checkpoints up to ``step`` are kept. Returns
+    the JSON path.
+    """
+    directory = Path(directory)
+    for litter in directory.glob(".step_*.tmp"):  # left by a writer that was killed
+        litter.unlink(missing_ok=True)
+    name = _step_name(step)
+    tensor_path = directory / f"{name}.safetensors"
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(tensor_path, lambda tmp: save_file(cpu, str(tmp)))
+    record = {"format": FORMAT, "step": int(step), "tensors": tensor_path.name,
+              "sha256": _sha256(tensor_path), **meta}
+    json_path = write_json(directory / f"{name}.json", record)
+    atomic_write(directory / LATEST, lambda tmp: tmp.write_text(name + "\n"))
+    if keep_last > 0:  # files of later steps belong to an abandoned run and get replaced
+        older = [p for s, p in list_checkpoints(directory) if s <= step]
+        for old in older[:-keep_last]:
+            if old.stem != name:
+                old.with_suffix(".safetensors").unlink(missing_ok=True)
+                old.unlink(missing_ok=True)
+    return json_path
+
+
+# ---------------------------------------------------------------------------- load
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint JSON that ``path`` names.
+
+    ``path`` may be a run directory, its ``checkpoints/`` directory (both follow ``latest``), a
+    ``latest`` file, or a checkpoint's ``.json`` or ``.safetensors`` file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        pointer = directory / LATEST
+        if not pointer.is_file():
+            raise CheckpointError(f"no checkpoint in {path} (no file {pointer})")
+        path = pointer
+    if path.name == LATEST:
+        name = path.read_bytes().decode("utf-8", errors="replace").strip()
+        if not re.fullmatch(r"step_\d+", name):
+            raise CheckpointError(f"checkpoint pointer {path} is corrupted (holds {name[:40]!r})")
+        path = path.parent / f"{name}.json"
+    elif path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    return path
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """``(tensors, meta, json_path)`` of a checkpoint, after checking both files' integrity."""
+    json_path = find_checkpoint(path)
+    try:
+        meta = json.loads(json_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint file {json_path} is truncated or corrupted (not JSON: {err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint file {json_path} is not a {FORMAT} file")
+    tensor_path = json_path.parent / str(meta.get("tensors", ""))
+    if not tensor_path.is_file():
+        raise CheckpointError(f"checkpoint tensors {tensor_path} are missing")
+    if _sha256(tensor_path) != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint tensors {tensor_path} are truncated or corrupted (SHA-256 mismatch)")
+    try:
+        tensors = load_file(str(tensor_path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint tensors {tensor_path} cannot be read: {err}") from None
+    return tensors, meta, json_path
+
+
+class LoadedCheckpoint(NamedTuple):
+    """A checkpoint made ready to use: ``config, model, ema_model, process, state = ...``."""
+
+    config: Any            # TrainConfig
+    model: Any             # nn.Module with the raw weights, in eval mode
+    ema_model: Any         # nn.Module with the averaged weights of the chosen rate
+    process: Any           # GaussianDiffusion
+    state: dict[str, Any]  # the trainer state (step, ...), plus "path"
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    ema_rate: float | None = None) -> LoadedCheckpoint:
+    """Rebuild the networks and the process of a checkpoint (no unpickling anywhere).
+
+    ``path``: see :func:`find_checkpoint`. ``ema_rate`` picks one of the saved averages (the
+    first when None).
+    """
+    from .config import TrainConfig
+
+    tensors, meta, json_path = read_checkpoint(path, device="cpu")
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+        state = dict(meta["state"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint file {json_path} has a bad config or state: {err}") from None
+    rates = [float(r) for r in state.get("ema_rates", config.ema_rates)]
+    rate = rates[0] if ema_rate is None else float(ema_rate)
+    if rate not in rates:
+        raise ValueError(f"ema_rate must be one of the saved rates {rates}, got ema_rate={ema_rate!r}")
+
+    def network(prefix: str) -> Any:
+        module = config.build_network()
+        weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint tensors of {json_path} do not fit the network: {first}") from None
+        return module.to(device).eval()
+
+    state["path"] = str(json_path)
+    return LoadedCheckpoint(config, network("model."), network(f"ema.{rates.index(rate)}."),
+                            config.diffusion.build(), state)

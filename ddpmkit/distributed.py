@@ -1,0 +1,104 @@
+"""Multi-process training helpers: torchrun's environment, the process group, small collectives.
+
+Launch with ``torchrun --nproc_per_node N ...`` (add ``--nnodes``/``--rdzv_endpoint`` for
+several machines). Each process reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the
+environment and joins the group by ``env://`` with NCCL on CUDA and Gloo on the CPU. Without
+those variables everything here is a no-op for a single process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "all_gather_cat",
+           "gather_bytes", "barrier", "shutdown"]
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> CUDA (this process's GPU) when available, else CPU; ``"cuda"`` -> the GPU
+    of ``local_rank``; anything else is passed to ``torch.device``."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or like 'cuda:1', got device={spec!r}") from None
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, on ``device``."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False   # this process created the group and must destroy it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group that torchrun's environment describes (if any)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    target = resolve_device(device, local_rank)
+    if world <= 1:
+        return DistInfo(0, 1, 0, target)
+    owns = False
+    if not dist.is_initialized():
+        if target.type == "cuda":
+            torch.cuda.set_device(target)
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", init_method="env://")
+        owns = True
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, target, owns)
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``tensor`` over all processes, in place."""
+    if info.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's equally-shaped ``tensor`` along dim 0, in rank order."""
+    if not info.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def gather_bytes(data: bytes, info: DistInfo) -> list[bytes]:
+    """Every rank's ``data``, in rank order, on every rank."""
+    if not info.distributed:
+        return [data]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, data)
+    return [bytes(x) for x in out]  # type: ignore[arg-type]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the group if :func:`init_distributed` created it."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

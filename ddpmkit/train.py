@@ -1,0 +1,430 @@
+"""One readable training loop: AdamW, warm-up, clipping, EMA, mixed precision, micro-batches,
+importance-sampled timesteps, DDP, previews, exact resume.
+
+    from ddpmkit.config import load_config
+    from ddpmkit.train import train
+    result = train(load_config("digits", ["optim.steps=500"]))
+    samples = ddpmkit.samplers.sample(result.process, result.ema_model, (16, 1, 8, 8))
+
+Determinism: every random number comes from an explicit stream whose state is checkpointed:
+the data order is a seeded permutation per epoch (a function of the step), timesteps, flips and
+label dropout come from ``data_gen``, the noise from ``noise_gen``, and dropout from torch's
+global generator (seeded per rank, saved per rank). Every rank draws the whole global batch's
+randomness and keeps its own slice, so N processes compute what one process computes with the
+same global batch. Resuming from a checkpoint continues bit for bit (on the CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (CheckpointError, decode_bytes, encode_bytes, find_checkpoint,
+                         read_checkpoint, save_checkpoint)
+from .config import TrainConfig
+from .data import ArrayDataset, load_dataset
+from .diffusion import GaussianDiffusion
+from .distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, gather_bytes,
+                          init_distributed, shutdown)
+from .ema import EMA
+from .losses import make_timestep_sampler, training_losses
+from .monitor import MetricsLog, save_sample_grid
+
+__all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "resolve_config"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` hands back."""
+
+    config: TrainConfig
+    step: int
+    run_dir: Path
+    checkpoint: Path | None          # the last checkpoint written
+    model: nn.Module
+    ema_model: nn.Module             # the average at config.ema_rates[0]
+    process: GaussianDiffusion
+    metrics: dict[str, Any]          # the last logged line
+    stopped_by: str | None           # "SIGTERM" / "SIGINT" if a signal ended the run
+    seconds: float
+
+
+def resolve_config(config: TrainConfig, dataset: ArrayDataset) -> TrainConfig:
+    """Fill the network's data-dependent fields from the data (channels in and out, image size;
+    twice the output channels for learned-range variance) and check the labels."""
+    net = config.network
+    factor = 2 if config.diffusion.variance == "learned_range" else 1
+    changes: dict[str, Any] = {}
+    if config.network_kind == "unet":
+        if not dataset.is_image or dataset.shape[1] != dataset.shape[2]:
+            raise ValueError(f"network.kind='unet' needs square images, got data of shape {dataset.shape}")
+        changes = {"in_channels": dataset.shape[0], "out_channels": factor * dataset.shape[0],
+                   "image_size": dataset.shape[1]}
+    else:
+        if dataset.is_image:
+            raise ValueError(f"network.kind={config.network_kind!r} needs vector data, got shape {dataset.shape}")
+        for name, value in (("dim", dataset.shape[0]), ("in_dim", dataset.shape[0]),
+                            ("out_dim", factor * dataset.shape[0])):
+            if hasattr(net, name):
+                changes[name] = value
+    classes = getattr(net, "num_classes", None)
+    if classes is not None and (dataset.num_classes is None or classes < dataset.num_classes):
+        raise ValueError(f"network.num_classes={classes} but the data {dataset.name!r} has "
+                         f"num_classes={dataset.num_classes}")
+    return config.replace(network=replace(net, **changes))
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch: a permutation seeded by (seed, epoch) alone."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    return torch.randperm(n, generator=g)
+
+
+class Trainer:
+    """Holds the model, EMA, optimiser and random streams of one run; :meth:`run` trains.
+
+    Args:
+        config: the run's :class:`TrainConfig`.
+        resume: False (a fresh run; refuses a directory that already holds checkpoints), True
+            (continue from ``config.out``'s latest checkpoint, or start fresh if there is none),
+            or the path of a checkpoint to continue from.
+        progress: show a tqdm bar on rank 0.
+        on_step: called as ``on_step(trainer)`` after every step (e.g. for custom evaluation).
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool | str | Path = False, progress: bool = True,
+                 on_step: Callable[["Trainer"], None] | None = None):
+        self.dist: DistInfo = init_distributed(config.device)
+        self.device = self.dist.device
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision='fp16' needs a CUDA device, got device={str(self.device)!r}; use bf16")
+        self.dataset = load_dataset(config.data, "train")
+        self.config = config = resolve_config(config, self.dataset)
+        B, W = config.optim.batch_size, self.dist.world_size
+        if B % W:
+            raise ValueError(f"optim.batch_size={B} must be divisible by the {W} processes")
+        if B > len(self.dataset):
+            raise ValueError(f"optim.batch_size={B} exceeds the {len(self.dataset)} training examples")
+        self.local_batch = B // W
+        self.run_dir = Path(config.out)
+        self.progress, self.on_step = progress, on_step
+
+        torch.manual_seed(config.seed)   # the same initial weights on every rank
+        self.model = config.build_network().to(self.device)
+        self.process = config.diffusion.build()
+        self.ema = EMA(self.model, config.ema_rates, warmup=config.ema_warmup)
+        opt = config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas),
+                                           eps=opt.eps, weight_decay=opt.weight_decay, foreach=True)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.timestep_sampler = make_timestep_sampler(config.diffusion.timestep_sampler, self.process.T)
+        self.data_gen = torch.Generator().manual_seed(config.seed)
+        self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
+        torch.manual_seed(config.seed + 1 + self.dist.rank)   # dropout masks differ per rank
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self._order: tuple[int, torch.Tensor] | None = None
+        self._stats = torch.zeros(5, device=self.device)   # loss, mse, vlb, grad norm, steps
+
+        if resume is not False:
+            source = self.run_dir if resume is True else Path(resume)
+            try:
+                path = find_checkpoint(source)
+            except CheckpointError:
+                if resume is not True:
+                    raise
+                path = None   # resume=True on a fresh directory starts from scratch
+            if path is not None:
+                self.load_state(path)
+        elif (self.run_dir / "checkpoints" / "latest").exists():
+            raise ValueError(f"run directory {self.run_dir} already holds checkpoints; pass resume=True "
+                             "to continue it or choose another out=")
+        self.ddp_model: nn.Module = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+
+    # ------------------------------------------------------------------ one step
+    def _global_batch(self) -> dict[str, torch.Tensor]:
+        """The step's global batch and its random numbers (identical on every rank)."""
+        B, n = self.config.optim.batch_size, len(self.dataset)
+        per_epoch = n // B
+        epoch, k = divmod(self.step, per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, _epoch_order(self.config.seed, epoch, n))
+        index = self._order[1][k * B:(k + 1) * B]
+        batch = {"x0": self.dataset.augment(self.dataset.x[index], self.data_gen)}
+        batch["t"], batch["weights"] = self.timestep_sampler.sample(B, generator=self.data_gen)
+        if getattr(self.config.network, "num_classes", None) is not None:
+            y = self.dataset.y[index]
+            if self.config.class_dropout > 0:
+                drop = torch.rand(B, generator=self.data_gen) < self.config.class_dropout
+                y = torch.where(drop, torch.full_like(y, self.config.network.num_classes), y)
+            batch["y"] = y
+        batch["noise"] = torch.randn((B,) + self.dataset.shape, generator=self.noise_gen, device=self.device)
+        return batch
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        """The network under autocast (bf16 / fp16), its output back in float32."""
+        if self.config.precision == "fp32":
+            return self.ddp_model(x, t, **cond)
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        with torch.autocast(self.device.type, dtype=dtype):
+            return self.ddp_model(x, t, **cond).float()
+
+    def train_step(self) -> None:
+        """One optimiser update on one global batch (accumulated over micro-batches)."""
+        cfg, opt = self.config, self.config.optim
+        batch = self._global_batch()
+        b, rank = self.local_batch, self.dist.rank
+        local = {k: v[rank * b:(rank + 1) * b].to(self.device, non_blocking=True) for k, v in batch.items()}
+        self.model.train()
+        size = opt.micro_batch or b
+        starts = list(range(0, b, size))
+        loss_sum = mse_sum = vlb_sum = torch.zeros((), device=self.device)
+        vlbs = []
+        for i, start in enumerate(starts):
+            part = {k: v[start:start + size] for k, v in local.items()}
+            last = i == len(starts) - 1
+            sync = contextlib.nullcontext() if last or not self.dist.distributed else self.ddp_model.no_sync()
+            with sync:
+                cond = {"y": part["y"]} if "y" in part else {}
+                terms = training_losses(self.process, self._forward, part["x0"], cfg.diffusion.objective,
+                                        t=part["t"], noise=part["noise"], levels=self.dataset.levels,
+                                        hybrid_lambda=cfg.diffusion.hybrid_lambda, **cond)
+                loss = (terms["loss"] * part["weights"]).sum() / b
+                self.scaler.scale(loss).backward()
+            loss_sum = loss_sum + loss.detach()
+            mse_sum = mse_sum + terms["mse"].detach().sum() / b
+            vlb_sum = vlb_sum + terms["vlb"].detach().sum() / b
+            vlbs.append(terms["vlb"].detach())
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip or math.inf)
+        for group in self.optimizer.param_groups:
+            group["lr"] = opt.lr_at(self.step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update()
+        if cfg.diffusion.timestep_sampler != "uniform":
+            self.timestep_sampler.update(batch["t"], all_gather_cat(torch.cat(vlbs), self.dist).cpu())
+        self._stats += torch.stack([loss_sum, mse_sum, vlb_sum, grad_norm.to(self.device).float(),
+                                    torch.ones((), device=self.device)])
+        self.step += 1
+
+    # ------------------------------------------------------------------ checks and logs
+    def _reduce_stats(self, stop_requested: bool, reset: bool = True) -> tuple[dict[str, float], bool]:
+        """Average the statistics since the last reset over steps and ranks (one sync), raise
+        :class:`TrainingDiverged` if they are not finite; also say whether any rank asked to stop."""
+        flag = torch.tensor([float(stop_requested)], device=self.device)
+        packed = all_reduce_sum(torch.cat([self._stats, flag]), self.dist).tolist()
+        if reset:
+            self._stats.zero_()
+        count = max(packed[4], 1.0)
+        values = {name: packed[i] / count for i, name in enumerate(("loss", "mse", "vlb", "grad_norm"))}
+        bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values[k])]
+        if self.config.precision == "fp16":   # GradScaler skips inf-gradient steps by design
+            bad = [k for k in bad if k != "grad_norm"]
+        if bad:
+            where = self.last_checkpoint or "none was written"
+            raise TrainingDiverged(
+                f"{bad[0]} became {values[bad[0]]} in the steps up to {self.step}; training stopped "
+                f"without saving. Last good checkpoint: {where}. Try a lower optim.lr or optim.grad_clip.")
+        return values, packed[5] > 0
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (collective: every rank must call it)."""
+        global_rng = gather_bytes(torch.get_rng_state().numpy().tobytes(), self.dist)
+        cuda_rng = (gather_bytes(torch.cuda.get_rng_state(self.device).numpy().tobytes(), self.dist)
+                    if self.device.type == "cuda" else [])
+        if not self.dist.is_main:
+            return self.run_dir
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(self.ema.state_tensors())
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, values in self.optimizer.state_dict()["state"].items():
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{index}.{name}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[name] = value
+        state = {
+            "step": self.step,
+            "world_size": self.dist.world_size,
+            "ema_rates": list(self.ema.rates),
+            "ema_updates": self.ema.num_updates,
+            "optimizer_scalars": scalars,
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "timestep_sampler": self.timestep_sampler.state_dict(),
+            "rng": {"data": encode_bytes(self.data_gen.get_state().numpy().tobytes()),
+                    "noise": encode_bytes(self.noise_gen.get_state().cpu().numpy().tobytes()),
+                    "global": [encode_bytes(s) for s in global_rng],
+                    "cuda": [encode_bytes(s) for s in cuda_rng]},
+        }
+        self.last_checkpoint = save_checkpoint(self.run_dir / "checkpoints", self.step, tensors,
+                                               {"config": self.config.to_dict(), "state": state},
+                                               keep_last=self.config.keep_last)
+        return self.last_checkpoint
+
+    def load_state(self, path: str | Path) -> None:
+        """Restore everything :meth:`save` wrote (model, EMA, optimiser, streams, step)."""
+        tensors, meta, json_path = read_checkpoint(path)
+        saved = TrainConfig.from_dict(meta["config"])
+        for section in ("data", "network", "diffusion", "ema_rates"):
+            if getattr(saved, section) != getattr(self.config, section):
+                raise ValueError(f"cannot resume from {json_path}: its config.{section} differs from this run's "
+                                 f"({getattr(saved, section)!r} vs {getattr(self.config, section)!r})")
+        state = meta["state"]
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.ema.load_state_tensors(tensors, state["ema_updates"])
+        optim_state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = value
+        for index, values in state["optimizer_scalars"].items():
+            optim_state.setdefault(int(index), {}).update(values)
+        self.optimizer.load_state_dict({"state": optim_state,
+                                        "param_groups": self.optimizer.state_dict()["param_groups"]})
+        if state["grad_scaler"]:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.timestep_sampler.load_state_dict(state["timestep_sampler"])
+        rng = state["rng"]
+        self.data_gen.set_state(_bytes_tensor(rng["data"]))
+        self.noise_gen.set_state(_bytes_tensor(rng["noise"]))
+        if len(rng["global"]) == self.dist.world_size:
+            torch.set_rng_state(_bytes_tensor(rng["global"][self.dist.rank]))
+            if self.device.type == "cuda" and rng["cuda"]:
+                torch.cuda.set_rng_state(_bytes_tensor(rng["cuda"][self.dist.rank]), self.device)
+        self.step = int(state["step"])
+        self.last_checkpoint = json_path
+
+    @torch.no_grad()
+    def save_samples(self) -> Path:
+        """A preview grid from the first EMA model, with a fixed seed (rank 0 only)."""
+        from .samplers import sample
+
+        cfg = self.config
+        model = self.ema.model()
+        shape = (cfg.sample_count,) + self.dataset.shape
+        cond = {}
+        classes = getattr(cfg.network, "num_classes", None)
+        if classes is not None:
+            cond = {"y": torch.arange(cfg.sample_count, device=self.device) % classes}
+        gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        steps = min(cfg.sample_steps, self.process.T)
+        x = sample(self.process, model, shape, sampler=cfg.sample_sampler, steps=steps, generator=gen,
+                   device=self.device, progress=False, cond=cond)
+        return save_sample_grid(x, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.dataset.levels)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, max_steps: int | None = None) -> TrainResult:
+        """Train until ``optim.steps`` (or ``max_steps``, if smaller), a signal, or divergence."""
+        cfg = self.config
+        stop_at = cfg.optim.steps if max_steps is None else min(max_steps, cfg.optim.steps)
+        main = self.dist.is_main
+        log = None
+        if main:
+            cfg.save(self.run_dir / "config.json")
+            log = MetricsLog(self.run_dir / "metrics.jsonl", self.run_dir / "tensorboard")
+            log.truncate_after(self.step)
+        stop = _StopSignals()
+        bar = tqdm(total=stop_at, initial=self.step, desc=f"train {cfg.name}", dynamic_ncols=True,
+                   disable=not (self.progress and main))
+        metrics: dict[str, Any] = {}
+        start_time = tick = time.perf_counter()
+        tick_step, saved_step = self.step, (self.step if self.last_checkpoint else -1)
+        try:
+            while self.step < stop_at:
+                self.train_step()
+                bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(self)
+                at_log = self.step % cfg.log_every == 0 or self.step == stop_at
+                halt = stop.requested is not None and not self.dist.distributed
+                if at_log:
+                    values, any_stop = self._reduce_stats(stop.requested is not None)
+                    now = time.perf_counter()
+                    rate = cfg.optim.batch_size * (self.step - tick_step) / max(now - tick, 1e-9)
+                    metrics = {"step": self.step, **values, "lr": cfg.optim.lr_at(self.step - 1),
+                               "imgs_per_s": rate, "time": now - start_time}
+                    tick, tick_step, halt = now, self.step, halt or any_stop
+                    if log is not None:
+                        log.write(metrics)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", imgs_s=f"{rate:.0f}")
+                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.save_samples()
+                due = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if due or halt or self.step == stop_at:
+                    if not at_log:
+                        self._reduce_stats(False, reset=False)   # never save weights after a NaN
+                    self.save()
+                    saved_step = self.step
+                if halt:
+                    break
+            if self.step != saved_step:
+                self._reduce_stats(False, reset=False)
+                self.save()
+            barrier(self.dist)
+        finally:
+            bar.close()
+            stop.restore()
+            if log is not None:
+                log.close()
+            shutdown(self.dist)
+        return TrainResult(cfg, self.step, self.run_dir, self.last_checkpoint, self.model, self.ema.model(),
+                           self.process, metrics, stop.requested, time.perf_counter() - start_time)
+
+
+def _bytes_tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(decode_bytes(text)), dtype=torch.uint8)
+
+
+class _StopSignals:
+    """Turns SIGTERM / SIGINT into a request to checkpoint and stop (a second SIGINT raises
+    KeyboardInterrupt at once). Only the main thread can install handlers."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: TrainConfig, resume: bool | str | Path = False, max_steps: int | None = None,
+          progress: bool = True, on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
+    """Train a model as ``config`` says; see :class:`Trainer` for ``resume`` and ``on_step``.
+
+    Raises :class:`TrainingDiverged` if the loss becomes NaN or infinite (the last good
+    checkpoint stays the latest). SIGTERM / SIGINT write a checkpoint and return early with
+    ``stopped_by`` set. Under torchrun every process calls this; rank 0 writes the files.
+    """
+    return Trainer(config, resume=resume, progress=progress, on_step=on_step).run(max_steps)
