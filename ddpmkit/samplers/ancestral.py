@@ -10,6 +10,7 @@ are those of the shorter schedule, while the network still sees the original tim
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -22,27 +23,34 @@ __all__ = ["ancestral", "ancestral_step"]
 
 
 def ancestral_step(process: GaussianDiffusion, out: torch.Tensor, x_t: torch.Tensor, i: int,
-                   noise: torch.Tensor | None, clip_x0: bool = False
+                   noise: torch.Tensor | None, clip_x0: bool = False,
+                   condition_mean: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDPM step from index ``i`` of ``process``: (x_{i-1}, predicted x_0).
 
     ``out`` is the raw model output at (x_t, i); ``noise`` is ignored (and may be None) at i = 0.
+    ``condition_mean(mean, variance)``, if given, replaces mu_theta before the noise is added.
     """
     t = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)
     p = process.p_from_output(out, x_t, t, clip_x0)
+    mean = p.mean if condition_mean is None else condition_mean(p.mean, p.variance)
     if i == 0:
-        return p.mean, p.pred_x0
-    return p.mean + torch.exp(0.5 * p.log_variance) * noise, p.pred_x0
+        return mean, p.pred_x0
+    return mean + torch.exp(0.5 * p.log_variance) * noise, p.pred_x0
 
 
 @register("ddpm")
 def ancestral(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_T: torch.Tensor,
-              steps: int, opts: SampleOptions, skip: str = "linspace") -> torch.Tensor:
+              steps: int, opts: SampleOptions, skip: str = "linspace",
+              condition_mean: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """DDPM ancestral sampling over ``steps`` steps (all of them when ``steps == process.T``).
 
     ``skip`` picks the kept steps (see :func:`ddpmkit.samplers.base.subsequence`); the default
     ``"linspace"`` is improved-diffusion's respacing, ``"uniform"`` is diffusers' DDPMScheduler
     with ``timestep_spacing="leading"``. One noise draw per step except the last.
+    ``condition_mean(mean, variance, x_t, t, **cond) -> mean`` (``t`` the original timesteps)
+    may shift mu_theta at every step, e.g. classifier guidance (Dhariwal & Nichol 2021, Alg. 1;
+    :class:`ddpmkit.guidance.ClassifierMeanShift`).
     """
     sub = respaced_for(process, steps, skip)
     n = sub.T
@@ -53,6 +61,10 @@ def ancestral(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         out = sub.model_output(model, x, t, **opts.cond)
         noise = opts.randn(x.shape, x) if i > 0 else None
-        x, pred_x0 = ancestral_step(sub, out, x, i, noise, opts.clip_x0)
+        shift = None
+        if condition_mean is not None:
+            t_model = sub.schedule.table("timesteps", x.device)[t]
+            shift = partial(condition_mean, x_t=x, t=t_model, **opts.cond)
+        x, pred_x0 = ancestral_step(sub, out, x, i, noise, opts.clip_x0, shift)
         opts.report(k, n, int(original_t[i]), x, pred_x0)
     return x
