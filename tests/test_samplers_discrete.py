@@ -347,14 +347,37 @@ def test_quadratic_skip_is_the_ddim_repos():
 
 # ---------------------------------------------------------------------------------- report table
 def _table() -> None:  # pragma: no cover - run by hand for the report
+    steps_list = (10, 20, 50, 100, 1000)
     process, model = dk.GaussianDiffusion(LINEAR), gaussian_oracle(LINEAR, MU, SD)
-    print("exact W2 / SD (mean over dims), Gaussian oracle, linear T=1000")
-    print("sampler              " + "".join(f"{s:>9d}" for s in (10, 20, 50, 100, 1000)))
-    for sampler, params in [("ddim", {"skip": "uniform"}), ("ddim", {"skip": "quadratic"}),
-                            ("ddim", {"skip": "logsnr"}), ("dpmpp2m", {}), ("dpmpp2m", {"skip": "linspace"}),
-                            ("dpmpp3m", {})]:
-        errors = [exact_w2(process, model, sampler, s, **params) for s in (10, 20, 50, 100, 1000)]
-        print(f"{sampler:8s} {params.get('skip', 'logsnr'):11s} " + "".join(f"{e:9.4f}" for e in errors))
+    print("Gaussian oracle, linear T=1000, MU=(0.5,-1,0.2), SD=(0.25,1,0.5); steps:", steps_list)
+    print("deterministic: exact W2(output, data) / SD, mean over dims")
+    for sampler, skip in [("ddim", "uniform"), ("ddim", "quadratic"), ("ddim", "logsnr"),
+                          ("dpmpp2m", "logsnr"), ("dpmpp2m", "uniform"), ("dpmpp3m", "logsnr")]:
+        errors = [exact_w2(process, model, sampler, s, skip=skip) for s in steps_list]
+        print(f"  {sampler:8s} {skip:10s}" + "".join(f"{e:9.4f}" for e in errors))
+    print("stochastic (Monte Carlo, n=4000): max |mean - MU| / SD and max |std / SD - 1|")
+    for sampler, variance, params in [("ddpm", "fixed_small", {}), ("ddpm", "fixed_large", {}),
+                                      ("ddpm", "learned_range", {}), ("ddim", "fixed_small", {"eta": 1.0})]:
+        row = []
+        for steps in steps_list:
+            kept = [int(i) for i in subsequence(process, steps, "uniform" if sampler == "ddim" else "linspace")]
+            exact = variance == "learned_range"
+            oracle = gaussian_oracle(LINEAR.respace(kept) if exact else LINEAR, MU, SD, var_values="exact" if exact else None)
+            x = sample(dk.GaussianDiffusion(LINEAR, variance=variance), oracle, (4000, 3), sampler, steps,
+                       generator=gen(1), progress=False, **params).double()
+            row.append(f"{float(((x.mean(0) - MU) / SD).abs().max()):.3f}/{float((x.std(0) / SD - 1).abs().max()):.3f}")
+        name = f"{sampler} {'eta=1' if params else ('exact var' if variance == 'learned_range' else variance)}"
+        print(f"  {name:19s}" + "".join(f"{r:>13s}" for r in row))
+    oracle = mixture_oracle(dk.Schedule.cosine(50), **MIXTURE)
+    mix = dk.GaussianDiffusion(oracle.schedule)
+    print("mixture (cosine T=50, n=4000): max |mode weight - true| for steps (5, 10, 20, 50)")
+    for sampler in MINE:
+        row = []
+        for steps in (5, 10, 20, 50):
+            x = sample(mix, oracle, (4000, 2), sampler, steps, generator=gen(3), progress=False).double()
+            nearest = ((x[:, None] - oracle.means[None]) ** 2).sum(-1).argmin(1)
+            row.append(float((torch.bincount(nearest, minlength=3) / 4000.0 - oracle.weights).abs().max()))
+        print(f"  {sampler:8s}" + "".join(f"{r:9.4f}" for r in row))
 
 
 if __name__ == "__main__":  # pragma: no cover
