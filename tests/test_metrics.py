@@ -17,6 +17,8 @@ from ddpmkit.metrics import (FeatureStats, feature_metrics, fraction_in_manifold
                              polynomial_kernel, precision_recall, rbf_mmd2, sliced_wasserstein,
                              sqrtm_psd, wasserstein_1d)
 
+from ddpmkit.metrics._common import mmd2_from_kernel
+
 torch.set_num_threads(1)
 
 
@@ -144,6 +146,8 @@ def test_kid_unbiased_estimator_matches_brute_force():
     xy = sum(k(x[i], y[j]) for i in range(6) for j in range(6)) / 36
     kid = kernel_inception_distance(x, y, num_subsets=3, subset_size=6)
     assert kid.mean == pytest.approx(xx + yy - 2 * xy, rel=1e-12)  # full sets: every subset equal
+    chunked = mmd2_from_kernel(polynomial_kernel, torch.from_numpy(x), torch.from_numpy(y), chunk=4)
+    assert chunked == pytest.approx(kid.mean, rel=1e-12)
     assert kid.std == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(polynomial_kernel(torch.from_numpy(x), torch.from_numpy(y)).numpy(),
                                (x @ y.T / 3 + 1) ** 3)
@@ -169,14 +173,17 @@ def test_kid_subsets_come_from_the_generator():
 
 def test_rbf_mmd_matches_gaussian_closed_form():
     # P = N(0, s^2 I), Q = N(delta, s^2 I), kernel bandwidth b: E k = (b^2/(b^2+2s^2))^(d/2) exp(-|m|^2/(2(b^2+2s^2)))
-    d, s, b = 3, 0.7, 1.5
-    delta = torch.tensor([0.6, 0.0, -0.3], dtype=torch.float64)
+    d, s, b = 2, 1.0, 1.0  # here MMD^2 depends on b: 0.324, but 0.220 at b / sqrt(2)
+    delta = torch.tensor([2.0, 0.0], dtype=torch.float64)
     c = b**2 + 2 * s**2
     expected = 2 * (b**2 / c) ** (d / 2) * (1 - math.exp(-float(delta @ delta) / (2 * c)))
     g = torch.Generator().manual_seed(3)
     x = s * torch.randn(3000, d, generator=g, dtype=torch.float64)
     y = s * torch.randn(3000, d, generator=g, dtype=torch.float64) + delta
-    assert rbf_mmd2(x, y, bandwidths=b, unbiased=True) == pytest.approx(expected, rel=0.1)
+    assert rbf_mmd2(x, y, bandwidths=b, unbiased=True) == pytest.approx(expected, rel=0.08)
+    # several bandwidths: the kernel is their average, so MMD^2 is the average too
+    pair = rbf_mmd2(x[:500], y[:500], bandwidths=[0.5, 2.0])
+    assert pair == pytest.approx((rbf_mmd2(x[:500], y[:500], 0.5) + rbf_mmd2(x[:500], y[:500], 2.0)) / 2, rel=1e-12)
 
 
 def test_rbf_mmd_zero_for_identical_and_positive_otherwise():

@@ -51,13 +51,23 @@ def default_generator(generator: torch.Generator | None) -> torch.Generator:
     return generator
 
 
+def rows_per_chunk(columns: int, chunk: int | None = None) -> int:
+    """Rows of a (rows, columns) float64 block to build at once: ``chunk``, or ~16M entries (128 MB)."""
+    if chunk is not None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        return chunk
+    return max(1, min(8192, (1 << 24) // max(columns, 1)))
+
+
 def kernel_sums(kernel: KernelFn, x: torch.Tensor, y: torch.Tensor | None = None,
-                chunk: int = 2048) -> tuple[float, float]:
+                chunk: int | None = None) -> tuple[float, float]:
     """Sum of every entry of ``kernel(x, y)`` and, when ``y`` is None (``y = x``), of its diagonal.
 
-    The Gram matrix is built ``chunk`` rows at a time, so memory stays O(chunk * len(y)).
+    The Gram matrix is built ``chunk`` rows at a time (default: :func:`rows_per_chunk`).
     """
     other = x if y is None else y
+    chunk = rows_per_chunk(other.shape[0], chunk)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     diagonal = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], chunk):
@@ -69,7 +79,7 @@ def kernel_sums(kernel: KernelFn, x: torch.Tensor, y: torch.Tensor | None = None
 
 
 def mmd2_from_kernel(kernel: KernelFn, x: torch.Tensor, y: torch.Tensor, unbiased: bool = True,
-                     chunk: int = 2048) -> float:
+                     chunk: int | None = None) -> float:
     """MMD^2 between the samples ``x`` (m) and ``y`` (n) under ``kernel`` (Gretton et al. 2012).
 
     Unbiased (the U-statistic, eq. 3 there): within-set sums leave out the diagonal,

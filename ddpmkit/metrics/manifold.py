@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._common import as_feature_matrix, same_width, squared_distances
+from ._common import as_feature_matrix, rows_per_chunk, same_width, squared_distances
 
 __all__ = ["PrecisionRecall", "knn_radii", "fraction_in_manifold", "precision_recall"]
 
 
-def knn_radii(points: torch.Tensor | np.ndarray, k: int = 3, chunk: int = 1024) -> torch.Tensor:
+def knn_radii(points: torch.Tensor | np.ndarray, k: int = 3, chunk: int | None = None) -> torch.Tensor:
     """Distance from each point to its k-th nearest other point of the same set, shape (N,).
 
     The point itself (distance 0) is not counted; duplicates of it are.
@@ -24,7 +24,7 @@ def knn_radii(points: torch.Tensor | np.ndarray, k: int = 3, chunk: int = 1024) 
     p = as_feature_matrix(points, "points")
     if not 1 <= k < p.shape[0]:
         raise ValueError(f"k must be in [1, {p.shape[0] - 1}] for {p.shape[0]} points, got k={k}")
-    radii = []
+    radii, chunk = [], rows_per_chunk(p.shape[0], chunk)
     for start in range(0, p.shape[0], chunk):
         d2 = squared_distances(p[start:start + chunk], p)
         rows = torch.arange(d2.shape[0], device=p.device)
@@ -34,7 +34,7 @@ def knn_radii(points: torch.Tensor | np.ndarray, k: int = 3, chunk: int = 1024) 
 
 
 def fraction_in_manifold(queries: torch.Tensor | np.ndarray, support: torch.Tensor | np.ndarray,
-                         radii: torch.Tensor, chunk: int = 1024) -> float:
+                         radii: torch.Tensor, chunk: int | None = None) -> float:
     """Fraction of ``queries`` within distance ``radii[j]`` of some ``support[j]`` (ball edge included)."""
     q = as_feature_matrix(queries, "queries")
     s = as_feature_matrix(support, "support")
@@ -42,7 +42,7 @@ def fraction_in_manifold(queries: torch.Tensor | np.ndarray, support: torch.Tens
     r2 = radii.to(device=s.device, dtype=torch.float64) ** 2
     if r2.shape != (s.shape[0],):
         raise ValueError(f"radii must have shape ({s.shape[0]},), got {tuple(radii.shape)}")
-    inside = 0
+    inside, chunk = 0, rows_per_chunk(s.shape[0], chunk)
     for start in range(0, q.shape[0], chunk):
         d2 = squared_distances(q[start:start + chunk], s)
         inside += int((d2 <= r2[None, :]).any(dim=1).sum())
