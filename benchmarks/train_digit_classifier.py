@@ -70,7 +70,7 @@ def train(config: DigitClassifierConfig, x: torch.Tensor, y: torch.Tensor, epoch
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
                 bar.update()
     return network.eval()
 

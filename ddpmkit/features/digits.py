@@ -72,8 +72,10 @@ class DigitClassifier(nn.Module):
 class DigitFeatures(FeatureExtractor):
     """The trained digits classifier as a feature extractor: ``x -> (features, logits)``.
 
-    ``x``: (B, 1, 8, 8) in [-1, 1] (clipped; a flat (B, 64) is reshaped). ``info`` holds the
-    JSON written beside the weights (test accuracy, metric floors, how they were measured).
+    ``x``: (B, 1, 8, 8) in [-1, 1] (clipped; a flat (B, 64) is reshaped). The committed weights
+    scale the features so that mean |f|^2 / feature_dim = 1 on the train split, the range KID's
+    cubic kernel is made for. ``info`` holds the JSON written beside the weights (test accuracy,
+    metric floors, how they were measured).
     """
 
     name = "digits-classifier"

@@ -18,7 +18,7 @@ def extractor_floor(extractor: FeatureExtractor, train: torch.Tensor, test: torc
     """
     reference = extract_features(extractor, train, batch_size, progress)
     held_out = extract_features(extractor, test, batch_size, progress)
-    return metric_floor(reference.features, held_out.features, test_logits=held_out.logits, **options)
+    return metric_floor(reference.features, held_out.features, candidate_logits=held_out.logits, **options)
 
 
 def digits_floor(extractor: FeatureExtractor | None = None, seed: int = 0, **options) -> dict[str, float]:

@@ -11,7 +11,7 @@ from .kernel import (KIDResult, kernel_inception_distance, median_heuristic_band
                      polynomial_kernel, rbf_mmd2)
 from .manifold import PrecisionRecall, fraction_in_manifold, knn_radii, precision_recall
 from .sliced import random_directions, sliced_wasserstein, wasserstein_1d
-from .summary import feature_metrics, metric_floor
+from .summary import feature_metrics, metric_floor, point_metrics
 
 __all__ = [
     "FeatureStats",
@@ -36,5 +36,6 @@ __all__ = [
     "LogDensity",
     "mean_log_density",
     "feature_metrics",
+    "point_metrics",
     "metric_floor",
 ]

@@ -63,13 +63,18 @@ def kernel_inception_distance(
     return KIDResult(float(np.mean(values)), spread, num_subsets, size)
 
 
-def median_heuristic_bandwidth(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+def median_heuristic_bandwidth(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None,
                                max_points: int = 2000) -> float:
-    """The median pairwise Euclidean distance in the pooled sample (Gretton et al. 2012, sec. 8).
+    """The median pairwise Euclidean distance in ``x`` pooled with ``y`` (Gretton et al. 2012, sec. 8).
 
-    Beyond ``max_points`` pooled points an evenly spaced subset of them is used (deterministic).
+    With ``y=None`` only ``x`` is used: a kernel fixed by the reference data alone keeps scores
+    of different models comparable. Beyond ``max_points`` points an evenly spaced subset is used.
     """
-    pooled = torch.cat([as_feature_matrix(x, "x"), as_feature_matrix(y, "y")])
+    pooled = as_feature_matrix(x, "x")
+    if y is not None:
+        pooled = torch.cat([pooled, as_feature_matrix(y, "y").to(pooled.device)])
+    if pooled.shape[0] < 2:
+        raise ValueError(f"median_heuristic_bandwidth needs at least 2 points, got {pooled.shape[0]}")
     if pooled.shape[0] > max_points:
         pooled = pooled[torch.linspace(0, pooled.shape[0] - 1, max_points).round().long()]
     rows, cols = torch.triu_indices(pooled.shape[0], pooled.shape[0], offset=1)
