@@ -10,6 +10,8 @@ classifier guidance with the exact classifier at every scale.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 import ddpmkit as dk
 from ddpmkit.guidance import (ClassifierFreeGuidance, ClassifierGuidance, ClassifierMeanShift, Guidance,
                               check_labels, class_grid_labels, classifier_log_prob_grad, guided_sample)
+from ddpmkit.nets.classifier import ClassifierConfig, NoisyClassifier
 from ddpmkit.samplers import sample
 from oracles import MixtureOracle
 
@@ -242,3 +245,72 @@ def test_bad_class_ids_name_the_valid_range(oracle, process):
     with pytest.raises(ValueError, match="guidance must be one of"):
         Guidance("clf", 1.0, NUM_CLASSES)
     assert class_grid_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_sample_command_labels_and_errors(process):
+    from types import SimpleNamespace
+
+    from ddpmkit.cli_guidance import add_guidance_arguments, prepare_sampling
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--class", dest="label", type=int, default=None)
+    parser.add_argument("--sampler", default="ddim")
+    add_guidance_arguments(parser)
+    ckpt = SimpleNamespace(config=SimpleNamespace(network=SimpleNamespace(num_classes=10), class_dropout=0.1),
+                           process=process)
+    grid = prepare_sampling(parser.parse_args(["--guidance", "cfg", "--scale", "3"]), ckpt, None, torch.device("cpu"))
+    assert (grid.n, grid.nrow) == (70, 7) and grid.cond["y"].tolist() == class_grid_labels(10, 7).tolist()
+    assert isinstance(grid.model, ClassifierFreeGuidance) and grid.model.scale == 3.0
+    with pytest.raises(ValueError, match=r"--class must hold class ids in \[0, 9\] \(10 classes\), got --class=10"):
+        prepare_sampling(parser.parse_args(["--class", "10"]), ckpt, None, torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs --classifier"):
+        prepare_sampling(parser.parse_args(["--guidance", "classifier"]), ckpt, None, torch.device("cpu"))
+    plain = SimpleNamespace(config=SimpleNamespace(network=SimpleNamespace(num_classes=10), class_dropout=0.0),
+                            process=process)
+    with pytest.raises(ValueError, match="class_dropout > 0"):
+        prepare_sampling(parser.parse_args(["--guidance", "cfg"]), plain, None, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------- the classifier
+TINY = ClassifierConfig(image_size=8, in_channels=1, num_classes=10, channels=8, channel_mult=(1, 2),
+                        num_res_blocks=1, attention_resolutions=(4,), num_heads=2, norm_groups=4, dropout=0.1)
+
+
+def test_classifier_examples_do_not_interact():
+    """classifier_log_prob_grad sums log-probabilities over the batch: examples must be independent."""
+    torch.manual_seed(0)
+    net = NoisyClassifier(dataclasses.replace(TINY, zero_init=False)).eval()
+    x, t = torch.randn(5, 1, 8, 8), torch.tensor([0, 10.5, 200, 500, 999])
+    y = torch.tensor([1, 2, 3, 4, 5])
+    grads = classifier_log_prob_grad(net, x, t, y)
+    for i in range(5):
+        alone = classifier_log_prob_grad(net, x[i:i + 1], t[i:i + 1], y[i:i + 1])
+        torch.testing.assert_close(grads[i:i + 1], alone, rtol=1e-4, atol=1e-6)
+    assert grads.abs().sum() > 0
+
+
+def test_train_classifier_resumes_exactly_and_round_trips(tmp_path, monkeypatch):
+    import ddpmkit.train_classifier as tc
+    from ddpmkit.config import load_config
+    from ddpmkit.train_classifier import load_classifier, train_classifier
+
+    config = load_config("digits-cond", ["optim.batch_size=32", "optim.warmup=2", "log_every=3", "checkpoint_every=0",
+                                         "num_threads=1", "device=cpu"])
+    straight = train_classifier(config, 6, out=tmp_path / "a", classifier=TINY, progress=False)
+    train_classifier(config, 3, out=tmp_path / "b", classifier=TINY, progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train_classifier(config, 6, out=tmp_path / "b", classifier=TINY, progress=False)
+    visited = []
+    original = tc._step_generator
+    monkeypatch.setattr(tc, "_step_generator", lambda seed, step: visited.append(step) or original(seed, step))
+    resumed = train_classifier(config, 6, out=tmp_path / "b", classifier=TINY, resume=True, progress=False)
+    assert visited == [3, 4, 5]
+    assert resumed.step == straight.step == 6
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    loaded = load_classifier(tmp_path / "a")
+    assert loaded.classifier_config == TINY and loaded.state["step"] == 6
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 5, 50, 500])
+    assert torch.equal(loaded.model(x, t), straight.model(x, t))
+    assert set(straight.metrics["test_accuracy_by_t"]) == {0, 100, 250, 500, 750}
