@@ -125,7 +125,7 @@ def test_dequantised_bits_per_dim(levels):
     """Uniform dequantisation: E_u[-log p(x + delta (u - 1/2))] = -log p(x) + tr(C^-1) delta^2 / 24."""
     model = gaussian(NARROW)
     delta = 2.0 / (levels - 1)
-    x = (model.sample(3, seed=6).clamp(-1, 1) / delta).round() * delta
+    x = ((model.sample(3, seed=6).clamp(-1, 1) + 1) / delta).round() * delta - 1   # on the grid of levels
     repeats = 40
     result = ode_bpd(PROCESS, model, x.repeat(repeats, 1), levels=levels, trace="exact", generator=gen(7),
                      progress=False)
