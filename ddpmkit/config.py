@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 from .data.config import DataConfig
 from .diffusion import PREDICTIONS, VARIANCES, GaussianDiffusion
 from .losses import OBJECTIVES
+from .nets import build_network, network_config_to_dict
 from .nets.layers import DictConfig
 from .schedules import Schedule
 
@@ -68,17 +69,14 @@ def _at_least(owner: str, name: str, value: Any, low: float) -> None:
 
 def network_kinds() -> dict[str, type]:
     """``{kind: config class}`` of the networks in :mod:`ddpmkit.nets`."""
-    from . import nets
+    from .nets import MLPConfig, UNetConfig
 
-    kinds = {"unet": nets.UNetConfig}
-    if hasattr(nets, "MLPConfig"):
-        kinds["mlp"] = nets.MLPConfig
-    return kinds
+    return {"unet": UNetConfig, "mlp": MLPConfig}
 
 
 def _network_kind(network: Any) -> str:
     for kind, cls in network_kinds().items():
-        if isinstance(network, cls):
+        if type(network) is cls:
             return kind
     raise ValueError(f"network must be one of the configs {list(network_kinds())}, got {type(network).__name__}")
 
@@ -235,7 +233,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "network":
-                value = {"kind": _network_kind(value), **value.to_dict()}
+                value = network_config_to_dict(value)
             elif hasattr(value, "to_dict"):
                 value = value.to_dict()
             elif isinstance(value, tuple):
@@ -282,11 +280,7 @@ class TrainConfig:
 
     def build_network(self) -> Any:
         """The ``nn.Module`` that ``network`` describes (freshly initialised)."""
-        from . import nets
-
-        if hasattr(nets, "build_network"):
-            return nets.build_network(self.network)
-        return nets.UNet(self.network)
+        return build_network(self.network)
 
 
 def _section_class(key: str, values: Mapping[str, Any]) -> type | None:

@@ -78,10 +78,11 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1, scale:
 
 
 def scatter_image(points: np.ndarray, size: int = 384) -> Image.Image:
-    """2-D points drawn as dots on a white square spanning +-1.1 x their largest |coordinate|."""
+    """2-D points drawn as dots on a white square spanning +-1.2 x the 99th percentile of
+    |coordinate| (a few stray samples do not shrink the picture)."""
     points = np.asarray(points, dtype=np.float64)[:, :2]
     finite = points[np.isfinite(points).all(axis=1)]
-    extent = 1.1 * max(1e-6, float(np.abs(finite).max()) if finite.size else 1.0)
+    extent = 1.2 * max(1e-6, float(np.quantile(np.abs(finite), 0.99)) if finite.size else 1.0)
     picture = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(picture)
     pixels = (finite / extent + 1.0) * 0.5 * (size - 1)

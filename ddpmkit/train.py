@@ -77,10 +77,8 @@ def resolve_config(config: TrainConfig, dataset: ArrayDataset) -> TrainConfig:
     else:
         if dataset.is_image:
             raise ValueError(f"network.kind={config.network_kind!r} needs vector data, got shape {dataset.shape}")
-        for name, value in (("dim", dataset.shape[0]), ("in_dim", dataset.shape[0]),
-                            ("out_dim", factor * dataset.shape[0])):
-            if hasattr(net, name):
-                changes[name] = value
+        size = math.prod(dataset.shape)
+        changes = {"in_dim": size, "out_dim": factor * size}
     classes = getattr(net, "num_classes", None)
     if classes is not None and (dataset.num_classes is None or classes < dataset.num_classes):
         raise ValueError(f"network.num_classes={classes} but the data {dataset.name!r} has "

@@ -93,21 +93,10 @@ def test_bf16_autocast_on_cpu_learns(tmp_path):
     assert all(p.dtype == torch.float32 for p in result.ema_model.parameters())
 
 
-def test_resume_in_process_equals_uninterrupted(tmp_path):
-    cfg = tiny_config(tmp_path / "run", *FULL_STATE)
-    train(cfg, max_steps=17, progress=False)          # stops at 17 (checkpointed), not the end
-    resumed = train(cfg, resume=True, progress=False)
-    straight = train(cfg.replace(out=str(tmp_path / "ref")), progress=False)
-    assert resumed.step == straight.step == 40
-    assert_same_tensors(weights(resumed.checkpoint), weights(straight.checkpoint))
-    state = read_checkpoint(resumed.checkpoint)[1]["state"]
-    assert sum(state["timestep_sampler"]["counts"]) == 40 * 16   # the sampler saw every example
-
-
 def test_sigkill_then_resume_is_bit_exact(tmp_path):
     """A subprocess is SIGKILLed mid-run (maybe mid-write); resuming from its latest checkpoint
     must give the uninterrupted run's tensors exactly."""
-    cfg = tiny_config(tmp_path / "run", *FULL_STATE, "optim.steps=120", "checkpoint_every=7")
+    cfg = tiny_config(tmp_path / "run", *FULL_STATE, "optim.steps=50", "checkpoint_every=7")
     cfg_path = cfg.save(tmp_path / "cfg.json")
     code = ("import time; from ddpmkit.config import load_config; from ddpmkit.train import train; "
             f"train(load_config({str(cfg_path)!r}), progress=False, on_step=lambda tr: time.sleep(0.02))")
@@ -116,7 +105,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if latest.exists() and int(latest.read_text().strip()[5:] or 0) >= 21:
+            if latest.exists() and int(latest.read_text().strip()[5:] or 0) >= 14:
                 break
             time.sleep(0.005)
         assert proc.poll() is None, "the run finished before it could be killed"
@@ -125,10 +114,13 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     finally:
         proc.kill()
     killed_at = int(latest.read_text().strip()[5:])
-    assert 21 <= killed_at < 120
+    assert 14 <= killed_at < 50
     resumed = train(cfg, resume=True, progress=False)
     straight = train(cfg.replace(out=str(tmp_path / "ref")), progress=False)
+    assert resumed.step == straight.step == 50
     assert_same_tensors(weights(resumed.checkpoint), weights(straight.checkpoint))
+    state = read_checkpoint(resumed.checkpoint)[1]["state"]
+    assert sum(state["timestep_sampler"]["counts"]) == 50 * 16   # the sampler saw every example
     steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))    # the replayed steps were not logged twice
 
