@@ -63,6 +63,42 @@ def check_same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tenso
         raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
 
 
+# ---------------------------------------------------------------------- the conversions, once
+# a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar), so that x_t = a x_0 + s eps (DDPM eq. 4) and
+# v = a eps - s x_0 (Salimans & Ho 2022). They take a and s as tensors (table entries gathered
+# for integer t, or values at a fractional time in the continuous view, ddpmkit.vpsde).
+def x0_from_eps_at(x_t: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return (x_t - s * eps) / a
+
+
+def eps_from_x0_at(x_t: torch.Tensor, x0: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return (x_t - a * x0) / s
+
+
+def v_from_at(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return a * eps - s * x0
+
+
+def x0_from_v_at(x_t: torch.Tensor, v: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return a * x_t - s * v
+
+
+def eps_from_v_at(x_t: torch.Tensor, v: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return s * x_t + a * v
+
+
+def x0_eps_from_prediction_at(prediction: str, x_t: torch.Tensor, pred: torch.Tensor, a: torch.Tensor,
+                              s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) from an eps / x0 / v prediction, given a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar)."""
+    if prediction == "eps":
+        return x0_from_eps_at(x_t, pred, a, s), pred
+    if prediction == "x0":
+        return pred, eps_from_x0_at(x_t, pred, a, s)
+    if prediction == "v":
+        return x0_from_v_at(x_t, pred, a, s), eps_from_v_at(x_t, pred, a, s)
+    raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got prediction={prediction!r}")
+
+
 class GaussianDiffusion:
     """A discrete Gaussian diffusion with a fixed schedule and a model parameterisation.
 
@@ -192,20 +228,23 @@ class GaussianDiffusion:
         """eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v."""
         return self._eps_from_v(x_t, self._checked(t, x_t, "v", v), v)
 
+    def _a_s(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._g("sqrt_alpha_bar", t, like), self._g("sqrt_one_minus_alpha_bar", t, like)
+
     def _x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return (x_t - self._g("sqrt_one_minus_alpha_bar", t, x_t) * eps) / self._g("sqrt_alpha_bar", t, x_t)
+        return x0_from_eps_at(x_t, eps, *self._a_s(t, x_t))
 
     def _eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return (x_t - self._g("sqrt_alpha_bar", t, x_t) * x0) / self._g("sqrt_one_minus_alpha_bar", t, x_t)
+        return eps_from_x0_at(x_t, x0, *self._a_s(t, x_t))
 
     def _v_from(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self._g("sqrt_alpha_bar", t, x0) * eps - self._g("sqrt_one_minus_alpha_bar", t, x0) * x0
+        return v_from_at(x0, eps, *self._a_s(t, x0))
 
     def _x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self._g("sqrt_alpha_bar", t, x_t) * x_t - self._g("sqrt_one_minus_alpha_bar", t, x_t) * v
+        return x0_from_v_at(x_t, v, *self._a_s(t, x_t))
 
     def _eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self._g("sqrt_one_minus_alpha_bar", t, x_t) * x_t + self._g("sqrt_alpha_bar", t, x_t) * v
+        return eps_from_v_at(x_t, v, *self._a_s(t, x_t))
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The regression target of L_simple for this parameterisation."""
@@ -226,11 +265,7 @@ class GaussianDiffusion:
 
     def _to_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.prediction == "eps":
-            return self._x0_from_eps(x_t, t, pred), pred
-        if self.prediction == "x0":
-            return pred, self._eps_from_x0(x_t, t, pred)
-        return self._x0_from_v(x_t, t, pred), self._eps_from_v(x_t, t, pred)
+        return x0_eps_from_prediction_at(self.prediction, x_t, pred, *self._a_s(t, x_t))
 
     # ------------------------------------------------------------------ the model
     def output_shape(self, x_t: torch.Tensor) -> tuple[int, ...]:

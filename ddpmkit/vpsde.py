@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, x0_eps_from_prediction_at
 
 __all__ = ["ContinuousVP", "x0_eps_from_prediction"]
 
@@ -46,14 +46,7 @@ def x0_eps_from_prediction(prediction: str, x: torch.Tensor, alpha_bar: torch.Te
     for v), written for an ``alpha_bar`` that is not a table entry (a fractional time).
     """
     alpha_bar = torch.as_tensor(alpha_bar, dtype=x.dtype, device=x.device)
-    a, s = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
-    if prediction == "eps":
-        return (x - s * pred) / a, pred
-    if prediction == "x0":
-        return pred, (x - a * pred) / s
-    if prediction == "v":
-        return a * x - s * pred, s * x + a * pred
-    raise ValueError(f"prediction must be one of ['eps', 'x0', 'v'], got prediction={prediction!r}")
+    return x0_eps_from_prediction_at(prediction, x, pred, alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt())
 
 
 class ContinuousVP:
