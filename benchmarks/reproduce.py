@@ -45,7 +45,7 @@ from ddpmkit.data import load_dataset  # noqa: E402
 from ddpmkit.diffusion import GaussianDiffusion  # noqa: E402
 from ddpmkit.evaluate import pick_extractor, plot_quality, sample_quality  # noqa: E402
 from ddpmkit.likelihood import vlb_bpd  # noqa: E402
-from ddpmkit.train import train  # noqa: E402
+from ddpmkit.train import TrainingDiverged, train  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -86,53 +86,45 @@ SWEEP_ROWS = {
 SKIP = "uniform"   # DDIM's sub-sequence (0, c, 2c, ...) for every respaced DDIM-table row
 
 
+FULL = {"train_steps": 450, "bpd_examples": 48, "num_samples": 450, "model_steps": 100, "sweep_steps": "10,20,50,100",
+        "bootstrap": 200, "runs": "runs/reproduce", "json": "benchmarks/out/reproduce.json",
+        "doc": "docs/REPRODUCTION.md", "plot": "docs/reproduction_samplers.png"}
+QUICK = {**FULL, "train_steps": 30, "bpd_examples": 4, "num_samples": 60, "model_steps": 10, "sweep_steps": "5,10",
+         "bootstrap": 20, "runs": "runs/reproduce-quick", "json": "runs/reproduce-quick/reproduce.json",
+         "doc": "runs/reproduce-quick/REPRODUCTION.md", "plot": "runs/reproduce-quick/reproduction_samplers.png"}
+QUICK_OVERRIDES = ["diffusion.T=100", "network.channels=16", "network.num_res_blocks=1", "optim.warmup=5"]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a tiny network, T=100, few steps and samples")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_OVERRIDES}, few steps and samples")
     p.add_argument("--models", default="linear-simple,linear-x0-vlb,cosine-simple,cosine-hybrid,cosine-vlb",
                    help=f"comma-separated, from {[m.name for m in MODELS]}")
-    p.add_argument("--train-steps", type=int, default=None, help="training steps per model (default 450)")
-    p.add_argument("--bpd-examples", type=int, default=None, help="test examples for the bound (default 48)")
-    p.add_argument("--num-samples", type=int, default=None, help="samples per FD row (default 450)")
-    p.add_argument("--model-steps", type=int, default=100, help="ancestral steps for the per-model FD")
-    p.add_argument("--sweep-steps", default=None, help="DDIM-table step counts (default 10,20,50,100)")
+    p.add_argument("--train-steps", type=int, help=f"training steps per model ({FULL['train_steps']})")
+    p.add_argument("--bpd-examples", type=int, help=f"test examples for the bound ({FULL['bpd_examples']})")
+    p.add_argument("--num-samples", type=int, help=f"samples per FD row ({FULL['num_samples']})")
+    p.add_argument("--model-steps", type=int, help=f"ancestral steps for the per-model FD ({FULL['model_steps']})")
+    p.add_argument("--sweep-steps", help=f"DDIM-table step counts ({FULL['sweep_steps']})")
     p.add_argument("--full-rows", default="ddim-eta0,ddpm-large",
                    help="DDIM-table rows that also run all T steps (the expensive ones)")
-    p.add_argument("--extra-seeds", default="1", help="seeds repeated for the rows of <= 20 steps")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per FD")
-    p.add_argument("--runs", default=None, help="cache of trained runs (default runs/reproduce)")
-    p.add_argument("--json", default=None, help="default benchmarks/out/reproduce.json")
-    p.add_argument("--doc", default=None, help="default docs/REPRODUCTION.md")
-    p.add_argument("--plot", default=None, help="default docs/reproduction_samplers.png")
+    p.add_argument("--extra-seeds", default="1", help="sampling seeds repeated for the rows of <= 20 steps")
+    p.add_argument("--bootstrap", type=int, help=f"bootstrap resamples per FD ({FULL['bootstrap']})")
+    for name in ("runs", "json", "doc", "plot"):
+        p.add_argument(f"--{name}", help=f"({FULL[name]}; under {QUICK['runs']}/ with --quick)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--render-only", action="store_true", help="rewrite --doc and --plot from --json, no compute")
     a = p.parse_args(argv)
-    quick = a.quick
-    base = ROOT / ("runs/reproduce-quick" if quick else "")
-    defaults = {"train_steps": 30 if quick else 450, "bpd_examples": 4 if quick else 48,
-                "num_samples": 60 if quick else 450, "sweep_steps": "5,10" if quick else "10,20,50,100",
-                "runs": str(base if quick else ROOT / "runs/reproduce"),
-                "json": str(base / "reproduce.json" if quick else ROOT / "benchmarks/out/reproduce.json"),
-                "doc": str(base / "REPRODUCTION.md" if quick else ROOT / "docs/REPRODUCTION.md"),
-                "plot": str(base / "reproduction_samplers.png" if quick else ROOT / "docs/reproduction_samplers.png")}
-    for key, value in defaults.items():
+    for key, value in (QUICK if a.quick else FULL).items():
         if getattr(a, key) is None:
-            setattr(a, key, value)
-    if quick:
-        a.model_steps = min(a.model_steps, 10)
-        a.bootstrap = min(a.bootstrap, 20)
-    known = {m.name for m in MODELS}
+            setattr(a, key, str(ROOT / value) if key in ("runs", "json", "doc", "plot") else value)
     a.models = [m for m in a.models.split(",") if m]
-    for name in a.models:
-        if name not in known:
-            p.error(f"--models: unknown model {name!r}; known: {sorted(known)}")
-    if SWEEP_MODEL not in a.models:
-        p.error(f"--models must include {SWEEP_MODEL!r} (the sampler sweep runs on it)")
+    unknown = set(a.models) - {m.name for m in MODELS}
+    if unknown or SWEEP_MODEL not in a.models:
+        p.error(f"--models must name models of {[m.name for m in MODELS]} including {SWEEP_MODEL!r}, got {a.models}")
     a.sweep_steps = [int(s) for s in str(a.sweep_steps).split(",") if s]
     a.full_rows = [r for r in a.full_rows.split(",") if r]
-    for row in a.full_rows:
-        if row not in SWEEP_ROWS:
-            p.error(f"--full-rows: unknown row {row!r}; known: {list(SWEEP_ROWS)}")
+    if set(a.full_rows) - set(SWEEP_ROWS):
+        p.error(f"--full-rows must name rows of {list(SWEEP_ROWS)}, got {a.full_rows}")
     a.extra_seeds = [int(s) for s in a.extra_seeds.split(",") if s]
     return a
 
@@ -157,8 +149,7 @@ class Clock:
 def model_config(spec: ModelSpec, args: argparse.Namespace, preset: dict[str, Any]) -> TrainConfig:
     """The digits preset (read once per invocation) with the row's diffusion fields, the step
     budget and a cache directory named by a hash of everything that shapes the weights."""
-    extra = ["diffusion.T=100", "network.channels=16", "network.num_res_blocks=1", "optim.warmup=5"] if args.quick else []
-    overrides = [*spec.overrides(), *extra, f"optim.steps={args.train_steps}", "num_threads=1", "sample_every=0",
+    overrides = [*spec.overrides(), *(QUICK_OVERRIDES if args.quick else []), f"optim.steps={args.train_steps}", "num_threads=1", "sample_every=0",
                  "keep_last=1", f"checkpoint_every={max(1, args.train_steps // 2)}", f"name=reproduce-{spec.name}"]
     config = TrainConfig.from_dict(apply_overrides(preset, overrides))
     shaping = {k: v for k, v in config.to_dict().items() if k in ("data", "network", "diffusion", "optim",
@@ -258,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress = not args.quiet
     clock = Clock()
     started = datetime.now(timezone.utc)
-    load_start = os.getloadavg()
+    load_start, code = os.getloadavg(), code_info()
     t0 = time.perf_counter()
     specs = [m for m in MODELS if m.name in args.models]
     base = load_config("digits")
@@ -269,11 +260,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     x_bpd = test.x[:args.bpd_examples]
 
     models: dict[str, dict[str, Any]] = {}
+    diverged: dict[str, str] = {}
     sweep_rows: list[dict[str, Any]] = []
     for spec in specs:
         config = model_config(spec, args, preset)
-        print(f"== {spec.name}: {config.out}", flush=True)
-        result, train_info = clock.run("train", train_cached, config, progress)
+        print(f"== {spec.name}: {config.out} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+        try:
+            result, train_info = clock.run("train", train_cached, config, progress)
+        except TrainingDiverged as err:
+            if spec.name == SWEEP_MODEL:
+                raise
+            diverged[spec.name] = str(err)
+            print(f"   diverged: {err}", flush=True)
+            continue
         model, process = result.ema_model.eval(), result.process
         entry = {"label": spec.label, "overrides": spec.overrides(), "run": str(config.out), "train": train_info,
                  "T": process.T, "config": result.config.to_dict()}
@@ -298,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(),
+        "code": code,
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "total_wall_s": time.perf_counter() - t0,
         "phases": clock.phases,
@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "preset": preset,
         "floor": runner.floor,
         "models": models,
+        "diverged": diverged,
         "sweep": sweep_rows,
     }
     sampled = [r for r in sweep_rows] + [m["fd"] for m in models.values() if "same_as" not in m["fd"]]
@@ -318,6 +319,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_outputs(report, Path(args.json), Path(args.doc), Path(args.plot))
     print(f"wrote {args.json}, {args.doc}, {args.plot} in {report['total_wall_s'] / 60:.1f} min", flush=True)
     return report
+
+
+def code_info() -> dict[str, Any]:
+    """The commit the run started from and the files that differed from it (a shared work tree)."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True).stdout.rstrip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(),
+            "modified": [line[3:] for line in git("status", "--short", "--untracked-files=no").splitlines()]}
 
 
 def machine_info() -> dict[str, Any]:
@@ -439,7 +453,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{_minutes(r['total_wall_s'])} for this invocation; training {_minutes(train_total)} in all when the runs "
         f"were made (cached under `runs/reproduce/`). Load average "
         f"{r['load_average']['start'][0]:.1f} at the start, {r['load_average']['end'][0]:.1f} at the end (a shared "
-        "machine: wall times are upper bounds).", "",
+        "machine: wall times are upper bounds). Code: commit "
+        f"`{r['code']['commit']}`" + (f" with uncommitted changes in {', '.join(r['code']['modified'])}"
+                                        if r['code']['modified'] else "") + ".", "",
         "## What was run", "",
         f"- Data: scikit-learn digits, 1347 train / 450 test, 17 levels. Every model is the `digits` preset "
         f"({_preset_summary(r['models'][SWEEP_MODEL]['config'])}) with only its paper row's diffusion fields changed, trained for "
@@ -482,6 +498,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name}: {m['label']} | {b['mean']:.3f} ± {b['sem']:.3f} | {b['decoder']:.3f} | {_fd(f)} | "
                      f"{f['precision']:.2f} / {f['recall']:.2f} | {nll} | {fid} | {t['step']} steps, "
                      f"{_minutes(t['wall_s'])} / {_minutes(t['cpu_s'])} |")
+    lines += [f"| {name} | diverged: {why} | | | | | | |" for name, why in r.get("diverged", {}).items()]
     lines += ["", "Paper numbers are on CIFAR-10 / ImageNet-64 with Inception FID: compare orderings, not values. "
               f"The `{SWEEP_MODEL}` FD is the `ddim-eta1` cell of the main table at S = {st['model_steps']}: DDIM with "
               "eta = 1 is ancestral sampling with the fixed small variance, draw for draw.", ""]
