@@ -196,8 +196,11 @@ class QualityRunner:
              seed: int = 0) -> list[dict[str, Any]]:
         q = sample_quality(process, model.eval(), self.test.shape, self.extractor, self.train_set.x, self.test.x,
                            list(names), steps, num_samples=self.args.num_samples, seed=seed,
-                           sampler_params=names, progress=not self.args.quiet, bootstrap=self.args.bootstrap)
+                           sampler_params=names, progress=False, bootstrap=self.args.bootstrap)
         self.floor = q["floor"]
+        for r in q["rows"]:
+            print(f"   {r['sampler']:>12s} S={r['steps']:<5d} seed {seed}: FD {r['fd']:.3f} +- {r['fd_boot_std']:.3f} "
+                  f"(floor {q['floor']['fd']:.3f}) {r['seconds']:.0f}s", flush=True)
         return [{**r, "seed": seed} for r in q["rows"]]
 
 
