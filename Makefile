@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench reproduce clean
+.PHONY: demo test venv bench bench-samplers bench-guidance reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+bench-samplers: $(STAMP)
+	$(PY) benchmarks/samplers.py
+
+bench-guidance: $(STAMP)
+	$(PY) benchmarks/guidance.py
+
+reproduce: $(STAMP)
+	$(PY) benchmarks/reproduce.py
 
 clean:
 	rm -rf $(VENV) runs
