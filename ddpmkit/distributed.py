@@ -1,4 +1,5 @@
-"""Multi-process training helpers: torchrun's environment, the process group, small collectives.
+"""Process-level helpers for training: torchrun's environment, the process group, small collectives,
+and SIGTERM / SIGINT turned into a polite stop.
 
 Launch with ``torchrun --nproc_per_node N ...`` (add ``--nnodes``/``--rdzv_endpoint`` for
 several machines). Each process reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the
@@ -8,13 +9,16 @@ those variables everything here is a no-op for a single process.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "all_gather_cat",
-           "gather_bytes", "barrier", "shutdown"]
+           "gather_bytes", "barrier", "shutdown", "StopSignals"]
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -102,3 +106,25 @@ def shutdown(info: DistInfo) -> None:
     """Leave the group if :func:`init_distributed` created it."""
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class StopSignals:
+    """Turns SIGTERM / SIGINT (a scheduler's preemption, torchrun passing on a stop, Ctrl-C)
+    into a request to checkpoint and stop; a second SIGINT raises KeyboardInterrupt at once.
+    Only the main thread can install handlers; :meth:`restore` puts the old ones back."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

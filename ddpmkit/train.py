@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +32,8 @@ from .checkpoint import (CheckpointError, decode_bytes, encode_bytes, find_check
 from .config import TrainConfig
 from .data import ArrayDataset, load_dataset
 from .diffusion import GaussianDiffusion
-from .distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, gather_bytes,
-                          init_distributed, shutdown)
+from .distributed import (DistInfo, StopSignals, all_gather_cat, all_reduce_sum, barrier,
+                          gather_bytes, init_distributed, shutdown)
 from .ema import EMA
 from .losses import make_timestep_sampler, training_losses
 from .monitor import MetricsLog, save_sample_grid
@@ -344,7 +342,7 @@ class Trainer:
             cfg.save(self.run_dir / "config.json")
             log = MetricsLog(self.run_dir / "metrics.jsonl", self.run_dir / "tensorboard")
             log.truncate_after(self.step)
-        stop = _StopSignals()
+        stop = StopSignals()
         bar = tqdm(total=stop_at, initial=self.step, desc=f"train {cfg.name}", dynamic_ncols=True,
                    disable=not (self.progress and main))
         metrics: dict[str, Any] = {}
@@ -394,27 +392,6 @@ class Trainer:
 
 def _bytes_tensor(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(decode_bytes(text)), dtype=torch.uint8)
-
-
-class _StopSignals:
-    """Turns SIGTERM / SIGINT into a request to checkpoint and stop (a second SIGINT raises
-    KeyboardInterrupt at once). Only the main thread can install handlers."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train(config: TrainConfig, resume: bool | str | Path = False, max_steps: int | None = None,
