@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import numpy as np
@@ -22,6 +23,7 @@ from ddpmkit.nets import (
     timestep_embedding,
     sinusoidal_frequencies,
 )
+from ddpmkit.nets.layers import InplaceDropout
 from ddpmkit.nets.unet import ResBlock
 
 torch.set_num_threads(1)
@@ -108,6 +110,12 @@ def test_unet_output_equals_diffusers_with_ported_weights():
         assert torch.allclose(ours(x, t, y), theirs(x, t, class_labels=y).sample, atol=1e-5)
         null = theirs(x, t, class_labels=torch.full((3,), 3)).sample
         assert torch.allclose(ours(x, t), null, atol=1e-5)
+    grads = []
+    for out in (lambda xg: ours.train()(xg, t, y), lambda xg: theirs.train()(xg, t, class_labels=y).sample):
+        xg = x.clone().requires_grad_()
+        out(xg).square().sum().backward()
+        grads.append(xg.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4)
 
 
 @pytest.mark.parametrize("scale_shift", [False, True])
@@ -124,6 +132,12 @@ def test_resblock_equals_diffusers_resnet_block(scale_shift, resample):
     x, emb = torch.randn(2, 16, 8, 8), torch.randn(2, 32)
     with torch.no_grad():
         assert torch.allclose(ours(x, F.silu(emb)), theirs(x, emb), atol=1e-5)
+    grads = []
+    for block, e in ((ours.train(), F.silu(emb)), (theirs.train(), emb)):   # the training path too
+        xg = x.clone().requires_grad_()
+        block(xg, e).square().sum().backward()
+        grads.append(xg.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4)
 
 
 # ------------------------------------------------------------------ time embedding
@@ -238,6 +252,21 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         net(x, t).square().sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_inplace_dropout_is_inverted_dropout_with_rate_p():
+    drop = InplaceDropout(0.3).train()
+    torch.manual_seed(9)
+    x = torch.full((400_000,), 2.0, requires_grad=True)
+    out = drop(x * 1.0)
+    kept = out != 0
+    assert abs((~kept).double().mean().item() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / x.numel())
+    assert torch.allclose(out[kept], torch.tensor(2.0 / 0.7))
+    out.sum().backward()
+    assert torch.equal(x.grad, kept / 0.7)                     # d out / d x = mask / (1 - p)
+    torch.manual_seed(9)
+    assert torch.equal(drop(x.detach() * 1.0), out.detach())   # the global seed decides the mask
+    assert torch.equal(drop.eval()(x.detach()), x.detach())
 
 
 # ------------------------------------------------------------------ configs

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConditionEmbedding, DictConfig
+from .layers import ConditionEmbedding, DictConfig, InplaceDropout
 
 __all__ = ["MLPConfig", "MLP"]
 
@@ -76,7 +76,7 @@ class _Block(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.fc1 = nn.Linear(hidden, hidden)
         self.emb_proj = nn.Linear(hidden, hidden) if cfg.time_mode == "add" else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = InplaceDropout(cfg.dropout)
         self.fc2 = nn.Linear(hidden, hidden)
         if cfg.zero_init:
             nn.init.zeros_(self.fc2.weight)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import ConditionEmbedding, DictConfig, checked_groups, group_norm
+from .layers import ConditionEmbedding, DictConfig, InplaceDropout, checked_groups, group_norm
 
 __all__ = ["UNetConfig", "UNet", "ResBlock", "AttentionBlock"]
 
@@ -144,6 +144,12 @@ def _zero(module: nn.Module, enabled: bool) -> nn.Module:
     return module
 
 
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU, in place when no gradient is recorded (in training the out-of-place op is cheaper:
+    an in-place one would have to save a copy of its input for backward)."""
+    return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+
+
 def _resample(x: torch.Tensor, mode: str | None) -> torch.Tensor:
     if mode == "up":
         return F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -168,12 +174,12 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, cout * (2 if cfg.scale_shift else 1))
         self.norm2 = group_norm(cout, cfg.norm_groups, cfg.norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = InplaceDropout(cfg.dropout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1), cfg.zero_init)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.norm1(x))
+        h = _silu(self.norm1(x))
         if self.resample is not None:
             h, x = _resample(h, self.resample), _resample(x, self.resample)
         h = self.conv1(h)
@@ -182,9 +188,9 @@ class ResBlock(nn.Module):
             scale, shift = e.chunk(2, dim=1)
             h = torch.addcmul(shift, self.norm2(h), scale + 1.0)
         else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+            h = self.norm2(h.add_(e))             # conv1's output is not needed for its backward
+        h = self.dropout(_silu(h))
+        return self.conv2(h).add_(self.skip(x))
 
 
 class AttentionBlock(nn.Module):
@@ -203,7 +209,7 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, hgt * wid)
         q, k, v = qkv.transpose(-1, -2).unbind(1)          # each (B, heads, L, d)
         out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, hgt, wid))
+        return self.proj(out.transpose(-1, -2).reshape(b, c, hgt, wid)).add_(x)
 
 
 class Downsample(nn.Module):
@@ -335,4 +341,4 @@ class UNet(nn.Module):
                 h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb_act)
             if level.resample is not None:
                 h = self._run(level.resample, h, emb_act)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_silu(self.norm_out(h)))
