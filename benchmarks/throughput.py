@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -322,7 +323,10 @@ def bench_samplers(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Part 2: network time vs. sampler bookkeeping for the digits preset's network."""
     preset = load_config("digits")
     process = preset.diffusion.build()
-    net = UNet(bench_configs()["digits"]).to(args.device).eval()
+    # zero_init=False: a zero-initialised net predicts eps = 0 exactly, a zero score, and the
+    # predictor-corrector's Langevin step size (snr * |z| / |score|)^2 is then infinite.
+    torch.manual_seed(0)
+    net = UNet(replace(bench_configs()["digits"], zero_init=False)).to(args.device).eval()
     cfg = net.config
     shape = (args.sample_batch, cfg.in_channels, cfg.image_size, cfg.image_size)
     sampling_overhead(process, net, "ddim", 2, shape, args.device)   # warm-up
@@ -409,9 +413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="A/B repetitions (default 5, quick 2)")
     p.add_argument("--cifar-batch", type=int, default=None, help="default 8 on cpu (quick 2), 128 on cuda")
     p.add_argument("--digits-batch", type=int, default=128)
-    p.add_argument("--sample-batch", type=int, default=256)
+    p.add_argument("--sample-batch", type=int, default=None, help="default 256, quick 64")
     p.add_argument("--sample-steps", type=int, default=None, help="default 50, quick 10")
-    p.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory subprocesses (quick: skipped)")
+    p.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory subprocesses")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.profiler summary of a CIFAR training step (default: on, off with --quick)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
@@ -422,7 +426,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.reps = args.reps or (2 if args.quick else 5)
     args.sample_steps = args.sample_steps or (10 if args.quick else 50)
     args.cifar_batch = args.cifar_batch or (128 if args.device.startswith("cuda") else 2 if args.quick else 8)
-    args.no_memory = args.no_memory or args.quick
+    args.sample_batch = args.sample_batch or (64 if args.quick else 256)
     args.profile = (not args.quick and args.device == "cpu") if args.profile is None else args.profile
     return args
 
