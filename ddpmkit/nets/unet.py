@@ -40,6 +40,7 @@ class UNetConfig(DictConfig):
         num_heads: attention heads, unless ``head_channels`` is set (then heads = C // it).
         dropout: dropout before the second conv of each residual block.
         norm_groups: GroupNorm groups (clamped to the channel count, must divide it).
+        norm_eps: GroupNorm epsilon (1e-5 as in ADM; DDPM's TensorFlow code used 1e-6).
         scale_shift: iDDPM/ADM ``norm(h) * (1 + scale) + shift`` conditioning instead of adding.
         resblock_updown: resample inside residual blocks (ADM) instead of strided / upsample convs.
         num_classes: class-conditional with ``num_classes + 1`` rows, the last one the null class.
