@@ -221,7 +221,8 @@ def peak_memory(config_name: str, which: str, batch: int, threads: int) -> dict[
 def _memory_child(spec: dict[str, Any]) -> None:
     torch.set_num_threads(spec["threads"])
     cfg = bench_configs()[spec["config"]]
-    model = build_pair(cfg)[spec["which"]]
+    torch.manual_seed(0)
+    model = UNet(cfg) if spec["which"] == "ours" else DiffusersUNet(cfg)   # only the one measured
     x, t, target = make_batch(cfg, spec["batch"])
     mib = 1024.0  # ru_maxrss is in KiB on Linux
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
