@@ -209,13 +209,25 @@ def time_alternating(fns: dict[str, Callable[[], None]], reps: int, device: str 
 
 
 def peak_memory(config_name: str, which: str, batch: int, threads: int) -> dict[str, float]:
-    """CPU: growth of the resident-set high-water mark (``getrusage`` maxrss) over the process's
+    """CPU: growth of the resident-set high-water mark (VmHWM, else maxrss) over the process's
     level after building the model and its batch, in a fresh subprocess: first for a no_grad
     forward, then for one training step (maxrss only grows, so the second includes the first)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child",
            json.dumps({"config": config_name, "which": which, "batch": batch, "threads": threads})]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _peak_rss_kib() -> int:
+    """This process's resident high-water mark, KiB: VmHWM where /proc exists (getrusage's
+    maxrss survives exec, so a child forked from a big parent would report the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _memory_child(spec: dict[str, Any]) -> None:
@@ -225,11 +237,11 @@ def _memory_child(spec: dict[str, Any]) -> None:
     model = UNet(cfg) if spec["which"] == "ours" else DiffusersUNet(cfg)   # only the one measured
     x, t, target = make_batch(cfg, spec["batch"])
     mib = 1024.0  # ru_maxrss is in KiB on Linux
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _peak_rss_kib()
     forward_pass(model, x, t)()
-    fwd = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fwd = _peak_rss_kib()
     training_step(model, x, t, target)()
-    train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    train = _peak_rss_kib()
     print(json.dumps({"forward_mib": (fwd - base) / mib, "train_mib": (train - base) / mib, "base_mib": base / mib}))
 
 
@@ -383,7 +395,7 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{100 * r['fraction_of_matmul_rate']['diffusers']:.1f} | "
                          f"{mem.get('ours', float('nan')):.0f} | {mem.get('diffusers', float('nan')):.0f} |")
     lines += ["", "Train = forward + backward + AdamW step, counted as 3x the forward FLOPs. Peak memory on CPU: "
-              "growth of getrusage's maxrss over the level after building model and batch, in a fresh "
+              "growth of the resident high-water mark (VmHWM) over the level after building model and batch, in a fresh "
               "process (forward measured first, then a training step); on CUDA: max_memory_allocated.", ""]
     if report.get("samplers"):
         lines += [f"## Sampling overhead (digits network, batch {report['sample_batch']})", "",
