@@ -223,6 +223,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     ema_rate: float | None = None) -> LoadedCheckpoint:
     """Rebuild the networks and the process of a checkpoint (no unpickling anywhere).
 
+    The networks come ready for inference: eval mode, no gradients (``.requires_grad_(True)``
+    and ``.train()`` to fine-tune).
+
     ``path``: see :func:`find_checkpoint`. ``ema_rate`` picks one of the saved averages (the
     first when None).
     """
@@ -247,7 +250,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint tensors of {json_path} do not fit the network: {first}") from None
-        return module.to(device).eval()
+        return module.to(device).eval().requires_grad_(False)
 
     state["path"] = str(json_path)
     return LoadedCheckpoint(config, network("model."), network(f"ema.{rates.index(rate)}."),
