@@ -59,7 +59,7 @@ def run_script(code: str, **popen) -> subprocess.Popen:
 
 
 def test_loss_decreases_and_ema_tracks(tmp_path):
-    result = train(tiny_config(tmp_path / "run", "optim.steps=60"), progress=False)
+    result = train(tiny_config(tmp_path / "run", "optim.steps=60", "optim.decay=constant"), progress=False)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(5, 65, 5))
     first, last = lines[0]["loss"], min(x["loss"] for x in lines[-3:])
