@@ -18,6 +18,7 @@ resumed run continues exactly. Ctrl-C (or SIGTERM) saves a checkpoint and stops.
 """
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -163,8 +164,8 @@ def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str 
     """Train p(y | x_t, t) on ``config``'s data noised by ``config``'s process.
 
     Args:
-        steps: optimiser steps (default ``config.optim.steps``); lr, warm-up, decay, batch size,
-            weight decay and clipping come from ``config.optim``.
+        steps: optimiser steps (default ``config.optim.steps``; the learning-rate decay ends
+            there); lr, warm-up, decay, batch size, weight decay and clipping come from ``config.optim``.
         out: the run directory (default ``config.out + "-classifier"``).
         classifier: the network (default: :func:`classifier_config_for`).
         resume: continue from the run directory's latest checkpoint (refused otherwise if one exists).
@@ -172,6 +173,7 @@ def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str 
     steps = config.optim.steps if steps is None else steps
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
+    opt = dataclasses.replace(config.optim, steps=steps)   # a cosine / linear decay ends at ``steps``
     run_dir = Path(out) if out is not None else Path(config.out + "-classifier")
     device = resolve_device(config.device)
     if config.num_threads:
@@ -179,7 +181,6 @@ def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str 
     data, test = load_dataset(config.data, "train"), load_dataset(config.data, "test")
     classifier = classifier or classifier_config_for(config, data)
     process = config.diffusion.build()
-    opt = config.optim
     if opt.batch_size > len(data):
         raise ValueError(f"optim.batch_size={opt.batch_size} exceeds the {len(data)} training examples")
     torch.manual_seed(config.seed)
