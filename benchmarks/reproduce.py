@@ -130,20 +130,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------ measurements
-class Clock:
-    """Wall and CPU seconds of the named phases."""
+class RunCache:
+    """Results stored beside a trained run (``reproduce_eval.json``) with the wall and CPU seconds
+    they took, so that an interrupted invocation resumes where it stopped and the report can
+    state the whole cost however many invocations made it."""
 
-    def __init__(self) -> None:
-        self.phases: dict[str, dict[str, float]] = {}
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "reproduce_eval.json"
+        self.items: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
-    def run(self, name: str, fn, *args, **kwargs):
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            entry = self.phases.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
-            entry["wall_s"] += time.perf_counter() - wall
-            entry["cpu_s"] += time.process_time() - cpu
+    def get(self, key: str, phase: str, fn, *args, **kwargs) -> Any:
+        if key not in self.items:
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = fn(*args, **kwargs)
+            self.items[key] = {"phase": phase, "result": result, "wall_s": time.perf_counter() - wall,
+                               "cpu_s": time.process_time() - cpu}
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(json.dumps(self.items))
+            partial.replace(self.path)
+        return self.items[key]["result"]
+
+    def costs(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for item in self.items.values():
+            entry = out.setdefault(item["phase"], {"wall_s": 0.0, "cpu_s": 0.0})
+            entry["wall_s"] += item["wall_s"]
+            entry["cpu_s"] += item["cpu_s"]
+        return out
 
 
 def model_config(spec: ModelSpec, args: argparse.Namespace, preset: dict[str, Any]) -> TrainConfig:
@@ -193,18 +206,25 @@ class QualityRunner:
         self.floor: dict[str, Any] | None = None
 
     def rows(self, process: GaussianDiffusion, model, names: dict[str, dict[str, Any]], steps: list[int],
-             seed: int = 0) -> list[dict[str, Any]]:
+             seed: int = 0) -> dict[str, Any]:
         q = sample_quality(process, model.eval(), self.test.shape, self.extractor, self.train_set.x, self.test.x,
                            list(names), steps, num_samples=self.args.num_samples, seed=seed,
                            sampler_params=names, progress=False, bootstrap=self.args.bootstrap)
-        self.floor = q["floor"]
         for r in q["rows"]:
             print(f"   {r['sampler']:>12s} S={r['steps']:<5d} seed {seed}: FD {r['fd']:.3f} +- {r['fd_boot_std']:.3f} "
                   f"(floor {q['floor']['fd']:.3f}) {r['seconds']:.0f}s", flush=True)
-        return [{**r, "seed": seed} for r in q["rows"]]
+        return {"rows": [{**r, "seed": seed} for r in q["rows"]], "floor": q["floor"]}
+
+    def cached(self, cache: RunCache, phase: str, process: GaussianDiffusion, model,
+               names: dict[str, dict[str, Any]], steps: list[int], seed: int = 0) -> dict[str, Any]:
+        key = json.dumps({"variance": process.variance, "rows": names, "steps": steps, "seed": seed,
+                          "n": self.args.num_samples, "bootstrap": self.args.bootstrap}, sort_keys=True)
+        result = cache.get(key, phase, self.rows, process, model, names, steps, seed)
+        self.floor = result["floor"]
+        return result
 
 
-def sweep(runner: QualityRunner, model, process: GaussianDiffusion, args: argparse.Namespace, clock: Clock
+def sweep(runner: QualityRunner, cache: RunCache, model, process: GaussianDiffusion, args: argparse.Namespace
           ) -> list[dict[str, Any]]:
     """DDIM Table 1 rows and DPM-Solver++ 2M, on ``model``: seed 0 at every step count, the extra
     seeds at <= 20 steps, and all T steps for ``--full-rows``."""
@@ -225,7 +245,7 @@ def sweep(runner: QualityRunner, model, process: GaussianDiffusion, args: argpar
                 sampler, extra, variance = SWEEP_ROWS[name]
                 params = {"sampler": sampler, "skip": SKIP, **extra}
             phase = "sweep full T" if steps == [process.T] else ("sweep" if seed == 0 else "sweep extra seeds")
-            rows += clock.run(phase, runner.rows, processes[variance], model, {name: params}, steps, seed)
+            rows += runner.cached(cache, phase, processes[variance], model, {name: params}, steps, seed)["rows"]
     return rows
 
 
@@ -250,7 +270,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     torch.set_num_threads(1)
     progress = not args.quiet
-    clock = Clock()
     started = datetime.now(timezone.utc)
     load_start, code = os.getloadavg(), code_info()
     t0 = time.perf_counter()
@@ -265,11 +284,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     diverged: dict[str, str] = {}
     sweep_rows: list[dict[str, Any]] = []
+    phases: dict[str, dict[str, float]] = {}
     for spec in specs:
         config = model_config(spec, args, preset)
         print(f"== {spec.name}: {config.out} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
         try:
-            result, train_info = clock.run("train", train_cached, config, progress)
+            result, train_info = train_cached(config, progress)
         except TrainingDiverged as err:
             if spec.name == SWEEP_MODEL:
                 raise
@@ -279,20 +299,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, process = result.ema_model.eval(), result.process
         entry = {"label": spec.label, "overrides": spec.overrides(), "run": str(config.out), "train": train_info,
                  "T": process.T, "config": result.config.to_dict()}
-        entry["bpd"] = clock.run("bits/dim", bound_bpd, process, model, x_bpd, test.levels, progress)
+        cache = RunCache(config.out)
+        entry["bpd"] = cache.get(f"bpd n={len(x_bpd)} seed=0", "bits/dim", bound_bpd, process, model, x_bpd,
+                                 test.levels, progress)
         print(f"   bits/dim {entry['bpd']['mean']:.3f} +- {entry['bpd']['sem']:.3f}", flush=True)
         steps = min(args.model_steps, process.T)
         if spec.name == SWEEP_MODEL:
-            sweep_rows = sweep(runner, model, process, args, clock)
+            sweep_rows = sweep(runner, cache, model, process, args)
         reuse = [r for r in sweep_rows if (r["sampler"], r["steps"], r["seed"]) == ("ddim-eta1", steps, 0)]
         if spec.name == SWEEP_MODEL and reuse:
             # DDIM with eta = 1 is ancestral sampling with the posterior variance on the same
             # sub-sequence, draw for draw (tests/test_evaluate.py checks the equality)
             entry["fd"] = {**reuse[0], "sampler": "ddpm", "same_as": "ddim-eta1"}
         else:
-            entry["fd"] = clock.run("model FD", runner.rows, process, model,
-                                    {"ddpm": {"sampler": "ddpm", "skip": SKIP}}, [steps])[0]
+            entry["fd"] = runner.cached(cache, "model FD", process, model, {"ddpm": {"sampler": "ddpm", "skip": SKIP}},
+                                        [steps])["rows"][0]
         models[spec.name] = entry
+        for phase, cost in [("train", train_info), *cache.costs().items()]:
+            total = phases.setdefault(phase, {"wall_s": 0.0, "cpu_s": 0.0})
+            total["wall_s"] += cost["wall_s"]
+            total["cpu_s"] += cost["cpu_s"]
 
     T = models[SWEEP_MODEL]["T"]
     report = {
@@ -303,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "code": code,
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "total_wall_s": time.perf_counter() - t0,
-        "phases": clock.phases,
+        "phases": phases,
         "settings": {"train_steps": args.train_steps, "bpd_examples": len(x_bpd), "num_samples": args.num_samples,
                      "model_steps": args.model_steps, "sweep_steps": args.sweep_steps, "full_rows": args.full_rows,
                      "extra_seeds": args.extra_seeds, "bootstrap": args.bootstrap, "T": T, "skip": SKIP,
@@ -448,15 +474,17 @@ def render_markdown(r: dict[str, Any]) -> str:
     """docs/REPRODUCTION.md from the report dict."""
     st, fl, T = r["settings"], r["floor"], r["settings"]["T"]
     mach, n = r["machine"], st["num_samples"]
-    train_total = sum(m["train"]["wall_s"] for m in r["models"].values())
+    cpu_total = sum(v["cpu_s"] for v in r["phases"].values())
+    wall_total = sum(v["wall_s"] for v in r["phases"].values())
     lines = [
         "# Reproducing the papers' orderings on the 8x8 digits", "",
         f"Generated by `{r['command']}` on {r['date']}: {mach['cpu']} ({mach['cores']} cores, "
-        f"{mach['threads_used']} thread used), torch {mach['torch']}, Python {mach['python']}. Wall time "
-        f"{_minutes(r['total_wall_s'])} for this invocation; training {_minutes(train_total)} in all when the runs "
-        f"were made (cached under `runs/reproduce/`). Load average "
-        f"{r['load_average']['start'][0]:.1f} at the start, {r['load_average']['end'][0]:.1f} at the end (a shared "
-        "machine: wall times are upper bounds). Code: commit "
+        f"{mach['threads_used']} thread used), torch {mach['torch']}, Python {mach['python']}. All the work took "
+        f"**{_minutes(cpu_total)} of CPU time on one thread** (training {_minutes(r['phases']['train']['cpu_s'])}), "
+        f"{_minutes(wall_total)} of wall time on a shared machine (load average {r['load_average']['start'][0]:.1f} "
+        f"at the start of the last invocation, {r['load_average']['end'][0]:.1f} at its end), as recorded when each "
+        f"piece was computed and cached under `runs/reproduce/` (the last invocation: {_minutes(r['total_wall_s'])}). "
+        "Code: commit "
         f"`{r['code']['commit']}`" + (f" with uncommitted changes in {', '.join(r['code']['modified'])}"
                                         if r['code']['modified'] else "") + ".", "",
         "## What was run", "",
@@ -544,8 +572,8 @@ def render_markdown(r: dict[str, Any]) -> str:
               f"{w['sample_forwards']:,} single-image network evaluations for samples and {w['bound_forwards']:,} "
               "for the bound.", "", "| phase | wall | CPU |", "|---|---:|---:|"]
     lines += [f"| {k} | {_minutes(v['wall_s'])} | {_minutes(v['cpu_s'])} |" for k, v in r["phases"].items()]
-    lines += ["", "The `train` phase is near zero when the runs were cached; their original training times "
-              "are in the model table. JSON with every number: `benchmarks/out/reproduce.json`.", ""]
+    lines += ["", "Each piece's cost is recorded when it is computed; a re-run loads the cached pieces. "
+              "JSON with every number: `benchmarks/out/reproduce.json`.", ""]
     return "\n".join(lines)
 
 
