@@ -86,7 +86,7 @@ SWEEP_ROWS = {
 SKIP = "uniform"   # DDIM's sub-sequence (0, c, 2c, ...) for every respaced DDIM-table row
 
 
-FULL = {"train_steps": 450, "bpd_examples": 48, "num_samples": 450, "model_steps": 100, "sweep_steps": "10,20,50,100",
+FULL = {"train_steps": 800, "bpd_examples": 64, "num_samples": 450, "model_steps": 100, "sweep_steps": "10,20,50,100",
         "bootstrap": 200, "runs": "runs/reproduce", "json": "benchmarks/out/reproduce.json",
         "doc": "docs/REPRODUCTION.md", "plot": "docs/reproduction_samplers.png"}
 QUICK = {**FULL, "train_steps": 30, "bpd_examples": 4, "num_samples": 60, "model_steps": 10, "sweep_steps": "5,10",
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-steps", help=f"DDIM-table step counts ({FULL['sweep_steps']})")
     p.add_argument("--full-rows", default="ddim-eta0,ddpm-large",
                    help="DDIM-table rows that also run all T steps (the expensive ones)")
-    p.add_argument("--extra-seeds", default="1", help="sampling seeds repeated for the rows of <= 20 steps")
+    p.add_argument("--extra-seeds", default="1,2", help="sampling seeds repeated for the rows of <= 20 steps")
     p.add_argument("--bootstrap", type=int, help=f"bootstrap resamples per FD ({FULL['bootstrap']})")
     for name in ("runs", "json", "doc", "plot"):
         p.add_argument(f"--{name}", help=f"({FULL[name]}; under {QUICK['runs']}/ with --quick)")
@@ -176,6 +176,9 @@ def train_cached(config: TrainConfig, progress: bool) -> tuple[Any, dict[str, An
     record = Path(config.out) / "reproduce_train.json"
     wall, cpu = time.perf_counter(), time.process_time()
     result = train(config, resume=True, progress=progress)
+    if result.stopped_by or result.step != config.optim.steps:
+        raise SystemExit(f"training of {config.out} stopped by {result.stopped_by} at step {result.step}; "
+                         "run again to resume it")
     spent = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     if record.is_file():
         info = json.loads(record.read_text())
