@@ -315,7 +315,8 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self) -> Path:
-        """A preview grid from the first EMA model, with a fixed seed (rank 0 only)."""
+        """A preview grid from the first EMA model, with a fixed seed (rank 0 only); the
+        predicted x_0 of image data is clipped to [-1, 1] at every step."""
         from .samplers import sample
 
         cfg = self.config
@@ -328,7 +329,7 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(cfg.seed)
         steps = min(cfg.sample_steps, self.process.T)
         x = sample(self.process, model, shape, sampler=cfg.sample_sampler, steps=steps, generator=gen,
-                   device=self.device, progress=False, cond=cond)
+                   device=self.device, progress=False, cond=cond, clip_x0=self.dataset.levels is not None)
         return save_sample_grid(x, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.dataset.levels)
 
     # ------------------------------------------------------------------ the loop

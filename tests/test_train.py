@@ -188,6 +188,24 @@ def test_load_checkpoint_rebuilds_the_trained_networks(tmp_path):
     assert loaded.config == result.config and loaded.process.T == 50 and loaded.state["step"] == 5
 
 
+def test_vector_data_with_an_mlp_and_preview_pictures(tmp_path):
+    """The MLP gets its in/out sizes from the data (2x out for learned variance); previews are
+    PNG files: a scatter plot for points, a grid for images."""
+    toy = load_config("toy2d", [f"out={tmp_path / 'toy'}", "num_threads=1", "data.n=400", "network.hidden=16",
+                                "network.depth=1", "diffusion.T=20", "diffusion.variance=learned_range",
+                                "diffusion.objective=hybrid", "optim.batch_size=32", "optim.steps=4",
+                                "sample_every=4", "sample_count=50", "sample_steps=5"])
+    result = train(toy, progress=False)
+    assert (result.config.network.in_dim, result.config.network.out_dim) == (2, 4)
+    digits = train(tiny_config(tmp_path / "img", "optim.steps=2", "sample_every=2", "sample_count=6",
+                               "sample_steps=3"), progress=False)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "toy" / "samples" / "step_00000004.png").size == (384, 384)
+    grid = Image.open(tmp_path / "img" / "samples" / "step_00000002.png")
+    assert grid.size == (3 * 64 + 4 * 8, 2 * 64 + 3 * 8) and digits.step == 2
+
+
 # ---------------------------------------------------------------------------- EMA
 def test_ema_matches_its_closed_form_with_warmup():
     """With the weights held at w, after n updates ema = w + (w0 - w) prod_k decay_k."""
