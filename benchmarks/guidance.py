@@ -49,7 +49,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="a digits-cond run or checkpoint (default: train one)")
     p.add_argument("--classifier", default=None, help="a train-classifier run or checkpoint (default: train one)")
-    p.add_argument("--train-steps", type=int, default=1000, help="steps of the conditional model, when trained here")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="steps of the conditional model, when trained here (default: the preset's)")
     p.add_argument("--classifier-steps", type=int, default=800, help="steps of the classifier, when trained here")
     p.add_argument("--classifier-channels", type=int, default=None,
                    help="base width of the classifier trained here (default: the U-Net's)")
@@ -70,8 +71,9 @@ def prepare_networks(args: argparse.Namespace, out: Path) -> tuple[Any, Any, dic
     timing: dict[str, Any] = {}
     model_path = args.model
     if model_path is None:
-        config = load_config("digits-cond", [f"optim.steps={args.train_steps}", f"out={out / 'model'}",
-                                             "sample_every=0", "checkpoint_every=0", f"num_threads={args.threads}"])
+        steps = [f"optim.steps={args.train_steps}"] if args.train_steps else []
+        config = load_config("digits-cond", steps + [f"out={out / 'model'}", "sample_every=0", "checkpoint_every=0",
+                                                     f"num_threads={args.threads}"])
         start = time.perf_counter()
         train(config, resume=True)
         timing["model_train_seconds"] = time.perf_counter() - start
