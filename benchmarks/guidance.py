@@ -33,13 +33,13 @@ from typing import Any
 import torch
 
 from ddpmkit.checkpoint import load_checkpoint
-from ddpmkit.cli_guidance import save_grid
 from ddpmkit.config import load_config
 from ddpmkit.data import load_dataset
 from ddpmkit.evaluate import CountingModel
 from ddpmkit.features import extract_features, load_digit_classifier
 from ddpmkit.guidance import Guidance, class_grid_labels, guided_sample
 from ddpmkit.metrics import feature_metrics
+from ddpmkit.monitor import save_sample_grid
 from ddpmkit.nets.classifier import ClassifierConfig
 from ddpmkit.train import train
 from ddpmkit.train_classifier import classifier_config_for, load_classifier, train_classifier
@@ -121,7 +121,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     x = guided_sample(ckpt.process, counter, (len(y), *train_x.shape[1:]), y, guidance, args.sampler,
                                       args.steps, seed=args.seed, clip_x0=True, progress=False)
                 cache[key] = (x, time.perf_counter() - start, counter.calls)
-                save_grid(x, out / "grids" / f"{key}.png", test.levels, args.per_class)
+                save_sample_grid(x, out / "grids" / f"{key}.png", test.levels, args.per_class)
             x, seconds, calls = cache[key]
             feats = extract_features(extractor, x)
             scores = feature_metrics(reference, feats.features, candidate_logits=feats.logits,

@@ -1,8 +1,11 @@
-"""The command line: ``ddpmkit train | sample | eval | presets``.
+"""The command line: ``ddpmkit train | sample | eval | presets | train-classifier``.
 
     ddpmkit train digits optim.steps=3000 --resume
     ddpmkit sample runs/digits --sampler ddim --steps 50 --n 64 --seed 0 --out grid.png
     ddpmkit eval runs/digits
+    ddpmkit train digits-cond && ddpmkit sample runs/digits-cond --guidance cfg --scale 3 --class 7
+    ddpmkit train-classifier digits --steps 800 && ddpmkit sample runs/digits --guidance classifier \
+        --scale 4 --classifier runs/digits-classifier            # a grid with one row per class
     torchrun --nproc_per_node 2 -m ddpmkit train cifar10-ddpm data.path=/data/cifar-10-batches-bin
 
 Errors a user can cause (a bad key, value, path or file) print one line and exit with status 2.
@@ -53,21 +56,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_cond(n: int, num_classes: int | None, label: int | None, device: torch.device) -> dict[str, Any]:
-    """Labels for a class-conditional network: the requested class, or one row per class."""
-    if num_classes is None:
-        if label is not None:
-            raise ValueError(f"--class {label} given, but the checkpoint's network is not class-conditional")
-        return {}
-    if label is not None:
-        if not 0 <= label < num_classes:
-            raise ValueError(f"--class must lie in [0, {num_classes - 1}], got {label}")
-        return {"y": torch.full((n,), label, dtype=torch.long, device=device)}
-    return {"y": torch.arange(n, device=device) % num_classes}
-
-
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
+    from .cli_guidance import prepare_sampling
     from .data import to_uint8_images
     from .monitor import save_sample_grid
     from .samplers import sample
@@ -79,24 +70,24 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
     if args.eta is not None:
         params["eta"] = args.eta
-    cond = _sample_cond(args.n, getattr(ckpt.config.network, "num_classes", None), args.label, device)
+    guided = prepare_sampling(args, ckpt, model, device)
     generator = torch.Generator(device).manual_seed(args.seed)
-    with torch.no_grad() if args.sampler not in ("rk45",) else torch.enable_grad():
-        x = sample(ckpt.process, model, (args.n, *data_shape), sampler=args.sampler, steps=args.steps,
+    with torch.no_grad() if args.sampler != "rk45" else torch.enable_grad():
+        x = sample(ckpt.process, guided.model, (guided.n, *data_shape), sampler=args.sampler, steps=args.steps,
                    generator=generator, device=device, clip_x0=args.clip and levels is not None,
-                   progress=not args.quiet, cond=cond, **params)
+                   progress=not args.quiet, cond=guided.cond, **guided.params, **params)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         arrays: dict[str, np.ndarray] = {"x": x.cpu().numpy()}
         if levels is not None:
             arrays["images"] = to_uint8_images(x.cpu(), levels)
-        if "y" in cond:
-            arrays["y"] = cond["y"].cpu().numpy()
+        if "y" in guided.cond:
+            arrays["y"] = guided.cond["y"].cpu().numpy()
         np.savez(out, **arrays)
     else:
-        save_sample_grid(x.cpu(), out, levels)
-    print(f"wrote {args.n} samples ({args.sampler}, {args.steps} steps) to {out}")
+        save_sample_grid(x.cpu(), out, levels, guided.nrow)
+    print(f"wrote {guided.n} samples ({args.sampler}, {args.steps} steps) to {out}")
     return 0
 
 
@@ -123,6 +114,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_guidance import add_guidance_arguments, add_train_classifier_command
+
     parser = argparse.ArgumentParser(prog="ddpmkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -144,14 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--class", dest="label", type=int, default=None, help="class label (conditional models)")
+    p.add_argument("--class", dest="label", type=int, default=None,
+                   help="class label (conditional or guided models; default: a grid with one row per class)")
     p.add_argument("--out", default="samples.png", help="a .png grid or an .npz of arrays")
     p.add_argument("--ema-rate", type=float, default=None)
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-clip", dest="clip", action="store_false", help="do not clip x0 to [-1, 1]")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_guidance_arguments(p)
     p.set_defaults(fn=_cmd_sample)
+
+    add_train_classifier_command(sub)
 
     p = sub.add_parser("eval", help="bits/dim (bound and ODE) and sample quality of a checkpoint")
     p.add_argument("checkpoint")

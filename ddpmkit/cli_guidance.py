@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from .guidance import GUIDANCE_KINDS, Guidance, check_labels, class_grid_labels
 
 __all__ = ["add_train_classifier_command", "cmd_train_classifier", "add_guidance_arguments", "prepare_sampling",
-           "GuidedSampling", "check_same_schedule", "save_grid"]
+           "GuidedSampling", "check_same_schedule"]
 
 
 # ---------------------------------------------------------------------------- train-classifier
@@ -122,17 +121,3 @@ def prepare_sampling(args: argparse.Namespace, ckpt: Any, model: Any, device: to
     guidance = Guidance(kind, args.scale, num_classes, classifier, args.guide_conditional)
     wrapped, params = guidance.wrap(ckpt.process, model, args.sampler)
     return GuidedSampling(wrapped, {} if y is None else {"y": y}, params, n, nrow)
-
-
-def save_grid(x: torch.Tensor, path: str | Path, levels: int | None, nrow: int | None) -> Path:
-    """Images as a PNG grid with ``nrow`` per row (one row per class); else the usual grid."""
-    from .data import to_uint8_images
-    from .monitor import image_grid, save_sample_grid
-
-    if nrow is None or x.ndim != 4:
-        return save_sample_grid(x, path, levels)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = to_uint8_images(x.clamp(-1, 1), levels or 256, full_range=True)
-    image_grid(images, nrow=nrow, scale=max(1, 64 // images.shape[1])).save(path)
-    return path

@@ -91,14 +91,15 @@ def scatter_image(points: np.ndarray, size: int = 384) -> Image.Image:
     return picture
 
 
-def save_sample_grid(x: torch.Tensor, path: str | Path, levels: int | None) -> Path:
-    """Save samples as a PNG: a grid for images ``(N, C, H, W)``, a scatter plot for points
-    ``(N, 2)``. Images are mapped back to their ``levels`` (256 when None) and stretched to 0..255."""
+def save_sample_grid(x: torch.Tensor, path: str | Path, levels: int | None, nrow: int | None = None) -> Path:
+    """Save samples as a PNG: a grid for images ``(N, C, H, W)`` with ``nrow`` per row (default
+    square; one row per class for class grids), a scatter plot for points ``(N, 2)``. Images are
+    mapped back to their ``levels`` (256 when None) and stretched to 0..255."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if x.ndim == 4:
         images = to_uint8_images(x.clamp(-1, 1), levels or 256, full_range=True)
-        picture = image_grid(images, scale=max(1, 64 // images.shape[1]))
+        picture = image_grid(images, nrow=nrow, scale=max(1, 64 // images.shape[1]))
     else:
         picture = scatter_image(x.detach().cpu().reshape(x.shape[0], -1).numpy())
     picture.save(path)

@@ -250,26 +250,57 @@ def test_bad_class_ids_name_the_valid_range(oracle, process):
 def test_sample_command_labels_and_errors(process):
     from types import SimpleNamespace
 
-    from ddpmkit.cli_guidance import add_guidance_arguments, prepare_sampling
+    from ddpmkit.cli import build_parser
+    from ddpmkit.cli_guidance import prepare_sampling
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--class", dest="label", type=int, default=None)
-    parser.add_argument("--sampler", default="ddim")
-    add_guidance_arguments(parser)
+    def args(*argv: str) -> argparse.Namespace:
+        return build_parser().parse_args(["sample", "RUN", *argv])
+
     ckpt = SimpleNamespace(config=SimpleNamespace(network=SimpleNamespace(num_classes=10), class_dropout=0.1),
                            process=process)
-    grid = prepare_sampling(parser.parse_args(["--guidance", "cfg", "--scale", "3"]), ckpt, None, torch.device("cpu"))
+    grid = prepare_sampling(args("--guidance", "cfg", "--scale", "3"), ckpt, None, torch.device("cpu"))
     assert (grid.n, grid.nrow) == (70, 7) and grid.cond["y"].tolist() == class_grid_labels(10, 7).tolist()
     assert isinstance(grid.model, ClassifierFreeGuidance) and grid.model.scale == 3.0
     with pytest.raises(ValueError, match=r"--class must hold class ids in \[0, 9\] \(10 classes\), got --class=10"):
-        prepare_sampling(parser.parse_args(["--class", "10"]), ckpt, None, torch.device("cpu"))
+        prepare_sampling(args("--class", "10"), ckpt, None, torch.device("cpu"))
     with pytest.raises(ValueError, match="needs --classifier"):
-        prepare_sampling(parser.parse_args(["--guidance", "classifier"]), ckpt, None, torch.device("cpu"))
+        prepare_sampling(args("--guidance", "classifier"), ckpt, None, torch.device("cpu"))
     plain = SimpleNamespace(config=SimpleNamespace(network=SimpleNamespace(num_classes=10), class_dropout=0.0),
                             process=process)
     with pytest.raises(ValueError, match="class_dropout > 0"):
-        prepare_sampling(parser.parse_args(["--guidance", "cfg"]), plain, None, torch.device("cpu"))
+        prepare_sampling(args("--guidance", "cfg"), plain, None, torch.device("cpu"))
+
+
+def test_cli_trains_and_samples_with_both_kinds_of_guidance(tmp_path, capsys):
+    """`ddpmkit train` (conditional, label dropout), `ddpmkit train-classifier`, then `ddpmkit
+    sample` with cfg and classifier guidance: a PNG with one row per class, an .npz with the labels."""
+    import numpy as np
+    from PIL import Image
+
+    from ddpmkit.cli import main
+
+    tiny = ["num_threads=1", "network.channels=8", "network.channel_mult=[1]", "network.num_res_blocks=1",
+            "network.attention_resolutions=[]", "network.mid_attention=false", "network.norm_groups=4",
+            "diffusion.T=20", "optim.batch_size=16", "optim.steps=3", "optim.warmup=1", "log_every=1",
+            "checkpoint_every=0", "sample_every=0"]
+    model, classifier = tmp_path / "cond", tmp_path / "clf"
+    assert main(["train", "digits-cond", *tiny, f"out={model}", "--quiet"]) == 0
+    assert main(["train-classifier", "digits-cond", *tiny, "--steps", "2", "--out", str(classifier), "--quiet"]) == 0
+    assert "test accuracy on noised data" in capsys.readouterr().out
+    grid = tmp_path / "cfg.png"
+    assert main(["sample", str(model), "--guidance", "cfg", "--scale", "2", "--n", "20", "--steps", "3",
+                 "--out", str(grid), "--quiet"]) == 0
+    picture = Image.open(grid)
+    assert picture.size[1] > 4 * picture.size[0]          # 10 rows of 2 digits: a tall picture
+    npz = tmp_path / "clf.npz"
+    for sampler in ("ddim", "ddpm"):                      # eps shift, and the mean shift of Algorithm 1
+        assert main(["sample", str(model), "--guidance", "classifier", "--classifier", str(classifier),
+                     "--guide-conditional", "--scale", "4", "--class", "3", "--n", "5", "--steps", "3",
+                     "--sampler", sampler, "--out", str(npz), "--quiet"]) == 0
+        saved = np.load(npz)
+        assert saved["y"].tolist() == [3] * 5 and saved["images"].shape[0] == 5
+    assert main(["sample", str(model), "--class", "12", "--out", str(npz), "--quiet"]) == 2
+    assert "--class must hold class ids in [0, 9]" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- the classifier
