@@ -105,6 +105,9 @@ class DiffusionConfig(DictConfig):
         _choice(owner, "objective", self.objective, OBJECTIVES)
         _choice(owner, "timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         _at_least(owner, "hybrid_lambda", self.hybrid_lambda, 0.0)
+        if self.variance == "learned_range" and self.objective == "simple":
+            # L_simple has no gradient for the variance half (improved-diffusion switches to hybrid silently)
+            _fail(owner, "objective", self.objective, "leaves a learned_range variance untrained: use hybrid or vlb")
 
     def build(self) -> GaussianDiffusion:
         """The :class:`GaussianDiffusion` this config describes."""

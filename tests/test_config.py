@@ -63,6 +63,8 @@ def test_overrides_are_parsed_by_the_fields_type():
     assert cfg.network.num_classes == 10 and cfg.network.head_channels is None
     assert cfg.ema_warmup is False and cfg.out == "runs/123" and cfg.precision == "bf16"
     assert cfg.optim.betas == (0.9, 0.99) and cfg.network.dropout == 0.0 and cfg.diffusion.T == 50
+    learned = load_config("digits", ["diffusion.variance=learned_range", "diffusion.objective=hybrid"])
+    assert (learned.diffusion.variance, learned.diffusion.objective) == ("learned_range", "hybrid")
     single = load_config("digits", ["ema_rates=0.5"])
     assert single.ema_rates == (0.5,)
 
@@ -80,6 +82,7 @@ def test_overrides_are_parsed_by_the_fields_type():
     ("network.kind=transformer", ["kind", "transformer"]),
     ("class_dropout=0.1", ["class_dropout", "0.1"]),        # needs a class-conditional network
     ("no_equals_sign", ["no_equals_sign"]),
+    ("diffusion.variance=learned_range", ["objective", "simple", "learned_range"]),   # nothing trains the variance
 ])
 def test_bad_overrides_raise_one_line_naming_key_and_value(override, words):
     with pytest.raises(ValueError) as info:
