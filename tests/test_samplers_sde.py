@@ -288,3 +288,14 @@ def test_bad_input_is_a_one_line_value_error(name):
             fn(PROCESS, model, x_T, 5, opts, **bad)
     with pytest.raises(ValueError, match="model output"):
         fn(PROCESS, lambda x, t: x[:, :1], x_T, 5, opts)
+
+
+def test_pc_with_a_zero_score_skips_the_corrector():
+    """A zero-initialised network predicts eps = 0: the Langevin step size (|z| / |score|)^2 is
+    undefined, so the corrector leaves x alone instead of blowing up."""
+    def zero(x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    x_T = noise(6)
+    pc = sample(PROCESS, zero, (6, 2), "pc", 8, x_T=x_T, seed=3, progress=False)
+    assert torch.isfinite(pc).all()

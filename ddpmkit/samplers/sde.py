@@ -174,12 +174,15 @@ def _langevin(vp: ContinuousVP, model: Model, y: torch.Tensor, sigma: float, tau
     """One Langevin corrector step (Song et al. 2021, alg. 5), in y (equivalent to it in x).
 
     step = 2 alpha_i (snr ||z|| / ||score||)^2 with the norms averaged over the batch, as in
-    score_sde's LangevinCorrector (so the step couples the examples of a batch).
+    score_sde's LangevinCorrector (so the step couples the examples of a batch). A batch whose
+    score is exactly zero is returned unchanged (the step size would be infinite).
     """
     _, eps = vp.eps_in_y(model, y, sigma, tau, opts.cond, opts.clip_x0)
     score = -eps / sigma
     noise = opts.randn(y.shape, y)
-    score_norm = score.reshape(y.shape[0], -1).norm(dim=1).mean().clamp_min(1e-30)
+    score_norm = score.reshape(y.shape[0], -1).norm(dim=1).mean()
+    if not score_norm > 0:   # a zero score (e.g. a zero-initialised network) sets no step size: no correction
+        return y
     noise_norm = noise.reshape(y.shape[0], -1).norm(dim=1).mean()
     step = 2.0 * vp.alpha_at(tau) * (snr * noise_norm / score_norm) ** 2
     return y + step * score + torch.sqrt(2.0 * step) * noise
