@@ -298,4 +298,4 @@ def test_pc_with_a_zero_score_skips_the_corrector():
 
     x_T = noise(6)
     pc = sample(PROCESS, zero, (6, 2), "pc", 8, x_T=x_T, seed=3, progress=False)
-    assert torch.isfinite(pc).all()
+    assert pc.abs().max() < 10   # without the guard: an "infinite" step sends x to ~1e29
