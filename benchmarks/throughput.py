@@ -303,33 +303,45 @@ def profile_training_step(step: Callable[[], None], top: int = 15) -> list[dict[
 
 # ---------------------------------------------------------------------------- the run
 def bench_networks(name: str, cfg: UNetConfig, batch: int, reps: int, args: argparse.Namespace,
-                   peak: float) -> dict[str, Any]:
-    """Part 1 for one architecture: parameters, FLOPs, A/B-timed rates, fraction of peak, memory."""
+                   peak: float) -> list[dict[str, Any]]:
+    """Part 1 for one architecture, one row per memory layout: parameters, FLOPs, rates (all four
+    of ours / diffusers x layouts timed alternately in one loop), fraction of peak, memory."""
     cuda = args.device.startswith("cuda")
-    models = build_pair(cfg, args.device, channels_last=cuda)
-    x, t, target = make_batch(cfg, batch, args.device, channels_last=cuda)
-    flops = {k: count_forward_flops(m, x[:1], t[:1]) for k, m in models.items()}
-    params = {k: n_params(m) for k, m in models.items()}
+    layouts = [layout for layout in args.layouts.split(",") if layout]
+    models = {layout: build_pair(cfg, args.device, channels_last=layout == "channels_last") for layout in layouts}
+    batches = {layout: make_batch(cfg, batch, args.device, channels_last=layout == "channels_last")
+               for layout in layouts}
+    x, t, _ = batches[layouts[0]]
+    flops = {k: count_forward_flops(m, x[:1], t[:1]) for k, m in models[layouts[0]].items()}
+    params = {k: n_params(m) for k, m in models[layouts[0]].items()}
     if cuda and args.compile:
-        models = {k: torch.compile(m) for k, m in models.items()}
-    row: dict[str, Any] = {"config": name, "batch": batch, "reps": reps, "params": params, "forward_flops": flops}
+        models = {layout: {k: torch.compile(m) for k, m in pair.items()} for layout, pair in models.items()}
+    rows = [{"config": name, "layout": layout, "batch": batch, "reps": reps, "params": params,
+             "forward_flops": flops} for layout in layouts]
     for mode in ("train", "forward"):
-        fns = {k: training_step(m, x, t, target, amp=cuda) if mode == "train" else forward_pass(m, x, t, amp=cuda)
-               for k, m in models.items()}
+        fns = {}
+        for layout, pair in models.items():
+            x, t, target = batches[layout]
+            for k, m in pair.items():
+                fns[(layout, k)] = (training_step(m, x, t, target, amp=cuda) if mode == "train"
+                                    else forward_pass(m, x, t, amp=cuda))
         times = time_alternating(fns, reps, args.device)
-        rate = {k: batch / statistics.median(v) for k, v in times.items()}
-        per_image = {k: (3 if mode == "train" else 1) * flops[k] for k in models}
-        row[mode] = {"images_per_s": rate, "ratio_ours_over_diffusers": rate["ours"] / rate["diffusers"],
-                     "seconds": times, "fraction_of_matmul_rate": {k: rate[k] * per_image[k] / 1e9 / peak for k in rate}}
-        if cuda:
-            row[mode]["peak_mib"] = {k: cuda_peak_memory(fn) for k, fn in fns.items()}
-        print(f"  {name:13s} {mode:7s} ours {rate['ours']:8.2f} img/s  diffusers {rate['diffusers']:8.2f} img/s  "
-              f"ratio {rate['ours'] / rate['diffusers']:.3f}", flush=True)
+        for row in rows:
+            mine = {k: v for (layout, k), v in times.items() if layout == row["layout"]}
+            rate = {k: batch / statistics.median(v) for k, v in mine.items()}
+            per_image = {k: (3 if mode == "train" else 1) * flops[k] for k in rate}
+            row[mode] = {"images_per_s": rate, "ratio_ours_over_diffusers": rate["ours"] / rate["diffusers"],
+                         "seconds": mine,
+                         "fraction_of_matmul_rate": {k: rate[k] * per_image[k] / 1e9 / peak for k in rate}}
+            if cuda:
+                row[mode]["peak_mib"] = {k: cuda_peak_memory(fns[(row["layout"], k)]) for k in rate}
+            print(f"  {name:13s} {row['layout']:13s} {mode:7s} ours {rate['ours']:8.2f} img/s  "
+                  f"diffusers {rate['diffusers']:8.2f} img/s  ratio {rate['ours'] / rate['diffusers']:.3f}", flush=True)
     if not cuda and not args.no_memory:
-        mem = {k: peak_memory(name, k, batch, args.threads) for k in models}
+        mem = {k: peak_memory(name, k, batch, args.threads) for k in models[layouts[0]]}
         for mode in ("train", "forward"):
-            row[mode]["peak_mib"] = {k: mem[k][f"{mode}_mib"] for k in models}
-    return row
+            rows[0][mode]["peak_mib"] = {k: mem[k][f"{mode}_mib"] for k in mem}
+    return rows
 
 
 def bench_samplers(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -373,6 +385,21 @@ def profile_cifar(args: argparse.Namespace, top: int = 15) -> dict[str, Any]:
     return result
 
 
+def shipped_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Ours as ddpmkit's trainer runs it (channels_last: ``TrainConfig.build_network``) against
+    diffusers as it comes (contiguous), from the same timing loop, where both layouts were timed."""
+    lines = []
+    for name in dict.fromkeys(row["config"] for row in rows):
+        by_layout = {row.get("layout"): row for row in rows if row["config"] == name}
+        if {"contiguous", "channels_last"} <= set(by_layout):
+            ours, theirs = by_layout["channels_last"], by_layout["contiguous"]
+            parts = [f"{mode} {ours[mode]['images_per_s']['ours'] / theirs[mode]['images_per_s']['diffusers']:.3f}"
+                     for mode in ("train", "forward")]
+            lines.append(f"As shipped, {name}: ours in channels_last (as the trainer builds it) over diffusers "
+                         f"contiguous (its default): {', '.join(parts)}.")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"# Throughput: ddpmkit U-Net vs diffusers UNet2DModel ({m['device']})", "",
@@ -381,20 +408,22 @@ def markdown(report: dict[str, Any]) -> str:
              f"{m['loadavg_end'][0]:.2f} at end (1-min); {m['matmul_gflops']:.1f} GFLOP/s measured for a 2048x2048 "
              "float32 matmul. Medians of alternating A/B repetitions; the ratio is fair under load, the absolute "
              "rates are not.", "",
-             "| network | batch | params | GFLOP/img (fwd) | mode | ours img/s | diffusers img/s | ours/diffusers "
-             "| ours % of matmul rate | diffusers % | ours peak MiB | diffusers peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| network | layout | batch | params | GFLOP/img (fwd) | mode | ours img/s | diffusers img/s | "
+             "ours/diffusers | ours % of matmul rate | diffusers % | ours peak MiB | diffusers peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["networks"]:
         for mode in ("train", "forward"):
             r = row[mode]
             mem = r.get("peak_mib", {})
-            lines.append(f"| {row['config']} | {row['batch']} | {row['params']['ours'] / 1e6:.2f}M | "
+            lines.append(f"| {row['config']} | {row.get('layout', 'contiguous')} | {row['batch']} | "
+                         f"{row['params']['ours'] / 1e6:.2f}M | "
                          f"{row['forward_flops']['ours'] / 1e9:.3f} | {mode} | {r['images_per_s']['ours']:.2f} | "
                          f"{r['images_per_s']['diffusers']:.2f} | **{r['ratio_ours_over_diffusers']:.3f}** | "
                          f"{100 * r['fraction_of_matmul_rate']['ours']:.1f} | "
                          f"{100 * r['fraction_of_matmul_rate']['diffusers']:.1f} | "
                          f"{mem.get('ours', float('nan')):.0f} | {mem.get('diffusers', float('nan')):.0f} |")
-    lines += ["", "Train = forward + backward + AdamW step, counted as 3x the forward FLOPs. Peak memory on CPU: "
+    lines += ["", *shipped_lines(report["networks"]),
+              "", "Train = forward + backward + AdamW step, counted as 3x the forward FLOPs. Peak memory on CPU: "
               "growth of the resident high-water mark (VmHWM) over the level after building model and batch, in a fresh "
               "process (forward measured first, then a training step); on CUDA: max_memory_allocated.", ""]
     if report.get("samplers"):
@@ -428,6 +457,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--digits-batch", type=int, default=128)
     p.add_argument("--sample-batch", type=int, default=None, help="default 256, quick 64")
     p.add_argument("--sample-steps", type=int, default=None, help="default 50, quick 10")
+    p.add_argument("--layouts", default=None,
+                   help="memory layouts timed, of contiguous,channels_last (default: both on cpu, channels_last on cuda)")
     p.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory subprocesses")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.profiler summary of a CIFAR training step (default: on, off with --quick)")
@@ -437,6 +468,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got --threads={args.threads}")
     args.reps = args.reps or (2 if args.quick else 5)
+    args.layouts = args.layouts or ("channels_last" if args.device.startswith("cuda") else "contiguous,channels_last")
+    bad = set(args.layouts.split(",")) - {"contiguous", "channels_last"}
+    if bad:
+        p.error(f"--layouts takes contiguous and/or channels_last, got {sorted(bad)}")
     args.sample_steps = args.sample_steps or (10 if args.quick else 50)
     args.cifar_batch = args.cifar_batch or (128 if args.device.startswith("cuda") else 2 if args.quick else 8)
     args.sample_batch = args.sample_batch or (64 if args.quick else 256)
@@ -463,7 +498,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                               "cifar_batch": args.cifar_batch, "sample_batch": args.sample_batch}
     configs = bench_configs()
     batches = {"cifar10-ddpm": args.cifar_batch, "digits": args.digits_batch}
-    report["networks"] = [bench_networks(n, cfg, batches[n], args.reps, args, peak) for n, cfg in configs.items()]
+    report["networks"] = [row for n, cfg in configs.items() for row in bench_networks(n, cfg, batches[n], args.reps,
+                                                                                      args, peak)]
     report["samplers"] = bench_samplers(args)
     report["profile"] = profile_cifar(args) if args.profile else None
     report["machine"] = {"device": f"{args.device} ({device_name})", "torch": torch.__version__,

@@ -110,3 +110,21 @@ def test_sampling_overhead_counts_network_calls():
         assert row["nfe"] == nfe
         assert 0.0 < row["network_s"] <= row["total_s"]
         assert math.isclose(row["overhead"], 1 - row["network_s"] / row["total_s"])
+
+
+def test_bench_networks_times_both_layouts_and_reports_as_shipped():
+    """One row per layout, each with both networks, and the as-shipped ratio (ours channels_last
+    over diffusers contiguous) in the markdown. Rates are not checked, only the bookkeeping."""
+    args = tp.parse_args(["--quick", "--no-memory"])
+    rows = tp.bench_networks("tiny", TINY, batch=2, reps=1, args=args, peak=1.0)
+    assert [r["layout"] for r in rows] == ["contiguous", "channels_last"]
+    for row in rows:
+        for mode in ("train", "forward"):
+            rate = row[mode]["images_per_s"]
+            assert set(rate) == {"ours", "diffusers"} and all(v > 0 for v in rate.values())
+            assert math.isclose(row[mode]["ratio_ours_over_diffusers"], rate["ours"] / rate["diffusers"])
+    lines = tp.shipped_lines(rows)
+    expected = rows[1]["train"]["images_per_s"]["ours"] / rows[0]["train"]["images_per_s"]["diffusers"]
+    assert len(lines) == 1 and f"train {expected:.3f}" in lines[0]
+    with pytest.raises(SystemExit):
+        tp.parse_args(["--layouts", "nhwc"])
