@@ -79,7 +79,7 @@ def run(overrides: Sequence[str] = (), progress: bool = True) -> dict[str, Any]:
     extractor, quality = pick_extractor(test), None
     for name, steps in SAMPLERS:   # one (sampler, steps) pair at a time: no unwanted combinations
         part = sample_quality(process, model, test.shape, extractor, trainset.x, test.x, [name], [steps],
-                              seed=config.seed, progress=progress)
+                              seed=config.seed, progress=progress, copies=True)
         quality = part if quality is None else {**quality, "rows": quality["rows"] + part["rows"]}
     quality_seconds = time.perf_counter() - t3
     loss_png = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
@@ -127,6 +127,9 @@ Sample quality in the committed digit classifier's features, against the trainin
 {m['quality']['num_samples']} samples each; the last row is the floor (the held-out test split scored the same way):
 
 {quality_table(m['quality'])}
+
+"copies": the share of samples nearer (L2 in pixel space) to a training digit than 99% of the
+test digits are; about 1% when the model does not copy its training data.
 
 ## Training
 ![loss](loss.png)

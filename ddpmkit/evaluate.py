@@ -115,7 +115,7 @@ def sample_quality(process, model, shape: Sequence[int], extractor, reference: t
                    num_samples: int | None = None, seed: int = 0, batch_size: int = 500,
                    cond_fn: Callable[[int], dict[str, Any]] | None = None, clip_x0: bool = True,
                    progress: bool = True, sampler_params: dict[str, dict[str, Any]] | None = None,
-                   bootstrap: int = 0) -> dict[str, Any]:
+                   bootstrap: int = 0, copies: bool = False) -> dict[str, Any]:
     """Feature metrics (FD, KID, precision, recall, IS-style) per sampler x steps, with the floor.
 
     ``reference`` is the training split and ``held_out`` the test split; ``num_samples``
@@ -123,9 +123,12 @@ def sample_quality(process, model, shape: Sequence[int], extractor, reference: t
     ``sampler_params`` maps a row name (e.g. "ddim-eta0.5") to {"sampler": ..., params...};
     plain sampler names need no entry. ``bootstrap`` > 0 adds ``fd_boot`` (the FDs of that
     many resamples, see :func:`frechet_bootstrap`, paired across rows) and ``fd_boot_std``.
+    ``copies`` adds :func:`ddpmkit.metrics.copy_check` in data space (``copy_fraction``: the share
+    of samples nearer to a training example than 99% of the test split is; about 0.01 without
+    copying), affordable for small images such as the digits.
     """
     from .features import extract_features
-    from .metrics import feature_metrics
+    from .metrics import copy_check, feature_metrics
 
     n = len(held_out) if num_samples is None else int(num_samples)
     ref = extract_features(extractor, reference, batch_size)
@@ -161,6 +164,8 @@ def sample_quality(process, model, shape: Sequence[int], extractor, reference: t
                                      kid_subset_size=kid_size, generator=torch.Generator().manual_seed(seed))
             if feats.logits is not None and cond_fn is not None and "y" in (cond := cond_fn(n)):
                 scores["class_accuracy"] = float((feats.logits.argmax(1).cpu() == cond["y"].cpu()).float().mean())
+            if copies:
+                scores.update(copy_check(x.clamp(-1, 1) if clip_x0 else x, reference, sub))
             if bootstrap:
                 boot = frechet_bootstrap(ref.features, feats.features, bootstrap, seed)
                 scores.update(fd_boot_std=float(boot.std()), fd_boot=boot.tolist())
@@ -211,14 +216,17 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def quality_table(quality: dict[str, Any]) -> str:
     """A markdown table of :func:`sample_quality`'s rows, with the floor as the last row."""
-    lines = ["| sampler | steps | NFE | FD | KID | precision | recall | IS | seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    copies = all("copy_fraction" in r for r in quality["rows"]) and bool(quality["rows"])
+    lines = ["| sampler | steps | NFE | FD | KID | precision | recall | IS |" + (" copies |" if copies else "")
+             + " seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if copies else "") + "---:|"]
     for r in quality["rows"]:
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']:.0f} | {r['fd']:.3f} | {r['kid']:.3f} | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r.get('is', float('nan')):.2f} | {r['seconds']:.1f} |")
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r.get('is', float('nan')):.2f} | "
+                     + (f"{100 * r['copy_fraction']:.1f}% | " if copies else "") + f"{r['seconds']:.1f} |")
     f = quality["floor"]
     lines.append(f"| *floor: test split* | | | {f['fd']:.3f} | {f['kid']:.3f} | {f['precision']:.3f} | "
-                 f"{f['recall']:.3f} | {f.get('is', float('nan')):.2f} | |")
+                 f"{f['recall']:.3f} | {f.get('is', float('nan')):.2f} |"
+                 + (f" {100 * quality['rows'][0]['quantile']:.1f}% |" if copies else "") + " |")
     return "\n".join(lines)
 
 

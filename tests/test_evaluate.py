@@ -47,7 +47,7 @@ def test_sample_quality_scores_an_exact_denoiser_at_the_floor_and_a_shifted_one_
     reference, held_out = gaussian_points(2000, 1), gaussian_points(400, 2)
     extractor = IdentityFeatures(2)
     common = dict(shape=(2,), extractor=extractor, reference=reference, held_out=held_out, samplers=["ddim"],
-                  steps=[50], seed=0, batch_size=150, clip_x0=False, progress=False, bootstrap=50)
+                  steps=[50], seed=0, batch_size=150, clip_x0=False, progress=False, bootstrap=50, copies=True)
     exact = sample_quality(process, gaussian_oracle(schedule, MEAN, STD), **common)
     d = 0.35
     shifted = sample_quality(process, gaussian_oracle(schedule, [m + d for m in MEAN], STD), **common)
@@ -59,6 +59,8 @@ def test_sample_quality_scores_an_exact_denoiser_at_the_floor_and_a_shifted_one_
     assert row["fd"] < 0.015 and floor < 0.015   # stds 20% too large would add 0.036
     assert abs(shifted["rows"][0]["fd"] - 2 * d**2) < 0.05   # its bootstrap sd is about 0.05
     assert len(row["fd_boot"]) == 50 and row["fd_boot_std"] > 0
+    # fresh draws from the data distribution copy nothing: about 1% fall under the 1% threshold
+    assert row["copy_fraction"] < 0.04 and "| copies |" in quality_table(exact)
 
 
 def test_sample_quality_rows_follow_sampler_params_and_skip_steps_beyond_T():

@@ -330,3 +330,31 @@ def test_point_metrics_on_raw_coordinates_and_their_floor():
     assert worse["recall"] < floor["recall"] - 0.3 and worse["sw2"] > 2 * floor["sw2"]
     assert worse["mmd2"] > 5 * floor["mmd2"]
     assert worse["log_density"] > floor["log_density"]  # the log-density alone rewards collapse
+
+
+# ---------------------------------------------------------------------------- copies
+def test_nearest_neighbour_distances_match_brute_force():
+    from ddpmkit.metrics import nearest_neighbour_distances
+
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.randn(37, 2, 3, generator=g), torch.randn(50, 2, 3, generator=g)
+    brute = torch.tensor([min(float((a.double() - b.double()).norm()) for b in ref) for a in x], dtype=torch.float64)
+    assert torch.allclose(nearest_neighbour_distances(x, ref, chunk=8), brute, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="features"):
+        nearest_neighbour_distances(x, torch.randn(5, 7))
+
+
+def test_copy_check_flags_copies_and_not_fresh_draws():
+    """Copies of training points all fall under the threshold; fresh draws from the same
+    Gaussian fall under it about as often as the quantile says (the held-out split's own rate)."""
+    from ddpmkit.metrics import copy_check
+
+    g = torch.Generator().manual_seed(1)
+    train, held_out, fresh = (torch.randn(n, 4, generator=g) for n in (2000, 1000, 4000))
+    copied = train[:300] + 1e-3 * torch.randn(300, 4, generator=g)
+    assert copy_check(copied, train, held_out)["copy_fraction"] == 1.0
+    honest = copy_check(fresh, train, held_out, quantile=0.05)
+    assert abs(honest["copy_fraction"] - 0.05) < 0.02
+    assert abs(honest["median_nn_distance"] / honest["median_nn_distance_held_out"] - 1) < 0.05
+    with pytest.raises(ValueError, match="quantile"):
+        copy_check(fresh, train, held_out, quantile=1.0)

@@ -2,9 +2,11 @@
 
 Frechet distance (FID when the features are Inception pool3), KID, improved precision and
 recall, the Inception Score from class probabilities, sliced Wasserstein and RBF MMD (also on
-raw coordinates), the mean log-density under a known density, and each score's floor.
+raw coordinates), the mean log-density under a known density, each score's floor, and a
+nearest-neighbour check for copied training data.
 """
 from .classifier_score import ClassifierScore, inception_score, inception_score_from_logits
+from .copies import copy_check, nearest_neighbour_distances
 from .density import LogDensity, mean_log_density
 from .frechet import FeatureStats, frechet_distance, frechet_distance_from_features, sqrtm_psd
 from .kernel import (KIDResult, kernel_inception_distance, median_heuristic_bandwidth,
@@ -38,4 +40,6 @@ __all__ = [
     "feature_metrics",
     "point_metrics",
     "metric_floor",
+    "copy_check",
+    "nearest_neighbour_distances",
 ]
