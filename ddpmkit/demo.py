@@ -61,8 +61,9 @@ def run(overrides: Sequence[str] = (), progress: bool = True) -> dict[str, Any]:
     shape = (100, *test.shape)
 
     t1 = time.perf_counter()
+    pairs = [(name, min(steps, process.T)) for name, steps in SAMPLERS]   # diffusion.T may be overridden
     grids = {}
-    for name, steps in SAMPLERS:
+    for name, steps in pairs:
         with torch.no_grad():
             x = sample(process, model, shape, sampler=name, steps=steps, seed=config.seed, clip_x0=True,
                        progress=False)
@@ -77,7 +78,7 @@ def run(overrides: Sequence[str] = (), progress: bool = True) -> dict[str, Any]:
 
     t3 = time.perf_counter()
     extractor, quality = pick_extractor(test), None
-    for name, steps in SAMPLERS:   # one (sampler, steps) pair at a time: no unwanted combinations
+    for name, steps in pairs:   # one (sampler, steps) pair at a time: no unwanted combinations
         part = sample_quality(process, model, test.shape, extractor, trainset.x, test.x, [name], [steps],
                               seed=config.seed, progress=progress, copies=True)
         quality = part if quality is None else {**quality, "rows": quality["rows"] + part["rows"]}
