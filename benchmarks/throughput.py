@@ -4,8 +4,9 @@ share of sampling time the samplers spend outside the network.
 Part 1 (networks), for the DDPM CIFAR-10 U-Net (Ho et al. 2020, appendix B; 35.7M parameters)
 and the digits preset's network, each mapped to the closest UNet2DModel (:func:`diffusers_kwargs`):
 training-step images/s (forward + backward + AdamW step, MSE to a noise target) and forward
-images/s (no_grad), timed alternately ours / theirs / ours / theirs so that load on a shared
-machine hits both alike; the ratio ours/theirs of the medians; forward FLOPs per image
+images/s (no_grad), in both memory layouts (contiguous and channels_last, the trainer's), timed
+alternately ours / theirs / ours / theirs so that load on a shared machine hits both alike; the
+speed ratio ours/theirs as the median of back-to-back pairs (:func:`paired_ratio`); forward FLOPs per image
 (``torch.utils.flop_counter.FlopCounterMode``); the fraction of the machine's measured matrix-
 product rate (a 2048x2048 float32 product timed in the same run) each model achieves, taking a
 training step as 3x the forward FLOPs (backward = 2x forward); peak memory.
@@ -191,6 +192,13 @@ def forward_pass(model: nn.Module, x: torch.Tensor, t: torch.Tensor, amp: bool =
     return forward
 
 
+def paired_ratio(theirs: list[float], ours: list[float]) -> float:
+    """Speed of ours over theirs: the median over repetitions of theirs_i / ours_i. Each pair was
+    timed back to back, so a slow spell of the machine cancels out of the pair's ratio (the ratio
+    of the two medians does not: a change of clock speed mid-run can shift one median alone)."""
+    return statistics.median(a / b for a, b in zip(theirs, ours))
+
+
 def time_alternating(fns: dict[str, Callable[[], None]], reps: int, device: str = "cpu",
                      warmup: int = 1) -> dict[str, list[float]]:
     """Seconds per call of each function, called in turn A B A B ... ``reps`` times each."""
@@ -330,13 +338,14 @@ def bench_networks(name: str, cfg: UNetConfig, batch: int, reps: int, args: argp
             mine = {k: v for (layout, k), v in times.items() if layout == row["layout"]}
             rate = {k: batch / statistics.median(v) for k, v in mine.items()}
             per_image = {k: (3 if mode == "train" else 1) * flops[k] for k in rate}
-            row[mode] = {"images_per_s": rate, "ratio_ours_over_diffusers": rate["ours"] / rate["diffusers"],
+            row[mode] = {"images_per_s": rate, "ratio_ours_over_diffusers": paired_ratio(mine["diffusers"], mine["ours"]),
                          "seconds": mine,
                          "fraction_of_matmul_rate": {k: rate[k] * per_image[k] / 1e9 / peak for k in rate}}
             if cuda:
                 row[mode]["peak_mib"] = {k: cuda_peak_memory(fns[(row["layout"], k)]) for k in rate}
             print(f"  {name:13s} {row['layout']:13s} {mode:7s} ours {rate['ours']:8.2f} img/s  "
-                  f"diffusers {rate['diffusers']:8.2f} img/s  ratio {rate['ours'] / rate['diffusers']:.3f}", flush=True)
+                  f"diffusers {rate['diffusers']:8.2f} img/s  ratio {row[mode]['ratio_ours_over_diffusers']:.3f}",
+                  flush=True)
     if not cuda and not args.no_memory:
         mem = {k: peak_memory(name, k, batch, args.threads) for k in models[layouts[0]]}
         for mode in ("train", "forward"):
@@ -393,7 +402,7 @@ def shipped_lines(rows: list[dict[str, Any]]) -> list[str]:
         by_layout = {row.get("layout"): row for row in rows if row["config"] == name}
         if {"contiguous", "channels_last"} <= set(by_layout):
             ours, theirs = by_layout["channels_last"], by_layout["contiguous"]
-            parts = [f"{mode} {ours[mode]['images_per_s']['ours'] / theirs[mode]['images_per_s']['diffusers']:.3f}"
+            parts = [f"{mode} {paired_ratio(theirs[mode]['seconds']['diffusers'], ours[mode]['seconds']['ours']):.3f}"
                      for mode in ("train", "forward")]
             lines.append(f"As shipped, {name}: ours in channels_last (as the trainer builds it) over diffusers "
                          f"contiguous (its default): {', '.join(parts)}.")
@@ -406,8 +415,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"`{report['command']}`  ", f"torch {m['torch']}, diffusers {m['diffusers']}, {m['threads']} threads "
              f"of {m['cpu_count']} cores, load average {m['loadavg_start'][0]:.2f} at start / "
              f"{m['loadavg_end'][0]:.2f} at end (1-min); {m['matmul_gflops']:.1f} GFLOP/s measured for a 2048x2048 "
-             "float32 matmul. Medians of alternating A/B repetitions; the ratio is fair under load, the absolute "
-             "rates are not.", "",
+             "float32 matmul. Rates are medians of alternating A/B repetitions; the ratio is the median of the "
+             "back-to-back pairs' ratios, fair under load, the absolute rates are not.", "",
              "| network | layout | batch | params | GFLOP/img (fwd) | mode | ours img/s | diffusers img/s | "
              "ours/diffusers | ours % of matmul rate | diffusers % | ours peak MiB | diffusers peak MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -122,9 +122,19 @@ def test_bench_networks_times_both_layouts_and_reports_as_shipped():
         for mode in ("train", "forward"):
             rate = row[mode]["images_per_s"]
             assert set(rate) == {"ours", "diffusers"} and all(v > 0 for v in rate.values())
-            assert math.isclose(row[mode]["ratio_ours_over_diffusers"], rate["ours"] / rate["diffusers"])
+            secs = row[mode]["seconds"]
+            assert row[mode]["ratio_ours_over_diffusers"] == secs["diffusers"][0] / secs["ours"][0]   # one pair
     lines = tp.shipped_lines(rows)
-    expected = rows[1]["train"]["images_per_s"]["ours"] / rows[0]["train"]["images_per_s"]["diffusers"]
+    expected = rows[0]["train"]["seconds"]["diffusers"][0] / rows[1]["train"]["seconds"]["ours"][0]
     assert len(lines) == 1 and f"train {expected:.3f}" in lines[0]
     with pytest.raises(SystemExit):
         tp.parse_args(["--layouts", "nhwc"])
+
+
+def test_paired_ratio_cancels_a_slow_spell():
+    """Ours 10% faster in every pair, but the machine slowed down in the middle of the run: the
+    median of pair ratios says 1.1, the ratio of the medians would not."""
+    theirs = [1.1, 1.1, 1.1, 2.2, 2.2]
+    ours = [1.0, 1.0, 2.0, 2.0, 2.0]      # the slow spell began between the third pair's halves
+    assert math.isclose(tp.paired_ratio(theirs, ours), 1.1)
+    assert tp.statistics.median(theirs) / tp.statistics.median(ours) != pytest.approx(1.1)
