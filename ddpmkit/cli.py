@@ -66,6 +66,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     device = _device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device, ema_rate=args.ema_rate)
     model = ckpt.ema_model if not args.raw_weights else ckpt.model
+    if args.compile:
+        from .nets import compile_for_inference
+
+        model = compile_for_inference(model, device)
     data_shape, levels = _data_shape_levels(ckpt.config)
     params: dict[str, Any] = {}
     if args.eta is not None:
@@ -143,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-rate", type=float, default=None)
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-clip", dest="clip", action="store_false", help="do not clip x0 to [-1, 1]")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (CUDA graphs on a GPU); the first steps pay the compile time")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     add_guidance_arguments(p)

@@ -157,6 +157,8 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+        # what the loss calls: the (DDP-wrapped) network, compiled on request (it shares the parameters)
+        self.forward_model: nn.Module = torch.compile(self.ddp_model) if config.compile else self.ddp_model
 
     # ------------------------------------------------------------------ one step
     def _global_batch(self) -> dict[str, torch.Tensor]:
@@ -181,10 +183,10 @@ class Trainer:
     def _forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         """The network under autocast (bf16 / fp16), its output back in float32."""
         if self.config.precision == "fp32":
-            return self.ddp_model(x, t, **cond)
+            return self.forward_model(x, t, **cond)
         dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype):
-            return self.ddp_model(x, t, **cond).float()
+            return self.forward_model(x, t, **cond).float()
 
     def train_step(self) -> None:
         """One optimiser update on one global batch (accumulated over micro-batches)."""

@@ -23,6 +23,7 @@ __all__ = [
     "MLPConfig",
     "NetworkConfig",
     "build_network",
+    "compile_for_inference",
     "network_config_to_dict",
     "network_config_from_dict",
     "SinusoidalEmbedding",
@@ -58,3 +59,14 @@ def network_config_from_dict(d: Mapping[str, Any]) -> NetworkConfig:
         raise ValueError(f"kind must be one of {list(_KINDS)}, got kind={kind!r}")
     fields = {k: v for k, v in d.items() if k != "kind"}
     return _KINDS[d["kind"]].from_dict(fields)
+
+
+def compile_for_inference(network: nn.Module, device: Any) -> nn.Module:
+    """``torch.compile`` a network for sampling or evaluation. On CUDA the mode is
+    "reduce-overhead": CUDA graphs replay the whole network per call, which removes the launch
+    overhead of a sampler's many small calls (keep the batch size fixed so the graph is reused);
+    elsewhere the default inductor mode. The first calls pay the compile time."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    return torch.compile(network, mode="reduce-overhead" if cuda else None)
