@@ -5,8 +5,9 @@ same distribution lies. The held-out split measures "fresh": for each held-out e
 distance to its nearest training example; its ``quantile`` (1% by default) is the threshold. A
 sample nearer to a training example than that is counted as a (near-)copy; a model that does not
 copy has about ``quantile`` of its samples below the threshold, as the held-out split does by
-construction (the check of Somepalli et al. 2023 and of the memorisation studies of diffusion
-models, in its simplest form: L2 in pixel space, suited to small images like the 8x8 digits).
+construction. This is the simplest form of the memorisation checks of diffusion models (Carlini
+et al. 2023, "Extracting training data from diffusion models", compare samples with training
+images by L2 distance in pixel space); it suits small images such as the 8x8 digits.
 """
 from __future__ import annotations
 
