@@ -76,10 +76,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         params["eta"] = args.eta
     guided = prepare_sampling(args, ckpt, model, device)
     generator = torch.Generator(device).manual_seed(args.seed)
-    with torch.no_grad() if args.sampler != "rk45" else torch.enable_grad():
-        x = sample(ckpt.process, guided.model, (guided.n, *data_shape), sampler=args.sampler, steps=args.steps,
-                   generator=generator, device=device, clip_x0=args.clip and levels is not None,
-                   progress=not args.quiet, cond=guided.cond, **guided.params, **params)
+    x = sample(ckpt.process, guided.model, (guided.n, *data_shape), sampler=args.sampler, steps=args.steps,
+               generator=generator, device=device, clip_x0=args.clip and levels is not None,
+               progress=not args.quiet, cond=guided.cond, **guided.params, **params)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":

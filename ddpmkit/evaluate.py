@@ -152,11 +152,8 @@ def sample_quality(process, model, shape: Sequence[int], extractor, reference: t
             for i in range(0, n, batch_size):
                 m = min(batch_size, n - i)
                 cond = cond_fn(m) if cond_fn else {}
-                grad = torch.enable_grad() if sampler == "rk45" else torch.no_grad()
-                with grad:
-                    chunks.append(sample(process, counter, (m, *shape), sampler=sampler, steps=s, generator=gen,
-                                         device=reference.device, clip_x0=clip_x0, progress=False, cond=cond,
-                                         **params).detach())
+                chunks.append(sample(process, counter, (m, *shape), sampler=sampler, steps=s, generator=gen,
+                                     device=reference.device, clip_x0=clip_x0, progress=False, cond=cond, **params))
             seconds = time.perf_counter() - start
             x = torch.cat(chunks)
             feats = extract_features(extractor, x.clamp(-1, 1) if clip_x0 else x, batch_size)

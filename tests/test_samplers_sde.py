@@ -302,3 +302,12 @@ def test_pc_with_a_zero_score_skips_the_corrector():
     # a zero score lets x grow like 1 / sqrt(alpha_bar_T) under either sampler; without the
     # guard the corrector's "infinite" step sends x to ~1e29
     assert torch.isfinite(pc).all() and pc.abs().max() < 10 * sde.abs().max()
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_runs_without_autograd(name):
+    """Called with gradients on and a model with parameters, no sampler returns (or keeps) a graph."""
+    net = torch.nn.Linear(2, 2).double()
+    model = lambda x, t, **cond: net(x)   # noqa: E731
+    x = sample(PROCESS, model, (3, 2), name, 4 if name != "rk45" else None, x_T=noise(3), seed=0, progress=False)
+    assert not x.requires_grad

@@ -66,9 +66,12 @@ SAMPLERS: dict[str, SamplerFn] = {}
 
 
 def register(name: str) -> Callable[[SamplerFn], SamplerFn]:
-    """Decorator: make a sampler function available to :func:`sample` under ``name``."""
+    """Decorator: make a sampler function available to :func:`sample` under ``name``. Every
+    registered sampler runs without autograd (guidance that needs a gradient turns it on for
+    its own computation), so no sampler keeps the graph of its steps."""
 
     def wrap(fn: SamplerFn) -> SamplerFn:
+        fn = torch.no_grad()(fn)
         SAMPLERS[name] = fn
         return fn
 

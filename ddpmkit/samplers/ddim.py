@@ -92,6 +92,7 @@ def _predicted_eps(process: GaussianDiffusion, model: Model, x: torch.Tensor, t:
     return process.to_x0_eps(x, t, pred)[1]
 
 
+@torch.no_grad()
 def invert(process: GaussianDiffusion, model: Model, x0: torch.Tensor, steps: int = 50, *,
            skip: str = "uniform", fixed_point_iters: int = 0, cond: dict[str, Any] | None = None,
            callback: Callable[[StepInfo], None] | None = None, progress: bool = True

@@ -107,7 +107,6 @@ def _fixed_step_ode(process: GaussianDiffusion, model: Model, x_T: torch.Tensor,
 
 
 @register("euler")
-@torch.no_grad()
 def euler(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
           opts: SampleOptions, skip: str = "linspace", rho: float = 7.0) -> torch.Tensor:
     """Probability-flow ODE, Euler in (sigma, y): identical to DDIM eta=0 (DDIM eq. 13-14).
@@ -118,7 +117,6 @@ def euler(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: in
 
 
 @register("heun")
-@torch.no_grad()
 def heun(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
          opts: SampleOptions, skip: str = "linspace", rho: float = 7.0) -> torch.Tensor:
     """Probability-flow ODE, Heun's 2nd-order method (EDM alg. 1; last step Euler to sigma=0).
@@ -129,7 +127,6 @@ def heun(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int
 
 
 @register("rk45")
-@torch.no_grad()
 def rk45(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
          opts: SampleOptions, rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
     """Probability-flow ODE with scipy's adaptive RK45 (Dormand-Prince), as in score_sde.
@@ -212,7 +209,6 @@ def _reverse_sde_loop(name: str, process: GaussianDiffusion, model: Model, x_T: 
 
 
 @register("sde")
-@torch.no_grad()
 def reverse_sde(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
                 opts: SampleOptions, skip: str = "linspace", rho: float = 7.0) -> torch.Tensor:
     """Reverse-time SDE (Song et al. 2021, eq. 6) by Euler-Maruyama; ``steps`` network calls.
@@ -224,7 +220,6 @@ def reverse_sde(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, ste
 
 
 @register("pc")
-@torch.no_grad()
 def predictor_corrector(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
                         opts: SampleOptions, snr: float = 0.16, corrector_steps: int = 1,
                         skip: str = "linspace", rho: float = 7.0) -> torch.Tensor:
