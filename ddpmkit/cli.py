@@ -21,13 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .distributed import resolve_device
+
 __all__ = ["main"]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -63,7 +59,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from .monitor import save_sample_grid
     from .samplers import sample
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device, ema_rate=args.ema_rate)
     model = ckpt.ema_model if not args.raw_weights else ckpt.model
     if args.compile:
@@ -106,7 +102,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
-        args.checkpoint, split=args.split, n=args.n, device=_device(args.device),
+        args.checkpoint, split=args.split, n=args.n, device=resolve_device(args.device),
         samplers=[s for s in args.samplers.split(",") if s] if args.samplers else [],
         steps=[int(s) for s in args.steps.split(",")] if args.steps else [],
         num_samples=args.num_samples, ode=not args.no_ode, bound=not args.no_bound, seed=args.seed,

@@ -197,3 +197,6 @@ def test_cli_eval_on_a_tiny_checkpoint(tmp_path, capsys):
     assert report["bpd"]["bound"]["mean"] == pytest.approx(float(direct.total.mean()), rel=1e-9)
     assert math.isfinite(report["bpd"]["bound"]["mean"]) and report["bpd"]["bound"]["mean"] > 0
     assert cli_main(["eval", str(tmp_path / "missing"), "--quiet"]) == 2
+    capsys.readouterr()
+    assert cli_main(["eval", str(run), "--device", "bogus", "--quiet"]) == 2   # one line, no traceback
+    assert "device must be" in capsys.readouterr().err
