@@ -169,6 +169,8 @@ def test_plot_quality_writes_a_png(tmp_path, with_boot):
 def test_pick_extractor_gives_the_digit_classifier_for_the_digits_splits():
     test = dk.load_dataset(dk.DataConfig(name="digits"), "test")
     assert isinstance(pick_extractor(test), DigitFeatures)
+    resized = dk.load_dataset(dk.DataConfig(name="digits", image_size=16), "test")
+    assert pick_extractor(resized) is None   # the 8x8 classifier cannot read 16x16 digits
 
 
 def test_cli_eval_on_a_tiny_checkpoint(tmp_path, capsys):
