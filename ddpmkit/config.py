@@ -31,6 +31,7 @@ from .diffusion import PREDICTIONS, VARIANCES, GaussianDiffusion
 from .losses import OBJECTIVES
 from .nets import build_network, network_config_to_dict
 from .nets.layers import DictConfig
+from .samplers import SAMPLERS
 from .schedules import Schedule
 
 try:
@@ -232,9 +233,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 _fail(owner, name, value, f"must be an integer >= {low}")
-        for name in ("name", "out", "sample_sampler", "device"):
+        for name in ("name", "out", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 _fail(owner, name, getattr(self, name), "must be a non-empty string")
+        _choice(owner, "sample_sampler", self.sample_sampler, sorted(SAMPLERS))   # not only at the first preview
 
     # ------------------------------------------------------------------ dict / JSON
     def to_dict(self) -> dict[str, Any]:

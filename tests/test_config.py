@@ -83,6 +83,7 @@ def test_overrides_are_parsed_by_the_fields_type():
     ("class_dropout=0.1", ["class_dropout", "0.1"]),        # needs a class-conditional network
     ("no_equals_sign", ["no_equals_sign"]),
     ("diffusion.variance=learned_range", ["objective", "simple", "learned_range"]),   # nothing trains the variance
+    ("sample_sampler=dddim", ["sample_sampler", "dddim"]),    # would fail only at the first preview
 ])
 def test_bad_overrides_raise_one_line_naming_key_and_value(override, words):
     with pytest.raises(ValueError) as info:
