@@ -405,8 +405,8 @@ def _apply_one(tree: dict[str, Any], item: str) -> None:
         tree.setdefault(parts[0], {})[parts[1]] = value
 
 
-def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``"key=value"`` strings to a config dict (see the module docstring); checks each."""
+def _apply_all(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the config dict with the ``"key=value"`` strings applied, each checked on its own."""
     tree: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in values.items()}
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
@@ -415,6 +415,13 @@ def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict
             _apply_one(tree, item)
         except ValueError as err:
             raise ValueError(f"bad override {item!r}: {err}") from None
+    return tree
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``"key=value"`` strings to a config dict (see the module docstring); checks each,
+    then the whole result."""
+    tree = _apply_all(values, overrides)
     try:
         TrainConfig.from_dict(tree)
     except ValueError as err:
@@ -455,8 +462,8 @@ def load_config(source: str | Path = "digits", overrides: Sequence[str] = ()) ->
     """A :class:`TrainConfig` from a preset name, a TOML/JSON file or a run directory, with
     ``key=value`` overrides applied in order."""
     raw, where = _read_source(source)
+    tree = _apply_all(raw, list(overrides))   # checked once, after the overrides: they may complete the file
     try:
-        TrainConfig.from_dict(raw)
+        return TrainConfig.from_dict(tree)
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
-    return TrainConfig.from_dict(apply_overrides(raw, list(overrides)))
+        raise ValueError(f"{where}{' with its overrides' if overrides else ''}: {err}") from None

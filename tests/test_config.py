@@ -107,6 +107,11 @@ def test_unknown_source_and_bad_files_are_clear(tmp_path):
                        'attention_resolutions = []\nchannel_mult = [1, 2]\n')
     cfg = load_config(partial)
     assert cfg.optim.lr == 0.01 and cfg.optim.batch_size == OptimConfig().batch_size
+    needs_path = tmp_path / "c.toml"        # complete only with its override
+    needs_path.write_text('[data]\nname = "cifar10"\n')
+    with pytest.raises(ValueError, match="c.toml: .*path"):
+        load_config(needs_path)
+    assert load_config(needs_path, ["data.path=/data/cifar"]).data.path == "/data/cifar"
 
 
 def test_changing_the_network_kind_starts_from_that_kinds_defaults():
