@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import ddpmkit as dk  # noqa: E402
+from ddpmkit.evaluate import CountingModel  # noqa: E402
 from ddpmkit.metrics import mean_log_density, rbf_mmd2, sliced_wasserstein  # noqa: E402
 from ddpmkit.samplers import SAMPLERS, sample  # noqa: E402
 from oracles import MixtureOracle, mixture_oracle  # noqa: E402
@@ -44,17 +45,6 @@ OUT = os.path.join(ROOT, "benchmarks", "out")
 # score-SDE samplers are also run on DPM-Solver's log-SNR grid (and Heun on EDM's).
 VARIANTS = (("euler", {"skip": "logsnr"}), ("heun", {"skip": "logsnr"}), ("heun", {"skip": "karras"}),
             ("sde", {"skip": "logsnr"}), ("pc", {"skip": "logsnr"}), ("pc", {"skip": "logsnr", "snr": 0.05}))
-
-
-class CountingModel:
-    """Wraps a model and counts its calls (one call = one function evaluation for the batch)."""
-
-    def __init__(self, model: Any):
-        self.model, self.calls = model, 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
-        self.calls += 1
-        return self.model(x, t, **cond)
 
 
 def ring_mixture(schedule: dk.Schedule, modes: int = 8, radius: float = 0.7, std: float = 0.07) -> MixtureOracle:
