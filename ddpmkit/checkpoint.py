@@ -37,6 +37,9 @@ __all__ = [
     "list_checkpoints",
     "encode_bytes",
     "decode_bytes",
+    "rng_state_tensor",
+    "optimizer_state_tensors",
+    "load_optimizer_state",
     "FORMAT",
     "LoadedCheckpoint",
     "load_checkpoint",
@@ -109,6 +112,38 @@ def encode_bytes(data: bytes) -> str:
 
 def decode_bytes(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def rng_state_tensor(text: str) -> torch.Tensor:
+    """A generator state saved with :func:`encode_bytes`, as the uint8 tensor ``set_rng_state`` takes."""
+    return torch.frombuffer(bytearray(decode_bytes(text)), dtype=torch.uint8)
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimiser's per-parameter state split for a checkpoint: tensors as ``optim.<index>.<name>``
+    (safetensors), everything else (e.g. AdamW's step count) as JSON scalars by index."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in optimizer.state_dict()["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, scalars
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                         scalars: dict[str, dict[str, Any]]) -> None:
+    """Restore what :func:`optimizer_state_tensors` split (the param groups stay the optimiser's own)."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in scalars.items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 def _sha256(path: Path) -> str:

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, decode_bytes, encode_bytes, find_checkpoint,
-                         read_checkpoint, save_checkpoint)
+from .checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state,
+                         optimizer_state_tensors, read_checkpoint, rng_state_tensor, save_checkpoint)
 from .config import TrainConfig
 from .data import ArrayDataset, load_dataset
 from .diffusion import GaussianDiffusion
@@ -257,13 +257,8 @@ class Trainer:
             return self.run_dir
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(self.ema.state_tensors())
-        scalars: dict[str, dict[str, Any]] = {}
-        for index, values in self.optimizer.state_dict()["state"].items():
-            for name, value in values.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{index}.{name}"] = value
-                else:
-                    scalars.setdefault(str(index), {})[name] = value
+        optim_tensors, scalars = optimizer_state_tensors(self.optimizer)
+        tensors.update(optim_tensors)
         state = {
             "step": self.step,
             "world_size": self.dist.world_size,
@@ -293,25 +288,17 @@ class Trainer:
         state = meta["state"]
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_tensors(tensors, state["ema_updates"])
-        optim_state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                optim_state.setdefault(int(index), {})[name] = value
-        for index, values in state["optimizer_scalars"].items():
-            optim_state.setdefault(int(index), {}).update(values)
-        self.optimizer.load_state_dict({"state": optim_state,
-                                        "param_groups": self.optimizer.state_dict()["param_groups"]})
+        load_optimizer_state(self.optimizer, tensors, state["optimizer_scalars"])
         if state["grad_scaler"]:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.timestep_sampler.load_state_dict(state["timestep_sampler"])
         rng = state["rng"]
-        self.data_gen.set_state(_bytes_tensor(rng["data"]))
-        self.noise_gen.set_state(_bytes_tensor(rng["noise"]))
+        self.data_gen.set_state(rng_state_tensor(rng["data"]))
+        self.noise_gen.set_state(rng_state_tensor(rng["noise"]))
         if len(rng["global"]) == self.dist.world_size:
-            torch.set_rng_state(_bytes_tensor(rng["global"][self.dist.rank]))
+            torch.set_rng_state(rng_state_tensor(rng["global"][self.dist.rank]))
             if self.device.type == "cuda" and rng["cuda"]:
-                torch.cuda.set_rng_state(_bytes_tensor(rng["cuda"][self.dist.rank]), self.device)
+                torch.cuda.set_rng_state(rng_state_tensor(rng["cuda"][self.dist.rank]), self.device)
         self.step = int(state["step"])
         self.last_checkpoint = json_path
 
@@ -391,10 +378,6 @@ class Trainer:
             shutdown(self.dist)
         return TrainResult(cfg, self.step, self.run_dir, self.last_checkpoint, self.model, self.ema.model(),
                            self.process, metrics, stop.requested, time.perf_counter() - start_time)
-
-
-def _bytes_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(decode_bytes(text)), dtype=torch.uint8)
 
 
 def train(config: TrainConfig, resume: bool | str | Path = False, max_steps: int | None = None,

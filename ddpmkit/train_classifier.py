@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, decode_bytes, encode_bytes, find_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state, optimizer_state_tensors,
+                         read_checkpoint, rng_state_tensor, save_checkpoint)
 from .config import TrainConfig
 from .data import ArrayDataset, load_dataset
 from .diffusion import GaussianDiffusion
@@ -110,28 +111,6 @@ def noisy_accuracy(model: torch.nn.Module, process: GaussianDiffusion, x0: torch
     return out
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors, scalars = {}, {}
-    for index, values in optimizer.state_dict()["state"].items():
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{index}.{name}"] = value
-            else:
-                scalars.setdefault(str(index), {})[name] = value
-    return tensors, scalars
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in scalars.items():
-        state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-
-
 def _read_classifier(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
     tensors, meta, json_path = read_checkpoint(path)
     if meta.get("kind") != CLASSIFIER_KIND:
@@ -197,12 +176,12 @@ def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str 
         if meta["classifier"] != classifier.to_dict():
             raise ValueError(f"cannot resume {run_dir}: its classifier config differs from this run's")
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        _load_optimizer(optimizer, tensors, meta["state"]["optimizer_scalars"])
-        torch.set_rng_state(torch.frombuffer(bytearray(decode_bytes(meta["state"]["rng"])), dtype=torch.uint8))
+        load_optimizer_state(optimizer, tensors, meta["state"]["optimizer_scalars"])
+        torch.set_rng_state(rng_state_tensor(meta["state"]["rng"]))
         step = int(meta["state"]["step"])
 
     def save(metrics: dict[str, Any]) -> Path:
-        optim_tensors, scalars = _optimizer_tensors(optimizer)
+        optim_tensors, scalars = optimizer_state_tensors(optimizer)
         tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors}
         state = {"step": step, "optimizer_scalars": scalars, "metrics": metrics,
                  "rng": encode_bytes(torch.get_rng_state().numpy().tobytes())}
