@@ -89,6 +89,8 @@ def prepare_networks(args: argparse.Namespace, out: Path) -> tuple[Any, Any, dic
         start = time.perf_counter()
         run = train_classifier(config, args.classifier_steps, out=out / "classifier", classifier=network, resume=True)
         timing["classifier_train_seconds"] = time.perf_counter() - start
+        if run.stopped_by:
+            raise SystemExit(f"classifier training stopped by {run.stopped_by} at step {run.step}; run again to resume")
         timing["classifier_test_accuracy_by_t"] = run.metrics["test_accuracy_by_t"]
         classifier_path = run.checkpoint
     return ckpt, load_classifier(classifier_path), timing

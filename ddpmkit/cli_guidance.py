@@ -45,10 +45,11 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     run = train_classifier(config, args.steps, out=args.out, resume=args.resume, progress=not args.quiet)
-    accuracy = ", ".join(f"t={t}: {a:.3f}" for t, a in run.metrics["test_accuracy_by_t"].items())
     if run.stopped_by:
-        print(f"stopped at step {run.step}; resume with --resume")
-    print(f"test accuracy on noised data ({accuracy})")
+        print(f"stopped by {run.stopped_by} at step {run.step}; resume with --resume")
+    else:
+        accuracy = ", ".join(f"t={t}: {a:.3f}" for t, a in run.metrics["test_accuracy_by_t"].items())
+        print(f"test accuracy on noised data ({accuracy})")
     print(f"checkpoint: {run.checkpoint}")
     return 0
 

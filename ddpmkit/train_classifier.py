@@ -19,8 +19,6 @@ resumed run continues exactly. Ctrl-C (or SIGTERM) saves a checkpoint and stops.
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ from .checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_op
 from .config import TrainConfig
 from .data import ArrayDataset, load_dataset
 from .diffusion import GaussianDiffusion
-from .distributed import resolve_device
+from .distributed import StopSignals, resolve_device
 from .monitor import MetricsLog
 from .nets.classifier import ClassifierConfig, NoisyClassifier
 
@@ -57,8 +55,8 @@ class ClassifierRun:
     checkpoint: Path
     model: NoisyClassifier           # in eval mode
     process: GaussianDiffusion
-    metrics: dict[str, Any]          # the last logged line, and the test accuracy per timestep
-    stopped_by: str | None
+    metrics: dict[str, Any]          # the last logged line, and the test accuracy per timestep (not when stopped)
+    stopped_by: str | None           # "SIGTERM" / "SIGINT" when a signal ended the run early
     seconds: float
 
 
@@ -81,10 +79,6 @@ def classifier_config_for(config: TrainConfig, dataset: ArrayDataset) -> Classif
         raise ValueError(f"a classifier needs labelled data, but {dataset.name!r} has no labels")
     unet = resolve_config(config, dataset).network
     return ClassifierConfig.from_unet(unet, dataset.num_classes)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt   # SIGTERM: stop like Ctrl-C, which saves a checkpoint
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -190,9 +184,8 @@ def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str 
 
     log = MetricsLog(run_dir / "metrics.jsonl")
     log.truncate_after(step)
-    stopped_by, metrics, start = None, {}, time.perf_counter()
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    metrics, start = {}, time.perf_counter()
+    stop = StopSignals()   # SIGTERM / Ctrl-C end the loop between whole steps, then the checkpoint is saved
     bar = tqdm(total=steps, initial=step, desc="train classifier", disable=not progress, dynamic_ncols=True)
     loss_sum = correct = seen = 0.0
     try:
@@ -228,17 +221,20 @@ def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str 
                 loss_sum = correct = seen = 0.0
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
                 save(metrics)
-    except KeyboardInterrupt:
-        stopped_by = "interrupt"
+            if stop.requested:
+                break
     finally:
         bar.close()
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        stop.restore()
+    if stop.requested:   # save at once: the test-set pass below may outlast a scheduler's grace period
+        log.close()
+        return ClassifierRun(config, classifier, step, run_dir, save(metrics), model.eval(), process, metrics,
+                             stop.requested, time.perf_counter() - start)
     T = process.T
     metrics = {**metrics, "test_accuracy_by_t": noisy_accuracy(model, process, test.x, test.y,
                                                                [0, T // 10, T // 4, T // 2, 3 * T // 4], config.seed)}
     log.write({"step": step, **{f"test_accuracy_t{t}": a for t, a in metrics["test_accuracy_by_t"].items()}})
     log.close()
     path = save(metrics)
-    return ClassifierRun(config, classifier, step, run_dir, path, model.eval(), process, metrics, stopped_by,
+    return ClassifierRun(config, classifier, step, run_dir, path, model.eval(), process, metrics, None,
                          time.perf_counter() - start)

@@ -345,3 +345,33 @@ def test_train_classifier_resumes_exactly_and_round_trips(tmp_path, monkeypatch)
     x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 5, 50, 500])
     assert torch.equal(loaded.model(x, t), straight.model(x, t))
     assert set(straight.metrics["test_accuracy_by_t"]) == {0, 100, 250, 500, 750}
+
+
+def test_train_classifier_stops_on_sigterm_between_steps_and_resumes_exactly(tmp_path, monkeypatch):
+    """SIGTERM in the middle of a step lets the step finish, saves at once (no test-set pass) and
+    a resumed run ends with the weights of a run never stopped."""
+    import os
+    import signal
+
+    import ddpmkit.train_classifier as tc
+    from ddpmkit.config import load_config
+
+    config = load_config("digits-cond", ["optim.batch_size=32", "optim.warmup=2", "log_every=3", "checkpoint_every=0",
+                                         "num_threads=1", "device=cpu"])
+    straight = tc.train_classifier(config, 6, out=tmp_path / "a", classifier=TINY, progress=False)
+    original = tc._step_generator
+
+    def signal_at_step_3(seed, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(seed, step)
+
+    monkeypatch.setattr(tc, "_step_generator", signal_at_step_3)
+    stopped = tc.train_classifier(config, 6, out=tmp_path / "b", classifier=TINY, progress=False)
+    assert (stopped.stopped_by, stopped.step) == ("SIGTERM", 4)
+    assert "test_accuracy_by_t" not in stopped.metrics
+    monkeypatch.setattr(tc, "_step_generator", original)
+    resumed = tc.train_classifier(config, 6, out=tmp_path / "b", classifier=TINY, resume=True, progress=False)
+    assert resumed.stopped_by is None and resumed.step == 6
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
