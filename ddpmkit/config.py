@@ -45,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "apply_overrides",
+    "check_resumable",
     "list_presets",
     "network_kinds",
     "PRECISIONS",
@@ -297,6 +298,15 @@ class TrainConfig:
         if self.network_kind == "unet":
             network = network.to(memory_format=torch.channels_last)
         return network
+
+
+def check_resumable(saved: TrainConfig, config: TrainConfig, sections: Sequence[str], where: Any) -> None:
+    """One-line ValueError unless ``saved`` (a checkpoint's config) and ``config`` agree on ``sections``:
+    a resumed run must keep the data, the process and the networks it was started with."""
+    for section in sections:
+        if getattr(saved, section) != getattr(config, section):
+            raise ValueError(f"cannot resume from {where}: its config.{section} differs from this run's "
+                             f"({getattr(saved, section)!r} vs {getattr(config, section)!r})")
 
 
 def _section_class(key: str, values: Mapping[str, Any]) -> type | None:

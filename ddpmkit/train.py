@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state,
                          optimizer_state_tensors, read_checkpoint, rng_state_tensor, save_checkpoint)
-from .config import TrainConfig
+from .config import TrainConfig, check_resumable
 from .data import ArrayDataset, load_dataset
 from .diffusion import GaussianDiffusion
 from .distributed import (DistInfo, StopSignals, all_gather_cat, all_reduce_sum, barrier,
@@ -280,11 +280,8 @@ class Trainer:
     def load_state(self, path: str | Path) -> None:
         """Restore everything :meth:`save` wrote (model, EMA, optimiser, streams, step)."""
         tensors, meta, json_path = read_checkpoint(path)
-        saved = TrainConfig.from_dict(meta["config"])
-        for section in ("data", "network", "diffusion", "ema_rates"):
-            if getattr(saved, section) != getattr(self.config, section):
-                raise ValueError(f"cannot resume from {json_path}: its config.{section} differs from this run's "
-                                 f"({getattr(saved, section)!r} vs {getattr(self.config, section)!r})")
+        check_resumable(TrainConfig.from_dict(meta["config"]), self.config,
+                        ("data", "network", "diffusion", "ema_rates"), json_path)
         state = meta["state"]
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_tensors(tensors, state["ema_updates"])

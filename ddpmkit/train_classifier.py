@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state, optimizer_state_tensors,
                          read_checkpoint, rng_state_tensor, save_checkpoint)
-from .config import TrainConfig
+from .config import TrainConfig, check_resumable
 from .data import ArrayDataset, load_dataset
 from .diffusion import GaussianDiffusion
 from .distributed import StopSignals, resolve_device
@@ -166,9 +166,10 @@ def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str 
         raise ValueError(f"run directory {run_dir} already holds checkpoints; pass resume=True (--resume) "
                          f"or choose another out=")
     if has_checkpoint:
-        tensors, meta, _ = _read_classifier(find_checkpoint(run_dir))
+        tensors, meta, json_path = _read_classifier(find_checkpoint(run_dir))
         if meta["classifier"] != classifier.to_dict():
             raise ValueError(f"cannot resume {run_dir}: its classifier config differs from this run's")
+        check_resumable(TrainConfig.from_dict(meta["config"]), config, ("data", "diffusion"), json_path)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         load_optimizer_state(optimizer, tensors, meta["state"]["optimizer_scalars"])
         torch.set_rng_state(rng_state_tensor(meta["state"]["rng"]))

@@ -332,6 +332,9 @@ def test_train_classifier_resumes_exactly_and_round_trips(tmp_path, monkeypatch)
     train_classifier(config, 3, out=tmp_path / "b", classifier=TINY, progress=False)
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train_classifier(config, 6, out=tmp_path / "b", classifier=TINY, progress=False)
+    with pytest.raises(ValueError, match="config.diffusion differs"):   # other noise levels: refused
+        train_classifier(config.replace(diffusion=dataclasses.replace(config.diffusion, schedule="linear")), 6,
+                         out=tmp_path / "b", classifier=TINY, resume=True, progress=False)
     visited = []
     original = tc._step_generator
     monkeypatch.setattr(tc, "_step_generator", lambda seed, step: visited.append(step) or original(seed, step))
