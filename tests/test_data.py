@@ -346,6 +346,7 @@ def test_mnist_idx_exact_values_and_padding(tmp_path):
     border = torch.ones(32, 32, dtype=torch.bool)
     border[2:30, 2:30] = False
     assert torch.all(padded.x[:, :, border] == -1.0)
+    assert load("mnist", "test", path=str(tmp_path), image_size=14).x.shape == (3, 1, 14, 14)   # smaller: resized
 
 
 def test_read_idx_checks_magic_and_length(tmp_path):

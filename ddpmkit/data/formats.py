@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .dataset import resize_images, split_indices
+from .dataset import split_indices
 
 __all__ = ["Loaded", "load_npz", "load_mnist", "load_cifar10", "read_idx", "NumpyOnlyUnpickler"]
 
@@ -203,12 +203,10 @@ def load_mnist(path: str | Path, split: str, image_size: int | None) -> Loaded:
         raise ValueError(f"{images_file}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
     labels = _check_labels(labels_file, labels, len(images), num_classes=10)
     codes = images[..., None]
-    if image_size is not None and image_size > codes.shape[1]:
-        before = (image_size - codes.shape[1]) // 2
+    if image_size is not None and image_size > codes.shape[1]:   # pad (the DDPM way to 32x32); smaller sizes
+        before = (image_size - codes.shape[1]) // 2             # are resized by load_dataset like any images
         after = image_size - codes.shape[1] - before
         codes = np.pad(codes, ((0, 0), (before, after), (before, after), (0, 0)))
-    elif image_size is not None:
-        codes = resize_images(codes, image_size)
     return Loaded(codes, labels, 10, 256)
 
 
