@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ddpmkit.demo
+	$(PY) -m ddpmkit.cli.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests

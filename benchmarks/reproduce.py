@@ -40,12 +40,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddpmkit.config import TrainConfig, apply_overrides, load_config  # noqa: E402
+from ddpmkit.training.config import TrainConfig, apply_overrides, load_config  # noqa: E402
 from ddpmkit.data import load_dataset  # noqa: E402
-from ddpmkit.diffusion import GaussianDiffusion  # noqa: E402
-from ddpmkit.evaluate import pick_extractor, plot_quality, sample_quality  # noqa: E402
-from ddpmkit.likelihood import vlb_bpd  # noqa: E402
-from ddpmkit.train import TrainingDiverged, train  # noqa: E402
+from ddpmkit.core.diffusion import GaussianDiffusion  # noqa: E402
+from ddpmkit.evaluation.evaluate import pick_extractor, plot_quality, sample_quality  # noqa: E402
+from ddpmkit.likelihood.bound import vlb_bpd  # noqa: E402
+from ddpmkit.training.train import TrainingDiverged, train  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import ddpmkit as dk  # noqa: E402
-from ddpmkit.evaluate import CountingModel  # noqa: E402
-from ddpmkit.metrics import mean_log_density, rbf_mmd2, sliced_wasserstein  # noqa: E402
-from ddpmkit.samplers import SAMPLERS, sample  # noqa: E402
+from ddpmkit.evaluation.evaluate import CountingModel  # noqa: E402
+from ddpmkit.evaluation.metrics import mean_log_density, rbf_mmd2, sliced_wasserstein  # noqa: E402
+from ddpmkit.sampling import SAMPLERS, sample  # noqa: E402
 from oracles import MixtureOracle, mixture_oracle  # noqa: E402
 
 EXPECTED = ("ddpm", "ddim", "dpmpp2m", "euler", "heun", "rk45", "sde", "pc")

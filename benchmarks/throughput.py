@@ -44,9 +44,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddpmkit.config import load_config  # noqa: E402
+from ddpmkit.training.config import load_config  # noqa: E402
 from ddpmkit.nets import UNet, UNetConfig  # noqa: E402
-from ddpmkit.samplers import sample  # noqa: E402
+from ddpmkit.sampling import sample  # noqa: E402
 
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m", "euler", "heun", "sde", "pc")
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_digit_classifier.py            # train, write the assets
     .venv/bin/python benchmarks/train_digit_classifier.py --floors-only   # re-measure the floors
 
-Trains :class:`ddpmkit.features.DigitClassifier` on the 1347-image train split of scikit-learn's
+Trains :class:`ddpmkit.evaluation.features.DigitClassifier` on the 1347-image train split of scikit-learn's
 digits (AdamW, cosine learning rate, random +-1 pixel shifts), one CPU thread, a fixed seed.
 Writes ``ddpmkit/assets/digits_classifier.safetensors`` and ``digits_classifier.json`` (the
 architecture, test accuracy on the 450-image test split, and the floors: FD, KID, precision,
@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ddpmkit.data import DataConfig, load_dataset
-from ddpmkit.features import (DIGITS_CLASSIFIER_WEIGHTS, DigitClassifier, DigitClassifierConfig,
+from ddpmkit.evaluation.features import (DIGITS_CLASSIFIER_WEIGHTS, DigitClassifier, DigitClassifierConfig,
                               DigitFeatures, digits_floor, extract_features, load_digit_classifier)
-from ddpmkit.features.digits import config_to_json
+from ddpmkit.evaluation.features.digits import config_to_json
 
 
 def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:

@@ -5,12 +5,12 @@
     loss = process.loss(model, x0, objective="hybrid").mean()
     x = dk.sample(process, model, (64, 3, 32, 32), sampler="dpmpp2m", steps=20, seed=0)
 """
-from .schedules import Schedule, space_timesteps
-from .diffusion import GaussianDiffusion, ModelPrediction
-from .losses import ImportanceSampler, UniformSampler, training_losses, make_timestep_sampler
-from .likelihood import VLBResult, vlb_bpd
-from .ode_likelihood import ODELikelihoodResult, ode_bpd
-from .samplers import SAMPLERS, SampleOptions, StepInfo, invert, sample
+from .core.schedules import Schedule, space_timesteps
+from .core.diffusion import GaussianDiffusion, ModelPrediction
+from .core.losses import ImportanceSampler, UniformSampler, training_losses, make_timestep_sampler
+from .likelihood.bound import VLBResult, vlb_bpd
+from .likelihood.ode import ODELikelihoodResult, ode_bpd
+from .sampling import SAMPLERS, SampleOptions, StepInfo, invert, sample
 from .data import ArrayDataset, DataConfig, load_dataset, to_uint8_images
 from .nets import MLP, MLPConfig, UNet, UNetConfig, build_network
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-import ddpmkit.checkpoint as ckpt
-from ddpmkit.checkpoint import (CheckpointError, find_checkpoint, list_checkpoints, read_checkpoint,
+import ddpmkit.io.checkpoint as ckpt
+from ddpmkit.io.checkpoint import (CheckpointError, find_checkpoint, list_checkpoints, read_checkpoint,
                                 save_checkpoint)
-from ddpmkit.train import Trainer, train
+from ddpmkit.training.train import Trainer, train
 from test_train import tiny_config
 
 

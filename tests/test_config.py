@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpmkit.config import OptimConfig, TrainConfig, apply_overrides, list_presets, load_config
+from ddpmkit.training.config import OptimConfig, TrainConfig, apply_overrides, list_presets, load_config
 from ddpmkit.nets import UNet, UNetConfig
 
 

@@ -9,14 +9,14 @@ import sys
 import pytest
 import torch
 
-from ddpmkit.checkpoint import read_checkpoint
-from ddpmkit.train import train
+from ddpmkit.io.checkpoint import read_checkpoint
+from ddpmkit.training.train import train
 from test_train import ROOT, tiny_config
 
 WORKER = """
 import sys
-from ddpmkit.config import load_config
-from ddpmkit.train import train
+from ddpmkit.training.config import load_config
+from ddpmkit.training.train import train
 train(load_config(sys.argv[1]), progress=False)
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import ddpmkit.demo as demo
+import ddpmkit.cli.demo as demo
 
 TINY = ["num_threads=1", "network.channels=8", "network.channel_mult=[1]", "network.num_res_blocks=1",
         "network.attention_resolutions=[]", "network.mid_attention=false", "network.norm_groups=4",

@@ -32,8 +32,8 @@ import torch
 from oracles import gaussian_oracle
 
 import ddpmkit as dk
-from ddpmkit.samplers import sample, subsequence
-from ddpmkit.samplers.ancestral import ancestral_step
+from ddpmkit.sampling import sample, subsequence
+from ddpmkit.sampling.ancestral import ancestral_step
 
 schedulers = pytest.importorskip("diffusers.schedulers")
 

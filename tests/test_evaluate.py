@@ -1,4 +1,4 @@
-"""ddpmkit.evaluate: NFE counting, sample quality against an exact Gaussian denoiser, the FD
+"""ddpmkit.evaluation.evaluate: NFE counting, sample quality against an exact Gaussian denoiser, the FD
 bootstrap's calibration and pairing, bits/dim aggregation against vlb_bpd / ode_bpd, the table
 and plot writers, and `ddpmkit eval` on a tiny trained checkpoint."""
 from __future__ import annotations
@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 import ddpmkit as dk
-from ddpmkit.cli import main as cli_main
-from ddpmkit.evaluate import (CountingModel, bits_per_dim, frechet_bootstrap, pick_extractor, plot_quality,
+from ddpmkit.cli.main import main as cli_main
+from ddpmkit.evaluation.evaluate import (CountingModel, bits_per_dim, frechet_bootstrap, pick_extractor, plot_quality,
                               quality_table, sample_quality)
-from ddpmkit.features import DigitFeatures, IdentityFeatures
-from ddpmkit.metrics import frechet_distance_from_features
-from ddpmkit.vpsde import ContinuousVP
+from ddpmkit.evaluation.features import DigitFeatures, IdentityFeatures
+from ddpmkit.evaluation.metrics import frechet_distance_from_features
+from ddpmkit.core.vpsde import ContinuousVP
 from oracles import gaussian_oracle
 
 MEAN, STD = [0.3, -0.2], [0.5, 0.8]
@@ -176,8 +176,8 @@ def test_pick_extractor_gives_the_digit_classifier_for_the_digits_splits():
 def test_cli_eval_on_a_tiny_checkpoint(tmp_path, capsys):
     from test_train import tiny_config   # a ~5k-parameter U-Net, T = 50, 40 steps
 
-    from ddpmkit.checkpoint import load_checkpoint
-    from ddpmkit.train import train
+    from ddpmkit.io.checkpoint import load_checkpoint
+    from ddpmkit.training.train import train
 
     run = tmp_path / "run"
     train(tiny_config(run), progress=False)

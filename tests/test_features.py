@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 from ddpmkit.data import DataConfig, load_dataset
-from ddpmkit.features import (DIGITS_CLASSIFIER_INFO, DIGITS_CLASSIFIER_WEIGHTS, FIDInceptionV3,
+from ddpmkit.evaluation.features import (DIGITS_CLASSIFIER_INFO, DIGITS_CLASSIFIER_WEIGHTS, FIDInceptionV3,
                               IdentityFeatures, InceptionFeatures, digits_floor, extract_features,
                               load_digit_classifier, load_inception)
-from ddpmkit.features.inception import prepare_images
+from ddpmkit.evaluation.features.inception import prepare_images
 
 torch.set_num_threads(1)
 
@@ -62,7 +62,7 @@ def test_digits_floors_match_the_stated_ones(digits):
     _, train, test = digits
     g = torch.Generator().manual_seed(0)
     noise = test.x.flatten(1)[:, torch.randperm(64, generator=g)].reshape(-1, 1, 8, 8)
-    from ddpmkit.features import extractor_floor
+    from ddpmkit.evaluation.features import extractor_floor
     worse = extractor_floor(extractor, train.x, noise, kid_subsets=10)
     assert worse["fd"] > 10 * floors["fd"] and worse["kid"] > 0.1 and worse["precision"] < 0.5
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import ddpmkit as dk
-from ddpmkit.guidance import (ClassifierFreeGuidance, ClassifierGuidance, ClassifierMeanShift, Guidance,
+from ddpmkit.sampling.guidance import (ClassifierFreeGuidance, ClassifierGuidance, ClassifierMeanShift, Guidance,
                               check_labels, class_grid_labels, classifier_log_prob_grad, guided_sample)
 from ddpmkit.nets.classifier import ClassifierConfig, NoisyClassifier
-from ddpmkit.samplers import sample
+from ddpmkit.sampling import sample
 from oracles import MixtureOracle
 
 torch.set_num_threads(1)
@@ -250,8 +250,8 @@ def test_bad_class_ids_name_the_valid_range(oracle, process):
 def test_sample_command_labels_and_errors(process):
     from types import SimpleNamespace
 
-    from ddpmkit.cli import build_parser
-    from ddpmkit.cli_guidance import prepare_sampling
+    from ddpmkit.cli.main import build_parser
+    from ddpmkit.cli.guidance import prepare_sampling
 
     def args(*argv: str) -> argparse.Namespace:
         return build_parser().parse_args(["sample", "RUN", *argv])
@@ -277,7 +277,7 @@ def test_cli_trains_and_samples_with_both_kinds_of_guidance(tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
-    from ddpmkit.cli import main
+    from ddpmkit.cli.main import main
 
     tiny = ["num_threads=1", "network.channels=8", "network.channel_mult=[1]", "network.num_res_blocks=1",
             "network.attention_resolutions=[]", "network.mid_attention=false", "network.norm_groups=4",
@@ -322,9 +322,9 @@ def test_classifier_examples_do_not_interact():
 
 
 def test_train_classifier_resumes_exactly_and_round_trips(tmp_path, monkeypatch):
-    import ddpmkit.train_classifier as tc
-    from ddpmkit.config import load_config
-    from ddpmkit.train_classifier import load_classifier, train_classifier
+    import ddpmkit.training.train_classifier as tc
+    from ddpmkit.training.config import load_config
+    from ddpmkit.training.train_classifier import load_classifier, train_classifier
 
     config = load_config("digits-cond", ["optim.batch_size=32", "optim.warmup=2", "log_every=3", "checkpoint_every=0",
                                          "num_threads=1", "device=cpu"])
@@ -356,8 +356,8 @@ def test_train_classifier_stops_on_sigterm_between_steps_and_resumes_exactly(tmp
     import os
     import signal
 
-    import ddpmkit.train_classifier as tc
-    from ddpmkit.config import load_config
+    import ddpmkit.training.train_classifier as tc
+    from ddpmkit.training.config import load_config
 
     config = load_config("digits-cond", ["optim.batch_size=32", "optim.warmup=2", "log_every=3", "checkpoint_every=0",
                                          "num_threads=1", "device=cpu"])

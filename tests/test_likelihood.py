@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ddpmkit as dk
-from ddpmkit.likelihood import prior_bpd
+from ddpmkit.likelihood.bound import prior_bpd
 from oracles import gaussian_oracle
 
 D64 = torch.float64

@@ -11,8 +11,8 @@ import scipy.stats
 import torch
 
 import ddpmkit as dk
-from ddpmkit.gaussian import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl
-from ddpmkit.losses import ImportanceSampler, UniformSampler, training_losses, vlb_term
+from ddpmkit.core.gaussian import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl
+from ddpmkit.core.losses import ImportanceSampler, UniformSampler, training_losses, vlb_term
 from oracles import gaussian_oracle
 
 D64 = torch.float64

@@ -10,14 +10,14 @@ import scipy.stats
 import torch
 from hypothesis import given, settings, strategies as st
 
-from ddpmkit.metrics import (FeatureStats, feature_metrics, fraction_in_manifold, frechet_distance,
+from ddpmkit.evaluation.metrics import (FeatureStats, feature_metrics, fraction_in_manifold, frechet_distance,
                              frechet_distance_from_features, inception_score,
                              inception_score_from_logits, kernel_inception_distance, knn_radii,
                              mean_log_density, median_heuristic_bandwidth, metric_floor, point_metrics,
                              polynomial_kernel, precision_recall, rbf_mmd2, sliced_wasserstein,
                              sqrtm_psd, wasserstein_1d)
 
-from ddpmkit.metrics._common import mmd2_from_kernel
+from ddpmkit.evaluation.metrics._common import mmd2_from_kernel
 
 torch.set_num_threads(1)
 
@@ -334,7 +334,7 @@ def test_point_metrics_on_raw_coordinates_and_their_floor():
 
 # ---------------------------------------------------------------------------- copies
 def test_nearest_neighbour_distances_match_brute_force():
-    from ddpmkit.metrics import nearest_neighbour_distances
+    from ddpmkit.evaluation.metrics import nearest_neighbour_distances
 
     g = torch.Generator().manual_seed(0)
     x, ref = torch.randn(37, 2, 3, generator=g), torch.randn(50, 2, 3, generator=g)
@@ -347,7 +347,7 @@ def test_nearest_neighbour_distances_match_brute_force():
 def test_copy_check_flags_copies_and_not_fresh_draws():
     """Copies of training points all fall under the threshold; fresh draws from the same
     Gaussian fall under it about as often as the quantile says (the held-out split's own rate)."""
-    from ddpmkit.metrics import copy_check
+    from ddpmkit.evaluation.metrics import copy_check
 
     g = torch.Generator().manual_seed(1)
     train, held_out, fresh = (torch.randn(n, 4, generator=g) for n in (2000, 1000, 4000))

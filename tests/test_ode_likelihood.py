@@ -9,8 +9,8 @@ import torch
 from oracles import mixture_oracle
 
 import ddpmkit as dk
-from ddpmkit.ode_likelihood import ode_bpd
-from ddpmkit.vpsde import ContinuousVP
+from ddpmkit.likelihood.ode import ode_bpd
+from ddpmkit.core.vpsde import ContinuousVP
 
 SCHEDULE = dk.Schedule.linear(1000)
 PROCESS = dk.GaussianDiffusion(SCHEDULE)

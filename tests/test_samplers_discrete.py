@@ -20,9 +20,9 @@ from oracles import gaussian_oracle, mixture_oracle
 from scipy.integrate import quad
 
 import ddpmkit as dk
-from ddpmkit.samplers import SAMPLERS, SKIPS, invert, sample, subsequence
-from ddpmkit.samplers.dpm_solver import dpm_solver_pp, dpmpp_update
-from ddpmkit.samplers.base import SampleOptions
+from ddpmkit.sampling import SAMPLERS, SKIPS, invert, sample, subsequence
+from ddpmkit.sampling.dpm_solver import dpm_solver_pp, dpmpp_update
+from ddpmkit.sampling.base import SampleOptions
 
 LINEAR = dk.Schedule.linear(1000)
 MU = torch.tensor([0.5, -1.0, 0.2], dtype=torch.float64)

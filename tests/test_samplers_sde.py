@@ -14,9 +14,9 @@ import torch
 from oracles import gaussian_oracle, mixture_oracle
 
 import ddpmkit as dk
-from ddpmkit.samplers import SAMPLERS, SKIPS, SampleOptions, sample, subsequence
-from ddpmkit.samplers.sde import time_grid
-from ddpmkit.vpsde import ContinuousVP, x0_eps_from_prediction
+from ddpmkit.sampling import SAMPLERS, SKIPS, SampleOptions, sample, subsequence
+from ddpmkit.sampling.sde import time_grid
+from ddpmkit.core.vpsde import ContinuousVP, x0_eps_from_prediction
 
 MINE = ("euler", "heun", "rk45", "sde", "pc")
 SCHEDULE = dk.Schedule.linear(1000)

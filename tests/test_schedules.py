@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import ddpmkit as dk
-from ddpmkit.schedules import space_timesteps
+from ddpmkit.core.schedules import space_timesteps
 
 
 def cosine_alpha_bar(u: float, s: float = 0.008) -> float:

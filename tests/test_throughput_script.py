@@ -20,9 +20,9 @@ tp = importlib.util.module_from_spec(_spec)
 sys.modules["throughput_bench"] = tp
 _spec.loader.exec_module(tp)
 
-from ddpmkit.diffusion import GaussianDiffusion  # noqa: E402
+from ddpmkit.core.diffusion import GaussianDiffusion  # noqa: E402
 from ddpmkit.nets import UNet, UNetConfig  # noqa: E402
-from ddpmkit.schedules import Schedule  # noqa: E402
+from ddpmkit.core.schedules import Schedule  # noqa: E402
 
 TINY = UNetConfig(image_size=8, in_channels=1, out_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
                   attention_resolutions=(4,), num_heads=2, dropout=0.0, norm_groups=4)

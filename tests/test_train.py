@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from ddpmkit.checkpoint import load_checkpoint, read_checkpoint
-from ddpmkit.config import TrainConfig, load_config
-from ddpmkit.ema import EMA, ema_decay
-from ddpmkit.train import Trainer, TrainingDiverged, train
+from ddpmkit.io.checkpoint import load_checkpoint, read_checkpoint
+from ddpmkit.training.config import TrainConfig, load_config
+from ddpmkit.training.ema import EMA, ema_decay
+from ddpmkit.training.train import Trainer, TrainingDiverged, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     must give the uninterrupted run's tensors exactly."""
     cfg = tiny_config(tmp_path / "run", *FULL_STATE, "optim.steps=50", "checkpoint_every=7")
     cfg_path = cfg.save(tmp_path / "cfg.json")
-    code = ("import time; from ddpmkit.config import load_config; from ddpmkit.train import train; "
+    code = ("import time; from ddpmkit.training.config import load_config; from ddpmkit.training.train import train; "
             f"train(load_config({str(cfg_path)!r}), progress=False, on_step=lambda tr: time.sleep(0.02))")
     proc = run_script(code)
     latest = tmp_path / "run" / "checkpoints" / "latest"
@@ -128,7 +128,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     cfg = tiny_config(tmp_path / "run", "optim.steps=100000", "checkpoint_every=0")
     cfg_path = cfg.save(tmp_path / "cfg.json")
-    code = ("import time, sys; from ddpmkit.config import load_config; from ddpmkit.train import train; "
+    code = ("import time, sys; from ddpmkit.training.config import load_config; from ddpmkit.training.train import train; "
             f"r = train(load_config({str(cfg_path)!r}), progress=False, on_step=lambda tr: time.sleep(0.005)); "
             "print('STOPPED', r.stopped_by, r.step); sys.stdout.flush()")
     proc = run_script(code, stdout=subprocess.PIPE, text=True)
@@ -262,7 +262,7 @@ def test_sample_command_compiled_matches_eager(tmp_path):
     """`ddpmkit sample --compile` draws the same samples as the eager network, up to rounding."""
     import numpy as np
 
-    from ddpmkit.cli import main
+    from ddpmkit.cli.main import main
 
     pytest.importorskip("torch._inductor")
     run = train(tiny_config(tmp_path / "run", "optim.steps=2", "checkpoint_every=0"), progress=False)

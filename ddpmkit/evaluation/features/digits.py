@@ -22,7 +22,7 @@ from .base import FeatureExtractor, check_image_range, load_state_dict_checked, 
 __all__ = ["DigitClassifierConfig", "DigitClassifier", "DigitFeatures", "load_digit_classifier", "config_to_json",
            "ASSETS_DIR", "DIGITS_CLASSIFIER_WEIGHTS", "DIGITS_CLASSIFIER_INFO"]
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 DIGITS_CLASSIFIER_WEIGHTS = ASSETS_DIR / "digits_classifier.safetensors"
 DIGITS_CLASSIFIER_INFO = ASSETS_DIR / "digits_classifier.json"
 

@@ -1,17 +1,17 @@
 """Train a noise-aware classifier p(y | x_t, t) for classifier guidance (Dhariwal & Nichol 2021, sec. 4).
 
-    from ddpmkit.config import load_config
-    from ddpmkit.train_classifier import train_classifier, load_classifier
+    from ddpmkit.training.config import load_config
+    from ddpmkit.training.train_classifier import train_classifier, load_classifier
     run = train_classifier(load_config("digits"), steps=1000)          # writes runs/digits-classifier
     classifier = load_classifier(run.checkpoint).model
 
 The data, the diffusion process (whose ``q_sample`` noises the inputs) and the optimiser settings
-come from the same :class:`~ddpmkit.config.TrainConfig` as the diffusion model's, and the
+come from the same :class:`~ddpmkit.training.config.TrainConfig` as the diffusion model's, and the
 network is the down half of its U-Net (:meth:`ClassifierConfig.from_unet`) unless one is given.
 Each step draws a batch of training images, timesteps uniform in [0, T) and Gaussian noise, and
 minimises the cross-entropy of the labels given x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps.
 
-Checkpoints use :mod:`ddpmkit.checkpoint` (safetensors + JSON, atomic); their JSON holds
+Checkpoints use :mod:`ddpmkit.io.checkpoint` (safetensors + JSON, atomic); their JSON holds
 ``"kind": "noisy-classifier"``, the TrainConfig, the classifier config and the trainer state.
 The step's randomness is a function of (seed, step) and the dropout stream is saved, so a
 resumed run continues exactly. Ctrl-C (or SIGTERM) saves a checkpoint and stops.
@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state, optimizer_state_tensors,
+from ..io.checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state, optimizer_state_tensors,
                          read_checkpoint, rng_state_tensor, save_checkpoint)
 from .config import TrainConfig, check_resumable
-from .data import ArrayDataset, load_dataset
-from .diffusion import GaussianDiffusion
+from ..data import ArrayDataset, load_dataset
+from ..core.diffusion import GaussianDiffusion
 from .distributed import StopSignals, resolve_device
 from .monitor import MetricsLog
-from .nets.classifier import ClassifierConfig, NoisyClassifier
+from ..nets.classifier import ClassifierConfig, NoisyClassifier
 
 __all__ = ["train_classifier", "load_classifier", "classifier_config_for", "noisy_accuracy", "ClassifierRun",
            "LoadedClassifier", "CLASSIFIER_KIND"]

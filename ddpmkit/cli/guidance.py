@@ -1,4 +1,4 @@
-"""Command-line pieces for conditioning and guidance; :mod:`ddpmkit.cli` wires them in.
+"""Command-line pieces for conditioning and guidance; :mod:`ddpmkit.cli.main` wires them in.
 
     ddpmkit train digits-cond
     ddpmkit train-classifier digits-cond optim.steps=1000            # -> runs/digits-cond-classifier
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .guidance import GUIDANCE_KINDS, Guidance, check_labels, class_grid_labels
+from ..sampling.guidance import GUIDANCE_KINDS, Guidance, check_labels, class_grid_labels
 
 __all__ = ["add_train_classifier_command", "cmd_train_classifier", "add_guidance_arguments", "prepare_sampling",
            "GuidedSampling", "check_same_schedule"]
@@ -40,8 +40,8 @@ def add_train_classifier_command(sub: Any) -> None:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train_classifier import train_classifier
+    from ..training.config import load_config
+    from ..training.train_classifier import train_classifier
 
     config = load_config(args.config, args.overrides)
     run = train_classifier(config, args.steps, out=args.out, resume=args.resume, progress=not args.quiet)
@@ -98,7 +98,7 @@ def prepare_sampling(args: argparse.Namespace, ckpt: Any, model: Any, device: to
     elif kind == "classifier":
         if args.classifier is None:
             raise ValueError("--guidance classifier needs --classifier RUN_OR_CHECKPOINT")
-        from .train_classifier import load_classifier
+        from ..training.train_classifier import load_classifier
 
         loaded = load_classifier(args.classifier, device=device)
         check_same_schedule(ckpt.process, loaded.process)

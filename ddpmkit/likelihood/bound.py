@@ -4,7 +4,7 @@
       = KL(q(x_T|x_0) || N(0, I)) + sum_t KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) - log p(x_0|x_1)
 
 Every term is evaluated (no Monte Carlo over t), each at one draw of x_t ~ q(x_t | x_0).
-The exact likelihood by the probability-flow ODE lives in :mod:`ddpmkit.ode_likelihood`.
+The exact likelihood by the probability-flow ODE lives in :mod:`ddpmkit.likelihood.ode`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion, check_finite
-from .gaussian import mean_flat, normal_kl
-from .losses import _vlb_from_prediction, check_levels
+from ..core.diffusion import GaussianDiffusion, check_finite
+from ..core.gaussian import mean_flat, normal_kl
+from ..core.losses import _vlb_from_prediction, check_levels
 
 __all__ = ["VLBResult", "vlb_bpd", "prior_bpd"]
 

@@ -21,13 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .distributed import resolve_device
+from ..training.distributed import resolve_device
 
 __all__ = ["main"]
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from .config import list_presets, load_config
+    from ..training.config import list_presets, load_config
 
     for name in list_presets():
         cfg = load_config(name)
@@ -41,8 +41,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train import train
+    from ..training.config import load_config
+    from ..training.train import train
 
     config = load_config(args.config, args.overrides)
     result = train(config, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
@@ -53,17 +53,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .cli_guidance import prepare_sampling
-    from .data import to_uint8_images
-    from .monitor import save_sample_grid
-    from .samplers import sample
+    from ..io.checkpoint import load_checkpoint
+    from .guidance import prepare_sampling
+    from ..data import to_uint8_images
+    from ..training.monitor import save_sample_grid
+    from ..sampling import sample
 
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device, ema_rate=args.ema_rate)
     model = ckpt.ema_model if not args.raw_weights else ckpt.model
     if args.compile:
-        from .nets import compile_for_inference
+        from ..nets import compile_for_inference
 
         model = compile_for_inference(model, device)
     data_shape, levels = _data_shape_levels(ckpt.config)
@@ -92,14 +92,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _data_shape_levels(config: Any) -> tuple[tuple[int, ...], int | None]:
     """The per-example shape and level count of a config's data (read from the test split)."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     data = load_dataset(config.data, "test")
     return tuple(data.shape), data.levels
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint
+    from ..evaluation.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
         args.checkpoint, split=args.split, n=args.n, device=resolve_device(args.device),
@@ -113,7 +113,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_guidance import add_guidance_arguments, add_train_classifier_command
+    from .guidance import add_guidance_arguments, add_train_classifier_command
 
     parser = argparse.ArgumentParser(prog="ddpmkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -14,8 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..diffusion import GaussianDiffusion
-from ..schedules import space_timesteps
+from ..core.diffusion import GaussianDiffusion
+from ..core.schedules import space_timesteps
 
 __all__ = ["SampleOptions", "StepInfo", "register", "SAMPLERS", "make_generator", "SKIPS",
            "subsequence", "respaced_for"]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..diffusion import GaussianDiffusion
+from ..core.diffusion import GaussianDiffusion
 from .base import SampleOptions, register, respaced_for
 
 __all__ = ["dpmpp_update", "dpmpp_2m", "dpmpp_3m", "dpm_solver_pp"]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .data import to_uint8_images
+from ..data import to_uint8_images
 
 __all__ = ["MetricsLog", "save_sample_grid", "image_grid", "scatter_image"]
 
@@ -37,7 +37,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         if not self.path.is_file():
             return
-        from .checkpoint import atomic_write
+        from ..io.checkpoint import atomic_write
 
         keep = []
         for line in self.path.read_text().splitlines():

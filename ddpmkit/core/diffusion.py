@@ -1,7 +1,7 @@
 """The Gaussian diffusion process: forward marginals, posterior, parameterisations, p(x_{t-1}|x_t).
 
 No network lives here: a model is any callable ``model(x_t, t, **cond)`` on a batch ``(B, ...)``.
-Integer ``t`` in ``[0, T)`` is the paper's step ``t + 1`` (see :mod:`ddpmkit.schedules`). On a
+Integer ``t`` in ``[0, T)`` is the paper's step ``t + 1`` (see :mod:`ddpmkit.core.schedules`). On a
 respaced schedule the process hands the model the *original* timestep ``schedule.timesteps[t]``.
 
 Every public method validates its input (timesteps in range, matching shapes, finite data) and
@@ -66,7 +66,7 @@ def check_same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tenso
 # ---------------------------------------------------------------------- the conversions, once
 # a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar), so that x_t = a x_0 + s eps (DDPM eq. 4) and
 # v = a eps - s x_0 (Salimans & Ho 2022). They take a and s as tensors (table entries gathered
-# for integer t, or values at a fractional time in the continuous view, ddpmkit.vpsde).
+# for integer t, or values at a fractional time in the continuous view, ddpmkit.core.vpsde).
 def x0_from_eps_at(x_t: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (x_t - s * eps) / a
 
@@ -365,7 +365,7 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ losses
     def loss(self, model: Model, x0: torch.Tensor, objective: str = "simple", **kwargs: Any) -> torch.Tensor:
-        """Per-example training loss; see :func:`ddpmkit.losses.training_losses` for the options."""
+        """Per-example training loss; see :func:`ddpmkit.core.losses.training_losses` for the options."""
         from .losses import training_losses
 
         return training_losses(self, model, x0, objective=objective, **kwargs)["loss"]

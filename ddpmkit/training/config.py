@@ -26,13 +26,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .data.config import DataConfig
-from .diffusion import PREDICTIONS, VARIANCES, GaussianDiffusion
-from .losses import OBJECTIVES
-from .nets import build_network, network_config_to_dict
-from .nets.layers import DictConfig
-from .samplers import SAMPLERS
-from .schedules import Schedule
+from ..data.config import DataConfig
+from ..core.diffusion import PREDICTIONS, VARIANCES, GaussianDiffusion
+from ..core.losses import OBJECTIVES
+from ..nets import build_network, network_config_to_dict
+from ..nets.layers import DictConfig
+from ..sampling import SAMPLERS
+from ..core.schedules import Schedule
 
 try:
     import tomllib
@@ -73,7 +73,7 @@ def _at_least(owner: str, name: str, value: Any, low: float) -> None:
 
 def network_kinds() -> dict[str, type]:
     """``{kind: config class}`` of the networks in :mod:`ddpmkit.nets`."""
-    from .nets import MLPConfig, UNetConfig
+    from ..nets import MLPConfig, UNetConfig
 
     return {"unet": UNetConfig, "mlp": MLPConfig}
 
@@ -176,7 +176,7 @@ class TrainConfig:
         name: a label (the preset's name).
         data / network / diffusion / optim: the nested sections.
         ema_rates: one EMA of the weights per rate (the first is used for samples).
-        ema_warmup: decay min(rate, (1 + n) / (10 + n)) after n updates (see ddpmkit.ema).
+        ema_warmup: decay min(rate, (1 + n) / (10 + n)) after n updates (see ddpmkit.training.ema).
         precision: fp32, bf16 (autocast on CPU and CUDA) or fp16 (autocast + GradScaler, CUDA).
         compile: run the training forward/backward through ``torch.compile`` (opt-in: the first
             steps pay the compile time; the big gain is on a GPU; on CPU it needs a C++ compiler).
@@ -280,7 +280,7 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write the config as JSON, atomically."""
-        from .checkpoint import write_json
+        from ..io.checkpoint import write_json
 
         return write_json(path, self.to_dict())
 

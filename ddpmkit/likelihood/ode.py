@@ -1,6 +1,6 @@
 """Exact likelihood by the probability-flow ODE (Song et al. 2021, sec. 4.3 and app. D.2).
 
-The ODE is solved in the variables of :mod:`ddpmkit.vpsde`: ``y = x / sqrt(alpha_bar)`` and
+The ODE is solved in the variables of :mod:`ddpmkit.core.vpsde`: ``y = x / sqrt(alpha_bar)`` and
 ``u = log sigma``, where ``dy/du = sigma eps_hat(x, tau) =: F(y, u)``. By the instantaneous
 change of variables (Chen et al. 2018, thm. 1),
 
@@ -17,7 +17,7 @@ point itself. It is a proper density on R^D, so for dequantised data it gives a 
 Prior. ``x(tau_max) = sqrt(alpha_bar_T) y`` is scored under N(0, I), as in score_sde. Since
 ``alpha_bar_T > 0`` (4e-5 for the linear schedule) this is the standard approximation of the
 true marginal N(sqrt(alpha_bar_T) x_0, 1 - alpha_bar_T) convolved with the data; its error is
-about the prior term of the variational bound (:func:`ddpmkit.likelihood.prior_bpd`).
+about the prior term of the variational bound (:func:`ddpmkit.likelihood.bound.prior_bpd`).
 
 Quantised data. Data in [-1, 1] with ``levels`` values has bins of width
 ``delta = 2 / (levels - 1)`` centred on the values (as the discretized decoder of DDPM eq. 13).
@@ -43,8 +43,8 @@ import torch
 from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion
-from .vpsde import ContinuousVP
+from ..core.diffusion import GaussianDiffusion
+from ..core.vpsde import ContinuousVP
 
 __all__ = ["ODELikelihoodResult", "ode_bpd", "TRACES"]
 

@@ -1,10 +1,10 @@
 """One readable training loop: AdamW, warm-up, clipping, EMA, mixed precision, micro-batches,
 importance-sampled timesteps, DDP, previews, exact resume.
 
-    from ddpmkit.config import load_config
-    from ddpmkit.train import train
+    from ddpmkit.training.config import load_config
+    from ddpmkit.training.train import train
     result = train(load_config("digits", ["optim.steps=500"]))
-    samples = ddpmkit.samplers.sample(result.process, result.ema_model, (16, 1, 8, 8))
+    samples = ddpmkit.sampling.sample(result.process, result.ema_model, (16, 1, 8, 8))
 
 Determinism: every random number comes from an explicit stream whose state is checkpointed:
 the data order is a seeded permutation per epoch (a function of the step), timesteps, flips and
@@ -27,15 +27,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state,
+from ..io.checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state,
                          optimizer_state_tensors, read_checkpoint, rng_state_tensor, save_checkpoint)
 from .config import TrainConfig, check_resumable
-from .data import ArrayDataset, load_dataset
-from .diffusion import GaussianDiffusion
+from ..data import ArrayDataset, load_dataset
+from ..core.diffusion import GaussianDiffusion
 from .distributed import (DistInfo, StopSignals, all_gather_cat, all_reduce_sum, barrier,
                           gather_bytes, init_distributed, shutdown)
 from .ema import EMA
-from .losses import make_timestep_sampler, training_losses
+from ..core.losses import make_timestep_sampler, training_losses
 from .monitor import MetricsLog, save_sample_grid
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "resolve_config"]
@@ -303,7 +303,7 @@ class Trainer:
     def save_samples(self) -> Path:
         """A preview grid from the first EMA model, with a fixed seed (rank 0 only); the
         predicted x_0 of image data is clipped to [-1, 1] at every step."""
-        from .samplers import sample
+        from ..sampling import sample
 
         cfg = self.config
         model = self.ema.model()

@@ -6,7 +6,7 @@ DDIM eq. 12 on a sub-sequence tau_1 < ... < tau_S of the training steps:
     sigma_i^2 = eta^2 (1 - a_{i-1}) / (1 - a_i) (1 - a_i / a_{i-1})          (DDIM eq. 16)
 
 with a_i = alpha_bar[tau_i] and a_0 = 1 before the first kept step. The sub-sequence is a
-respaced process (:func:`ddpmkit.samplers.base.respaced_for`), whose ``alpha_bar_prev`` is
+respaced process (:func:`ddpmkit.sampling.base.respaced_for`), whose ``alpha_bar_prev`` is
 a_{i-1} and whose ``posterior_variance`` is exactly sigma_i^2 / eta^2, so the formula is written
 once. With eta = 1 on all T steps the step is the DDPM posterior step with beta_tilde (fixed_small).
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..diffusion import GaussianDiffusion
+from ..core.diffusion import GaussianDiffusion
 from .base import SampleOptions, StepInfo, register, respaced_for
 
 __all__ = ["ddim", "ddim_step", "invert"]

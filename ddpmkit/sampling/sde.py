@@ -2,7 +2,7 @@
 
 Song et al. 2021 ("Score-Based Generative Modeling through SDEs"), sections 3-4 and appendix G;
 Karras et al. 2022 (EDM), algorithm 1 for Heun. Every sampler here works on the continuous-time
-view of the process (:class:`ddpmkit.vpsde.ContinuousVP`) in the variables ``sigma`` and
+view of the process (:class:`ddpmkit.core.vpsde.ContinuousVP`) in the variables ``sigma`` and
 ``y = x / sqrt(alpha_bar)``, where the probability-flow ODE is ``dy / dsigma = eps_hat`` and the
 reverse SDE is a VE SDE with the clock ``sigma^2``. So:
 
@@ -15,7 +15,7 @@ reverse SDE is a VE SDE with the clock ``sigma^2``. So:
   Euler, as in EDM); pc ``steps + corrector_steps (steps - 1)``; rk45 chooses its own (``steps``
   is ignored) plus one for the final denoising step.
 
-Grids (``skip``): the training steps of :func:`ddpmkit.samplers.base.subsequence` (``"linspace"``
+Grids (``skip``): the training steps of :func:`ddpmkit.sampling.base.subsequence` (``"linspace"``
 by default: both ends, as iDDPM's respacing; ``"uniform"``, ``"quadratic"``, ``"trailing"``,
 ``"logsnr"``), or ``"karras"``: real-valued times whose sigmas follow EDM eq. 5 with ``rho``.
 Like the other samplers, one step with ``"linspace"`` is the single step 0 (as in respacing);
@@ -31,8 +31,8 @@ import torch
 from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
 
-from ..diffusion import GaussianDiffusion
-from ..vpsde import ContinuousVP
+from ..core.diffusion import GaussianDiffusion
+from ..core.vpsde import ContinuousVP
 from .base import SKIPS, SampleOptions, register, subsequence
 
 __all__ = ["euler", "heun", "rk45", "reverse_sde", "predictor_corrector", "time_grid", "GRIDS"]

@@ -264,7 +264,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     ``path``: see :func:`find_checkpoint`. ``ema_rate`` picks one of the saved averages (the
     first when None).
     """
-    from .config import TrainConfig
+    from ..training.config import TrainConfig
 
     tensors, meta, json_path = read_checkpoint(path, device="cpu")
     try:

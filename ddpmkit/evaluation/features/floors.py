@@ -11,9 +11,9 @@ __all__ = ["extractor_floor", "digits_floor"]
 
 def extractor_floor(extractor: FeatureExtractor, train: torch.Tensor, test: torch.Tensor,
                     batch_size: int = 256, progress: bool = False, **options) -> dict[str, float]:
-    """:func:`ddpmkit.metrics.metric_floor` on ``extractor``'s features of ``train`` and ``test`` data.
+    """:func:`ddpmkit.evaluation.metrics.metric_floor` on ``extractor``'s features of ``train`` and ``test`` data.
 
-    ``options`` go to :func:`ddpmkit.metrics.feature_metrics` (k, kid_subsets, kid_subset_size,
+    ``options`` go to :func:`ddpmkit.evaluation.metrics.feature_metrics` (k, kid_subsets, kid_subset_size,
     generator). The IS-style score of the test split is included when the extractor has logits.
     """
     reference = extract_features(extractor, train, batch_size, progress)
@@ -26,7 +26,7 @@ def digits_floor(extractor: FeatureExtractor | None = None, seed: int = 0, **opt
 
     KID subsets are drawn from ``torch.Generator().manual_seed(seed)``.
     """
-    from ..data import DataConfig, load_dataset
+    from ...data import DataConfig, load_dataset
     from .digits import load_digit_classifier
 
     extractor = extractor if extractor is not None else load_digit_classifier()

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..diffusion import GaussianDiffusion
+from ..core.diffusion import GaussianDiffusion
 from .base import SAMPLERS, SKIPS, SampleOptions, StepInfo, make_generator, register, subsequence
 from . import ancestral, ddim, dpm_solver, sde  # noqa: F401  (they register themselves)
 from .ddim import invert

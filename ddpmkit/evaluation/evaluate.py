@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint
-from .data import ArrayDataset, load_dataset
-from .likelihood import vlb_bpd
-from .ode_likelihood import ode_bpd
-from .samplers import sample
+from ..io.checkpoint import load_checkpoint
+from ..data import ArrayDataset, load_dataset
+from ..likelihood.bound import vlb_bpd
+from ..likelihood.ode import ode_bpd
+from ..sampling import sample
 
 __all__ = ["evaluate_checkpoint", "evaluate_model", "CountingModel", "pick_extractor", "bits_per_dim",
            "sample_quality", "frechet_bootstrap"]
@@ -125,7 +125,7 @@ def sample_quality(process, model, shape: Sequence[int], extractor, reference: t
     ``sampler_params`` maps a row name (e.g. "ddim-eta0.5") to {"sampler": ..., params...};
     plain sampler names need no entry. ``bootstrap`` > 0 adds ``fd_boot`` (the FDs of that
     many resamples, see :func:`frechet_bootstrap`, paired across rows) and ``fd_boot_std``.
-    ``copies`` adds :func:`ddpmkit.metrics.copy_check` in data space (``copy_fraction``: the share
+    ``copies`` adds :func:`ddpmkit.evaluation.metrics.copy_check` in data space (``copy_fraction``: the share
     of samples nearer to a training example than 99% of the test split is; about 0.01 without
     copying), affordable for small images such as the digits.
     """

@@ -31,7 +31,7 @@ own output through the linear map between eps and it at fixed x_t), and for ``le
 the variance half of the channels untouched (the conditional pass's, for classifier-free
 guidance). They receive the *original* timesteps (the process maps respaced indices), and read
 alpha_bar from the process's schedule at those timesteps (interpolated in log alpha_bar between
-steps for the fractional times of ODE samplers, as :mod:`ddpmkit.vpsde` does).
+steps for the fractional times of ODE samplers, as :mod:`ddpmkit.core.vpsde` does).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .diffusion import GaussianDiffusion
-from .vpsde import ContinuousVP, x0_eps_from_prediction
+from ..core.diffusion import GaussianDiffusion
+from ..core.vpsde import ContinuousVP, x0_eps_from_prediction
 
 __all__ = ["GUIDANCE_KINDS", "Guidance", "ClassifierGuidance", "ClassifierFreeGuidance", "ClassifierMeanShift",
            "check_labels", "class_grid_labels", "classifier_log_prob_grad", "guided_sample"]
@@ -280,10 +280,10 @@ def guided_sample(process: GaussianDiffusion, model: Model, shape: Sequence[int]
                   guidance: Guidance, sampler: str = "ddim", steps: int | None = None, **options: Any) -> torch.Tensor:
     """Samples of the classes ``y`` (one label per example) under ``guidance``.
 
-    ``options`` go to :func:`ddpmkit.samplers.sample` (``generator``, ``seed``, ``clip_x0``,
+    ``options`` go to :func:`ddpmkit.sampling.sample` (``generator``, ``seed``, ``clip_x0``,
     ``device``, ``progress``, the sampler's own parameters ...).
     """
-    from .samplers import sample
+    from . import sample
 
     if guidance.num_classes is not None:
         y = check_labels(y, guidance.num_classes)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..diffusion import GaussianDiffusion
+from ..core.diffusion import GaussianDiffusion
 from .base import SampleOptions, register, respaced_for
 
 __all__ = ["ancestral", "ancestral_step"]
@@ -45,12 +45,12 @@ def ancestral(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_
               condition_mean: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """DDPM ancestral sampling over ``steps`` steps (all of them when ``steps == process.T``).
 
-    ``skip`` picks the kept steps (see :func:`ddpmkit.samplers.base.subsequence`); the default
+    ``skip`` picks the kept steps (see :func:`ddpmkit.sampling.base.subsequence`); the default
     ``"linspace"`` is improved-diffusion's respacing, ``"uniform"`` is diffusers' DDPMScheduler
     with ``timestep_spacing="leading"``. One noise draw per step except the last.
     ``condition_mean(mean, variance, x_t, t, **cond) -> mean`` (``t`` the original timesteps)
     may shift mu_theta at every step, e.g. classifier guidance (Dhariwal & Nichol 2021, Alg. 1;
-    :class:`ddpmkit.guidance.ClassifierMeanShift`).
+    :class:`ddpmkit.sampling.guidance.ClassifierMeanShift`).
     """
     sub = respaced_for(process, steps, skip)
     n = sub.T

@@ -1,6 +1,6 @@
 """The main job (``make demo``): train on the bundled digits, sample, evaluate, report.
 
-    python -m ddpmkit.demo [key=value ...]     # overrides of the digits preset
+    python -m ddpmkit.cli.demo [key=value ...]     # overrides of the digits preset
 
 Writes ``runs/digits/``: ``samples_ddim.png`` and ``samples_dpmpp2m.png`` (sample grids),
 ``loss.png`` (the training curve), ``metrics.json`` and ``report.md``. A second run resumes from
@@ -17,12 +17,12 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import load_config
-from .data import load_dataset
-from .evaluate import bits_per_dim, pick_extractor, quality_table, sample_quality
-from .monitor import save_sample_grid
-from .samplers import sample
-from .train import train
+from ..training.config import load_config
+from ..data import load_dataset
+from ..evaluation.evaluate import bits_per_dim, pick_extractor, quality_table, sample_quality
+from ..training.monitor import save_sample_grid
+from ..sampling import sample
+from ..training.train import train
 
 SAMPLERS = (("ddim", 50), ("dpmpp2m", 20))
 BPD_EXAMPLES = 150   # test digits whose bound is computed (all T terms each): keeps the demo short
