@@ -180,6 +180,8 @@ class TrainConfig:
         precision: fp32, bf16 (autocast on CPU and CUDA) or fp16 (autocast + GradScaler, CUDA).
         compile: run the training forward/backward through ``torch.compile`` (opt-in: the first
             steps pay the compile time; the big gain is on a GPU; on CPU it needs a C++ compiler).
+        tf32: allow TensorFloat-32 matrix multiplications and convolutions on CUDA (Ampere and
+            newer; about 10 bits of mantissa in the products, float32 range and accumulation).
         class_dropout: probability of replacing a label by the null class (classifier-free
             guidance, Ho & Salimans 2022); needs ``network.num_classes``.
         seed: the seed of every random stream of the run.
@@ -201,6 +203,7 @@ class TrainConfig:
     ema_warmup: bool = False
     precision: str = "fp32"
     compile: bool = False
+    tf32: bool = True
     class_dropout: float = 0.0
     seed: int = 0
     out: str = "runs/run"
@@ -221,8 +224,9 @@ class TrainConfig:
         if not rates or any(not 0.0 <= r < 1.0 for r in rates) or len(set(rates)) != len(rates):
             _fail(owner, "ema_rates", rates, "must be distinct numbers in [0, 1)")
         _choice(owner, "precision", self.precision, PRECISIONS)
-        if not isinstance(self.compile, bool):
-            _fail(owner, "compile", self.compile, "must be true or false")
+        for name in ("compile", "tf32"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(owner, name, getattr(self, name), "must be true or false")
         cd = self.class_dropout
         if isinstance(cd, bool) or not isinstance(cd, (int, float)) or not 0.0 <= cd < 1.0:
             _fail(owner, "class_dropout", cd, "must be a number in [0, 1)")

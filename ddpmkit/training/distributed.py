@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "all_gather_cat",
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "set_tf32", "all_reduce_sum", "all_gather_cat",
            "gather_bytes", "barrier", "shutdown", "StopSignals"]
 
 
@@ -34,6 +34,16 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         return torch.device(spec)
     except RuntimeError:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or like 'cuda:1', got device={spec!r}") from None
+
+
+def set_tf32(device: torch.device | str, enabled: bool = True) -> None:
+    """Allow (or forbid) TensorFloat-32 in CUDA matmuls and cuDNN convolutions, when ``device``
+    is a CUDA device; a no-op elsewhere. TF32 keeps float32's range and accumulation with a
+    10-bit mantissa in the products: the usual choice for training and sampling on Ampere+."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
 @dataclass(frozen=True)
