@@ -137,3 +137,71 @@ def test_override_text_round_trips_any_value(lr, steps, rates):
     cfg = load_config("digits", [f"optim.lr={lr!r}", f"optim.steps={steps}", f"ema_rates={text}"])
     assert cfg.optim.lr == lr and cfg.optim.steps == steps and cfg.ema_rates == tuple(rates)
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+# ---------------------------------------------------------------------------- the split and its imports
+def _import_graph() -> dict[str, set[str]]:
+    """``{module: modules it imports}`` over ddpmkit, counting imports inside functions too."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "ddpmkit"
+    names = {".".join(("ddpmkit",) + p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name in names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    edges.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in names else target)
+    return graph
+
+
+def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            return True
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return False
+
+
+CONFIG_MODULES = ["config", "run_config", "overrides", "presets", "build"]
+
+
+@pytest.mark.parametrize("module", CONFIG_MODULES)
+def test_no_import_cycle_between_checkpoint_and_the_config_modules(module):
+    graph = _import_graph()
+    assert "ddpmkit.training.config" in graph["ddpmkit.io.checkpoint"]   # the graph sees real edges
+    assert not _reaches(graph, f"ddpmkit.training.{module}", "ddpmkit.io.checkpoint")
+
+
+def test_the_config_modules_are_small_and_every_old_name_still_imports():
+    from pathlib import Path
+
+    import ddpmkit.training.config as config
+
+    folder = Path(config.__file__).parent
+    for module in CONFIG_MODULES:
+        assert len((folder / f"{module}.py").read_text().splitlines()) < 300, module
+    for name in ("DiffusionConfig", "OptimConfig", "TrainConfig", "load_config", "apply_overrides",
+                 "check_resumable", "list_presets", "network_kinds", "PRECISIONS"):
+        assert hasattr(config, name), name
+
+
+def test_one_network_kind_registry():
+    from ddpmkit.nets import MLPConfig, network_config_from_dict
+    from ddpmkit.training.config import network_kinds
+
+    assert network_kinds() == {"unet": UNetConfig, "mlp": MLPConfig}
+    for kind, cls in network_kinds().items():          # the same names as the nets' own registry
+        assert type(network_config_from_dict({"kind": kind})) is cls

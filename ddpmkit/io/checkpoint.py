@@ -19,13 +19,15 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from ..training.config import TrainConfig
+from .files import atomic_write, write_json
 
 __all__ = [
     "CheckpointError",
@@ -52,58 +54,6 @@ _STEP_FILE = re.compile(r"^step_(\d+)\.json$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read: missing, truncated, corrupted or of another format."""
-
-
-# ---------------------------------------------------------------------------- atomic files
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file (mkstemp gives 0o600)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, rename it to ``path``.
-
-    Readers see either the old file or the whole new one, never a part.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, _FILE_MODE)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def encode_bytes(data: bytes) -> str:
@@ -264,8 +214,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     ``path``: see :func:`find_checkpoint`. ``ema_rate`` picks one of the saved averages (the
     first when None).
     """
-    from ..training.config import TrainConfig
-
     tensors, meta, json_path = read_checkpoint(path, device="cpu")
     try:
         config = TrainConfig.from_dict(meta["config"])
