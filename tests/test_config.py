@@ -205,3 +205,31 @@ def test_one_network_kind_registry():
     assert network_kinds() == {"unet": UNetConfig, "mlp": MLPConfig}
     for kind, cls in network_kinds().items():          # the same names as the nets' own registry
         assert type(network_config_from_dict({"kind": kind})) is cls
+
+
+# ---------------------------------------------------------------------------- derived fields
+def test_the_networks_size_follows_the_data_and_attention_keeps_its_levels():
+    assert (load_config("digits").network.image_size, load_config("digits").network.attention_resolutions) == (8, (4,))
+    net = load_config("digits", ["data.image_size=28"]).network
+    assert (net.image_size, net.attention_resolutions) == (28, (14,))          # level 2 of 2 either way
+    net = load_config("cifar10-iddpm", ["data.path=/d", "data.image_size=64"]).network
+    assert (net.image_size, net.attention_resolutions) == (64, (32, 16))       # 16, 8 of 32 -> 32, 16 of 64
+    # overrides apply before any check, in any order; an explicit choice that fits is kept
+    for order in (["network.attention_resolutions=[28]", "data.image_size=28"],
+                  ["data.image_size=28", "network.image_size=28", "network.attention_resolutions=[28]"]):
+        assert load_config("digits", order).network.attention_resolutions == (28,)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["data.image_size=28", "network.image_size=32"], ["network.image_size=32", "data.image_size=28"]),
+    (["data.image_size=28", "network.attention_resolutions=[4]"],
+     ["data.image_size=28", "network.image_size=28", "network.attention_resolutions=[4]", "[28, 14]"]),
+    (["data.image_size=27"], ["data.image_size=27", "network.image_size", "divisible"]),
+])
+def test_derived_field_conflicts_are_one_line_naming_every_key(overrides, words):
+    with pytest.raises(ValueError) as info:
+        load_config("digits", overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message

@@ -43,6 +43,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from ..training.config import load_config
     from ..training.train_classifier import train_classifier
 
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be an integer >= 1, got --steps {args.steps}")
     config = load_config(args.config, args.overrides)
     run = train_classifier(config, args.steps, out=args.out, resume=args.resume, progress=not args.quiet)
     if run.stopped_by:

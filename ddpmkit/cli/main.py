@@ -2,6 +2,7 @@
 
     ddpmkit train digits optim.steps=3000 --resume
     ddpmkit sample runs/digits --sampler ddim --steps 50 --n 64 --seed 0 --out grid.png
+    ddpmkit sample runs/digits --trajectory reverse.png --precision bf16   # x_t and the x0 estimate per step
     ddpmkit eval runs/digits
     ddpmkit train digits-cond && ddpmkit sample runs/digits-cond --guidance cfg --scale 3 --class 7
     ddpmkit train-classifier digits --steps 800 && ddpmkit sample runs/digits --guidance classifier \
@@ -21,9 +22,33 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..training.distributed import resolve_device
+from .. import __version__
+from ..training.distributed import resolve_device, set_tf32
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+TRAJECTORY_SAMPLES = 4   # rows of samples in --trajectory's picture
+TRAJECTORY_STEPS = 8     # evenly spaced steps of the loop in it
+
+
+def _at_least_one(option: str, value: int | None) -> None:
+    """One-line ValueError for a count below 1 (``--n 0`` would write an empty file)."""
+    if value is not None and value < 1:
+        raise ValueError(f"{option} must be an integer >= 1, got {option} {value}")
+
+
+class AutocastNetwork(torch.nn.Module):
+    """``network`` run under ``torch.autocast`` in bfloat16 on ``device`` (CPU or CUDA), its
+    output cast back to float32 so that the sampler's own arithmetic stays in float32."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.network, self.device_type = network, torch.device(device).type
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.network(x, t, **cond)
+        return out.float()
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -59,22 +84,31 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from ..training.monitor import save_sample_grid
     from ..sampling import sample
 
+    _at_least_one("--n", args.n)
     device = resolve_device(args.device)
+    set_tf32(device, args.tf32)
     ckpt = load_checkpoint(args.checkpoint, device=device, ema_rate=args.ema_rate)
     model = ckpt.ema_model if not args.raw_weights else ckpt.model
     if args.compile:
         from ..nets import compile_for_inference
 
         model = compile_for_inference(model, device)
+    if args.precision == "bf16":
+        model = AutocastNetwork(model, device)
     data_shape, levels = _data_shape_levels(ckpt.config)
     params: dict[str, Any] = {}
     if args.eta is not None:
         params["eta"] = args.eta
     guided = prepare_sampling(args, ckpt, model, device)
+    recorder = None
+    if args.trajectory is not None:
+        from .trajectory import TrajectoryRecorder
+
+        recorder = TrajectoryRecorder(TRAJECTORY_SAMPLES, TRAJECTORY_STEPS)
     generator = torch.Generator(device).manual_seed(args.seed)
     x = sample(ckpt.process, guided.model, (guided.n, *data_shape), sampler=args.sampler, steps=args.steps,
                generator=generator, device=device, clip_x0=args.clip and levels is not None,
-               progress=not args.quiet, cond=guided.cond, **guided.params, **params)
+               progress=not args.quiet, cond=guided.cond, callback=recorder, **guided.params, **params)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
@@ -87,6 +121,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         save_sample_grid(x.cpu(), out, levels, guided.nrow)
     print(f"wrote {guided.n} samples ({args.sampler}, {args.steps} steps) to {out}")
+    if recorder is not None:
+        from .trajectory import draw_trajectory
+
+        path = draw_trajectory(recorder.snapshots, args.trajectory)
+        print(f"wrote the reverse process of {min(guided.n, TRAJECTORY_SAMPLES)} samples at "
+              f"{len(recorder.snapshots)} steps to {path}")
     return 0
 
 
@@ -101,6 +141,9 @@ def _data_shape_levels(config: Any) -> tuple[tuple[int, ...], int | None]:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_checkpoint
 
+    _at_least_one("--n", args.n)
+    _at_least_one("--num-samples", args.num_samples)
+
     report = evaluate_checkpoint(
         args.checkpoint, split=args.split, n=args.n, device=resolve_device(args.device),
         samplers=[s for s in args.samplers.split(",") if s] if args.samplers else [],
@@ -113,10 +156,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ddpmkit`` parser; ``--sampler`` lists the samplers registered when it is built."""
+    from ..sampling import SAMPLERS
     from .guidance import add_guidance_arguments, add_train_classifier_command
 
+    samplers = ", ".join(sorted(SAMPLERS))
     parser = argparse.ArgumentParser(prog="ddpmkit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"ddpmkit {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(fn=_cmd_presets)
@@ -131,39 +179,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint")
     p.add_argument("checkpoint", help="a run directory or a checkpoint .json")
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="ddim", help=f"the sampler, one of: {samplers} (default ddim)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps, at most the process's T (default 50)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=64, help="number of samples, >= 1 (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
     p.add_argument("--class", dest="label", type=int, default=None,
                    help="class label (conditional or guided models; default: a grid with one row per class)")
     p.add_argument("--out", default="samples.png", help="a .png grid or an .npz of arrays")
-    p.add_argument("--ema-rate", type=float, default=None)
+    p.add_argument("--trajectory", default=None, metavar="FILE.png",
+                   help=f"also draw the reverse process: x_t and the x0 estimate of the first "
+                        f"{TRAJECTORY_SAMPLES} samples at {TRAJECTORY_STEPS} evenly spaced steps")
+    p.add_argument("--ema-rate", type=float, default=None, help="which saved EMA to use (default: the first)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-clip", dest="clip", action="store_false", help="do not clip x0 to [-1, 1]")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (CUDA graphs on a GPU); the first steps pay the compile time")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the network runs under torch.autocast in bfloat16 (CPU or CUDA), "
+                        "its output cast back to float32 (default fp32)")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="forbid TensorFloat-32 matmuls and convolutions (on by default on CUDA)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_guidance_arguments(p)
     p.set_defaults(fn=_cmd_sample)
 
     add_train_classifier_command(sub)
 
     p = sub.add_parser("eval", help="bits/dim (bound and ODE) and sample quality of a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--split", default="test")
+    p.add_argument("checkpoint", help="a run directory or a checkpoint .json")
+    p.add_argument("--split", default="test", help="the data split for bits/dim (default test)")
     p.add_argument("--n", type=int, default=None, help="examples of the split for bits/dim (default all)")
-    p.add_argument("--samplers", default="", help="e.g. ddpm,ddim,dpmpp2m: sample-quality metrics per sampler")
+    p.add_argument("--samplers", default="", help=f"comma-separated, from: {samplers}; sample-quality metrics per sampler")
     p.add_argument("--steps", default="", help="e.g. 10,20,50,100,1000")
     p.add_argument("--num-samples", type=int, default=1000, help="samples per sampler x steps")
     p.add_argument("--no-ode", action="store_true", help="skip the probability-flow ODE likelihood")
     p.add_argument("--no-bound", action="store_true", help="skip the variational bound")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and likelihood noise (default 0)")
     p.add_argument("--out", default=None, help="directory for eval.json / eval.md / the plot")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_eval)
     return parser
 
