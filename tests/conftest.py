@@ -2,11 +2,19 @@
 
 The oracles live in ``tests/oracles.py``; import them directly (``from oracles import
 gaussian_oracle, mixture_oracle, MixtureOracle``) or take the fixtures below.
+
+The device: tests that can run on a GPU take the ``device`` fixture (cpu unless ``pytest --device
+cuda`` or ``DDPMKIT_TEST_DEVICE=cuda``; such tests are marked ``device`` automatically, so ``pytest
+--device cuda -m device`` runs just them) and put ``with sync_guard():`` around sampling loops and
+training steps: on CUDA a host sync inside raises (``torch.cuda.set_sync_debug_mode("error")``).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
+from typing import Callable, Iterator, Mapping
 
 import pytest
 import torch
@@ -46,3 +54,68 @@ def mixture_2d() -> MixtureOracle:
         stds=[[0.15, 0.1], [0.1, 0.2], [0.2, 0.15]],
         weights=[0.5, 0.3, 0.2],
     )
+
+
+# ---------------------------------------------------------------------------- the test device
+DEVICE_ENV = "DDPMKIT_TEST_DEVICE"
+_DEVICE_KEY = pytest.StashKey[torch.device]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default=None,
+                     help=f"device for the tests that take the `device` fixture: cpu (default), cuda, cuda:1...; "
+                          f"also set by the environment variable {DEVICE_ENV}")
+
+
+def resolve_test_device(option: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The device the tests run on: the --device option, else $DDPMKIT_TEST_DEVICE, else "cpu"."""
+    environ = os.environ if environ is None else environ
+    return option or environ.get(DEVICE_ENV) or "cpu"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "device: takes the `device` fixture (added automatically); "
+                                       "`pytest --device cuda -m device` runs these on the GPU")
+    name = resolve_test_device(config.getoption("--device"))
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"--device / {DEVICE_ENV}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device / {DEVICE_ENV} is {name!r} but torch.cuda.is_available() is False")
+    config.stash[_DEVICE_KEY] = device
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that takes the `device` fixture, so that `-m device` selects them."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The torch.device tests run on (``--device`` / ``$DDPMKIT_TEST_DEVICE``; default cpu)."""
+    return request.config.stash[_DEVICE_KEY]
+
+
+@contextlib.contextmanager
+def sync_debug_error(device: torch.device | str) -> Iterator[None]:
+    """On CUDA, run the block under ``torch.cuda.set_sync_debug_mode("error")`` (any host sync
+    inside raises RuntimeError), restoring the previous mode after; a no-op on other devices."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@pytest.fixture
+def sync_guard(device: torch.device) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """``with sync_guard(): ...`` fails the test on a host sync inside the block when the tests run
+    on CUDA (no-op on CPU). Put it around sampling loops and training steps, not their set-up."""
+    return functools.partial(sync_debug_error, device)
