@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "resolve_device", "set_tf32", "all_reduce_sum", "all_gather_cat",
-           "gather_bytes", "barrier", "shutdown", "StopSignals"]
+           "gather_bytes", "broadcast_object", "barrier", "shutdown", "StopSignals"]
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -105,6 +105,15 @@ def gather_bytes(data: bytes, info: DistInfo) -> list[bytes]:
     out: list[object] = [None] * info.world_size
     dist.all_gather_object(out, data)
     return [bytes(x) for x in out]  # type: ignore[arg-type]
+
+
+def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (any picklable value made by this program) on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def barrier(info: DistInfo) -> None:

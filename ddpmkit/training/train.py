@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -25,24 +24,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..io.checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state,
-                         optimizer_state_tensors, read_checkpoint, rng_state_tensor, save_checkpoint)
-from .config import TrainConfig, check_resumable
+from ..core.diffusion import GaussianDiffusion, check_finite
+from ..core.losses import check_levels, make_timestep_sampler, training_losses
 from ..data import ArrayDataset, load_dataset
-from ..core.diffusion import GaussianDiffusion
-from .distributed import (DistInfo, StopSignals, all_gather_cat, all_reduce_sum, barrier,
-                          gather_bytes, init_distributed, shutdown)
+from ..io.checkpoint import (encode_bytes, load_optimizer_state, optimizer_state_tensors, read_checkpoint,
+                             rng_state_tensor)
+from .config import TrainConfig, check_resumable
+from .distributed import DistInfo, all_gather_cat, gather_bytes, init_distributed, set_tf32, shutdown
 from .ema import EMA
-from ..core.losses import make_timestep_sampler, training_losses
-from .monitor import MetricsLog, save_sample_grid
+from .loop import LoopSettings, TrainingDiverged, TrainLoop, set_lr
+from .monitor import save_sample_grid
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "resolve_config"]
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss or the gradient norm became NaN or infinite."""
 
 
 @dataclass
@@ -90,36 +84,44 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-class Trainer:
-    """Holds the model, EMA, optimiser and random streams of one run; :meth:`run` trains.
+class Trainer(TrainLoop):
+    """Holds the model, EMA, optimiser and random streams of one run; :meth:`run` trains through
+    the shared :class:`~ddpmkit.training.loop.TrainLoop`.
 
     Args:
         config: the run's :class:`TrainConfig`.
         resume: False (a fresh run; refuses a directory that already holds checkpoints), True
             (continue from ``config.out``'s latest checkpoint, or start fresh if there is none),
-            or the path of a checkpoint to continue from.
+            or the path of a checkpoint to continue from. Under DDP rank 0 decides.
         progress: show a tqdm bar on rank 0.
         on_step: called as ``on_step(trainer)`` after every step (e.g. for custom evaluation).
     """
 
     def __init__(self, config: TrainConfig, resume: bool | str | Path = False, progress: bool = True,
                  on_step: Callable[["Trainer"], None] | None = None):
-        self.dist: DistInfo = init_distributed(config.device)
-        self.device = self.dist.device
+        dist: DistInfo = init_distributed(config.device)
+        self.device = dist.device
+        set_tf32(self.device, config.tf32)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError(f"precision='fp16' needs a CUDA device, got device={str(self.device)!r}; use bf16")
         self.dataset = load_dataset(config.data, "train")
         self.config = config = resolve_config(config, self.dataset)
-        B, W = config.optim.batch_size, self.dist.world_size
+        B, W = config.optim.batch_size, dist.world_size
         if B % W:
             raise ValueError(f"optim.batch_size={B} must be divisible by the {W} processes")
         if B > len(self.dataset):
             raise ValueError(f"optim.batch_size={B} exceeds the {len(self.dataset)} training examples")
+        check_finite(f"the training data {self.dataset.name!r}", self.dataset.x)   # once: the step does not
+        if config.diffusion.objective != "simple":
+            check_levels(self.dataset.levels, self.dataset.x)
         self.local_batch = B // W
-        self.run_dir = Path(config.out)
-        self.progress, self.on_step = progress, on_step
+        self.on_step = on_step
+        finite = ("loss",) if config.precision == "fp16" else ("loss", "grad_norm")   # GradScaler skips inf steps
+        super().__init__(LoopSettings(Path(config.out), config.log_every, config.checkpoint_every, config.keep_last,
+                                      B, config.optim.lr_at, f"train {config.name}", progress, tensorboard=True,
+                                      finite=finite), dist, ("loss", "mse", "vlb", "grad_norm"))
 
         torch.manual_seed(config.seed)   # the same initial weights on every rank
         self.model = config.build_network().to(self.device)
@@ -132,27 +134,11 @@ class Trainer:
         self.timestep_sampler = make_timestep_sampler(config.diffusion.timestep_sampler, self.process.T)
         self.data_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
-        torch.manual_seed(config.seed + 1 + self.dist.rank)   # dropout masks differ per rank
-        self.step = 0
-        self.last_checkpoint: Path | None = None
+        torch.manual_seed(config.seed + 1 + dist.rank)   # dropout masks differ per rank
         self._order: tuple[int, torch.Tensor] | None = None
-        self._stats = torch.zeros(5, device=self.device)   # loss, mse, vlb, grad norm, steps
-
-        if resume is not False:
-            source = self.run_dir if resume is True else Path(resume)
-            try:
-                path = find_checkpoint(source)
-            except CheckpointError:
-                if resume is not True:
-                    raise
-                path = None   # resume=True on a fresh directory starts from scratch
-            if path is not None:
-                self.load_state(path)
-        elif (self.run_dir / "checkpoints" / "latest").exists():
-            raise ValueError(f"run directory {self.run_dir} already holds checkpoints; pass resume=True "
-                             "to continue it or choose another out=")
+        self.resume(resume)
         self.ddp_model: nn.Module = self.model
-        if self.dist.distributed:
+        if dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -189,7 +175,8 @@ class Trainer:
             return self.forward_model(x, t, **cond).float()
 
     def train_step(self) -> None:
-        """One optimiser update on one global batch (accumulated over micro-batches)."""
+        """One optimiser update on one global batch (accumulated over micro-batches); no host read
+        except, with the importance sampler, the copy of the step's losses that picks the next t."""
         cfg, opt = self.config, self.config.optim
         batch = self._global_batch()
         b, rank = self.local_batch, self.dist.rank
@@ -207,7 +194,7 @@ class Trainer:
                 cond = {"y": part["y"]} if "y" in part else {}
                 terms = training_losses(self.process, self._forward, part["x0"], cfg.diffusion.objective,
                                         t=part["t"], noise=part["noise"], levels=self.dataset.levels,
-                                        hybrid_lambda=cfg.diffusion.hybrid_lambda, **cond)
+                                        hybrid_lambda=cfg.diffusion.hybrid_lambda, validate=False, **cond)
                 loss = (terms["loss"] * part["weights"]).sum() / b
                 self.scaler.scale(loss).backward()
             loss_sum = loss_sum + loss.detach()
@@ -216,45 +203,30 @@ class Trainer:
             vlbs.append(terms["vlb"].detach())
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip or math.inf)
-        for group in self.optimizer.param_groups:
-            group["lr"] = opt.lr_at(self.step)
+        set_lr(self.optimizer, opt.lr_at(self.step))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update()
         if cfg.diffusion.timestep_sampler != "uniform":
             self.timestep_sampler.update(batch["t"], all_gather_cat(torch.cat(vlbs), self.dist).cpu())
-        self._stats += torch.stack([loss_sum, mse_sum, vlb_sum, grad_norm.to(self.device).float(),
-                                    torch.ones((), device=self.device)])
+        self.stats.add(loss=loss_sum, mse=mse_sum, vlb=vlb_sum, grad_norm=grad_norm.to(self.device))
         self.step += 1
 
-    # ------------------------------------------------------------------ checks and logs
-    def _reduce_stats(self, stop_requested: bool, reset: bool = True) -> tuple[dict[str, float], bool]:
-        """Average the statistics since the last reset over steps and ranks (one sync), raise
-        :class:`TrainingDiverged` if they are not finite; also say whether any rank asked to stop."""
-        flag = torch.tensor([float(stop_requested)], device=self.device)
-        packed = all_reduce_sum(torch.cat([self._stats, flag]), self.dist).tolist()
-        if reset:
-            self._stats.zero_()
-        count = max(packed[4], 1.0)
-        values = {name: packed[i] / count for i, name in enumerate(("loss", "mse", "vlb", "grad_norm"))}
-        bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values[k])]
-        if self.config.precision == "fp16":   # GradScaler skips inf-gradient steps by design
-            bad = [k for k in bad if k != "grad_norm"]
-        if bad:
-            where = self.last_checkpoint or "none was written"
-            raise TrainingDiverged(
-                f"{bad[0]} became {values[bad[0]]} in the steps up to {self.step}; training stopped "
-                f"without saving. Last good checkpoint: {where}. Try a lower optim.lr or optim.grad_clip.")
-        return values, packed[5] > 0
+    def after_step(self) -> None:
+        if self.on_step is not None:
+            self.on_step(self)
+        if self.config.sample_every and self.step % self.config.sample_every == 0:
+            self.save_samples()
 
-    def save(self) -> Path:
-        """Write a checkpoint of the current step (collective: every rank must call it)."""
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_content(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """Model, EMA, optimiser, sampler and every random stream (collective: rank 0 gets them)."""
         global_rng = gather_bytes(torch.get_rng_state().numpy().tobytes(), self.dist)
         cuda_rng = (gather_bytes(torch.cuda.get_rng_state(self.device).numpy().tobytes(), self.dist)
                     if self.device.type == "cuda" else [])
         if not self.dist.is_main:
-            return self.run_dir
+            return None
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(self.ema.state_tensors())
         optim_tensors, scalars = optimizer_state_tensors(self.optimizer)
@@ -272,13 +244,10 @@ class Trainer:
                     "global": [encode_bytes(s) for s in global_rng],
                     "cuda": [encode_bytes(s) for s in cuda_rng]},
         }
-        self.last_checkpoint = save_checkpoint(self.run_dir / "checkpoints", self.step, tensors,
-                                               {"config": self.config.to_dict(), "state": state},
-                                               keep_last=self.config.keep_last)
-        return self.last_checkpoint
+        return tensors, {"config": self.config.to_dict(), "state": state}
 
     def load_state(self, path: str | Path) -> None:
-        """Restore everything :meth:`save` wrote (model, EMA, optimiser, streams, step)."""
+        """Restore everything :meth:`checkpoint_content` wrote (model, EMA, optimiser, streams, step)."""
         tensors, meta, json_path = read_checkpoint(path)
         check_resumable(TrainConfig.from_dict(meta["config"]), self.config,
                         ("data", "network", "diffusion", "ema_rates"), json_path)
@@ -299,23 +268,30 @@ class Trainer:
         self.step = int(state["step"])
         self.last_checkpoint = json_path
 
+    # ------------------------------------------------------------------ previews
     @torch.no_grad()
-    def save_samples(self) -> Path:
-        """A preview grid from the first EMA model, with a fixed seed (rank 0 only); the
-        predicted x_0 of image data is clipped to [-1, 1] at every step."""
+    def save_samples(self) -> Path | None:
+        """A preview grid from the first EMA model (collective). Each of the W ranks draws its share
+        of ``sample_count`` (rank r with seed ``seed + r``; one process draws the whole grid with
+        ``seed``) and rank 0 gathers and writes it, so no rank waits in a training all-reduce while
+        another samples. The predicted x_0 of image data is clipped to [-1, 1] at every step."""
         from ..sampling import sample
 
-        cfg = self.config
-        model = self.ema.model()
-        shape = (cfg.sample_count,) + self.dataset.shape
+        cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+        share = -(-cfg.sample_count // world)
+        first = rank * share
         cond = {}
         classes = getattr(cfg.network, "num_classes", None)
         if classes is not None:
-            cond = {"y": torch.arange(cfg.sample_count, device=self.device) % classes}
-        gen = torch.Generator(self.device).manual_seed(cfg.seed)
+            cond = {"y": torch.arange(first, first + share, device=self.device) % classes}
+        gen = torch.Generator(self.device).manual_seed(cfg.seed + rank)
         steps = min(cfg.sample_steps, self.process.T)
-        x = sample(self.process, model, shape, sampler=cfg.sample_sampler, steps=steps, generator=gen,
-                   device=self.device, progress=False, cond=cond, clip_x0=self.dataset.levels is not None)
+        x = sample(self.process, self.ema.model(), (share,) + self.dataset.shape, sampler=cfg.sample_sampler,
+                   steps=steps, generator=gen, device=self.device, progress=False, cond=cond,
+                   clip_x0=self.dataset.levels is not None)
+        x = all_gather_cat(x.contiguous(), self.dist)[:cfg.sample_count]
+        if not self.dist.is_main:
+            return None
         return save_sample_grid(x, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.dataset.levels)
 
     # ------------------------------------------------------------------ the loop
@@ -323,58 +299,14 @@ class Trainer:
         """Train until ``optim.steps`` (or ``max_steps``, if smaller), a signal, or divergence."""
         cfg = self.config
         stop_at = cfg.optim.steps if max_steps is None else min(max_steps, cfg.optim.steps)
-        main = self.dist.is_main
-        log = None
-        if main:
+        if self.dist.is_main:
             cfg.save(self.run_dir / "config.json")
-            log = MetricsLog(self.run_dir / "metrics.jsonl", self.run_dir / "tensorboard")
-            log.truncate_after(self.step)
-        stop = StopSignals()
-        bar = tqdm(total=stop_at, initial=self.step, desc=f"train {cfg.name}", dynamic_ncols=True,
-                   disable=not (self.progress and main))
-        metrics: dict[str, Any] = {}
-        start_time = tick = time.perf_counter()
-        tick_step, saved_step = self.step, (self.step if self.last_checkpoint else -1)
         try:
-            while self.step < stop_at:
-                self.train_step()
-                bar.update(1)
-                if self.on_step is not None:
-                    self.on_step(self)
-                at_log = self.step % cfg.log_every == 0 or self.step == stop_at
-                halt = stop.requested is not None and not self.dist.distributed
-                if at_log:
-                    values, any_stop = self._reduce_stats(stop.requested is not None)
-                    now = time.perf_counter()
-                    rate = cfg.optim.batch_size * (self.step - tick_step) / max(now - tick, 1e-9)
-                    metrics = {"step": self.step, **values, "lr": cfg.optim.lr_at(self.step - 1),
-                               "imgs_per_s": rate, "time": now - start_time}
-                    tick, tick_step, halt = now, self.step, halt or any_stop
-                    if log is not None:
-                        log.write(metrics)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", imgs_s=f"{rate:.0f}")
-                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.save_samples()
-                due = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
-                if due or halt or self.step == stop_at:
-                    if not at_log:
-                        self._reduce_stats(False, reset=False)   # never save weights after a NaN
-                    self.save()
-                    saved_step = self.step
-                if halt:
-                    break
-            if self.step != saved_step:
-                self._reduce_stats(False, reset=False)
-                self.save()
-            barrier(self.dist)
+            outcome = self.loop(stop_at)
         finally:
-            bar.close()
-            stop.restore()
-            if log is not None:
-                log.close()
             shutdown(self.dist)
         return TrainResult(cfg, self.step, self.run_dir, self.last_checkpoint, self.model, self.ema.model(),
-                           self.process, metrics, stop.requested, time.perf_counter() - start_time)
+                           self.process, outcome.metrics, outcome.stopped_by, outcome.seconds)
 
 
 def train(config: TrainConfig, resume: bool | str | Path = False, max_steps: int | None = None,
