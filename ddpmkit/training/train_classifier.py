@@ -11,15 +11,17 @@ network is the down half of its U-Net (:meth:`ClassifierConfig.from_unet`) unles
 Each step draws a batch of training images, timesteps uniform in [0, T) and Gaussian noise, and
 minimises the cross-entropy of the labels given x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps.
 
-Checkpoints use :mod:`ddpmkit.io.checkpoint` (safetensors + JSON, atomic); their JSON holds
-``"kind": "noisy-classifier"``, the TrainConfig, the classifier config and the trainer state.
-The step's randomness is a function of (seed, step) and the dropout stream is saved, so a
-resumed run continues exactly. Ctrl-C (or SIGTERM) saves a checkpoint and stops.
+Resume, checkpoints, the metrics log and stop signals are the shared
+:class:`~ddpmkit.training.loop.TrainLoop`'s. Checkpoints use :mod:`ddpmkit.io.checkpoint`
+(safetensors + JSON, atomic); their JSON holds ``"kind": "noisy-classifier"``, the TrainConfig,
+the classifier config and the trainer state. The step's randomness is a function of (seed, step)
+and the dropout stream is saved, so a resumed run continues exactly. Ctrl-C (or SIGTERM) saves a
+checkpoint and stops, without the test-set pass. A step reads nothing back from the device: the
+loss and the accuracy are summed there and read every ``log_every`` steps.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,18 +29,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ..io.checkpoint import (CheckpointError, encode_bytes, find_checkpoint, load_optimizer_state, optimizer_state_tensors,
-                         read_checkpoint, rng_state_tensor, save_checkpoint)
-from .config import TrainConfig, check_resumable
+from ..core.diffusion import GaussianDiffusion, check_finite
 from ..data import ArrayDataset, load_dataset
-from ..core.diffusion import GaussianDiffusion
-from .distributed import StopSignals, resolve_device
-from .monitor import MetricsLog
+from ..io.checkpoint import (CheckpointError, encode_bytes, load_optimizer_state, optimizer_state_tensors,
+                             read_checkpoint, rng_state_tensor)
 from ..nets.classifier import ClassifierConfig, NoisyClassifier
+from .config import OptimConfig, TrainConfig, check_resumable
+from .distributed import DistInfo, resolve_device, set_tf32
+from .loop import LoopSettings, TrainLoop, set_lr
 
-__all__ = ["train_classifier", "load_classifier", "classifier_config_for", "noisy_accuracy", "ClassifierRun",
+__all__ = ["train_classifier", "ClassifierTrainer", "load_classifier", "classifier_config_for", "noisy_accuracy", "ClassifierRun",
            "LoadedClassifier", "CLASSIFIER_KIND"]
 
 CLASSIFIER_KIND = "noisy-classifier"
@@ -131,6 +132,85 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
     return LoadedClassifier(config, classifier_config, model.to(device).eval(), config.diffusion.build(), state)
 
 
+class ClassifierTrainer(TrainLoop):
+    """The classifier, its optimiser and data on the shared loop (one process)."""
+
+    def __init__(self, config: TrainConfig, opt: OptimConfig, run_dir: Path, classifier: ClassifierConfig | None,
+                 resume: bool, progress: bool) -> None:
+        device = resolve_device(config.device)
+        set_tf32(device, config.tf32)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.config, self.opt = config, opt
+        self.data, self.test = load_dataset(config.data, "train"), load_dataset(config.data, "test")
+        self.classifier = classifier or classifier_config_for(config, self.data)
+        self.process = config.diffusion.build()
+        if opt.batch_size > len(self.data):
+            raise ValueError(f"optim.batch_size={opt.batch_size} exceeds the {len(self.data)} training examples")
+        check_finite(f"the training data {self.data.name!r}", self.data.x)   # once: the step does not
+        super().__init__(LoopSettings(run_dir, config.log_every, config.checkpoint_every, config.keep_last,
+                                      opt.batch_size, opt.lr_at, "train classifier", progress,
+                                      bar_keys=("loss", "train_accuracy")),
+                         DistInfo(0, 1, 0, device), ("loss", "train_accuracy"))
+        self.device = device
+        torch.manual_seed(config.seed)
+        self.model = NoisyClassifier(self.classifier).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+                                           weight_decay=opt.weight_decay)
+        self.resume(resume)
+
+    def train_step(self) -> None:
+        """Cross-entropy of the labels given x_t for one batch; the noising runs where the data
+        lives (the host), with the step's own generator, then x_t goes to the device."""
+        B, data = self.opt.batch_size, self.data
+        gen = _step_generator(self.config.seed, self.step)
+        index = torch.randint(0, len(data), (B,), generator=gen)
+        x0, y = data.augment(data.x[index], gen), data.y[index]
+        t = torch.randint(0, self.process.T, (B,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+        x_t = self.process._q_sample(x0, t, noise)   # t and x0 are valid by construction: no checks
+        self.model.train()
+        y = y.to(self.device, non_blocking=True)
+        logits = self.model(x_t.to(self.device, non_blocking=True), t.to(self.device, non_blocking=True))
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.opt.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.grad_clip)
+        set_lr(self.optimizer, self.opt.lr_at(self.step))
+        self.optimizer.step()
+        self.stats.add(loss=loss, train_accuracy=(logits.detach().argmax(1) == y).float().mean())
+        self.step += 1
+
+    def finish(self) -> None:
+        """The test accuracy at a few timesteps, logged and kept in the final checkpoint."""
+        T = self.process.T
+        accuracy = noisy_accuracy(self.model, self.process, self.test.x, self.test.y,
+                                  [0, T // 10, T // 4, T // 2, 3 * T // 4], self.config.seed)
+        self.metrics = {**self.metrics, "test_accuracy_by_t": accuracy}
+        self.write_log({"step": self.step, **{f"test_accuracy_t{t}": a for t, a in accuracy.items()}})
+
+    def checkpoint_content(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        optim_tensors, scalars = optimizer_state_tensors(self.optimizer)
+        tensors = {**{f"model.{k}": v for k, v in self.model.state_dict().items()}, **optim_tensors}
+        state = {"step": self.step, "optimizer_scalars": scalars, "metrics": self.metrics,
+                 "rng": encode_bytes(torch.get_rng_state().numpy().tobytes())}
+        return tensors, {"kind": CLASSIFIER_KIND, "config": self.config.to_dict(),
+                         "classifier": self.classifier.to_dict(), "state": state}
+
+    def load_state(self, path: Path) -> None:
+        tensors, meta, json_path = _read_classifier(path)
+        if ClassifierConfig.from_dict(meta["classifier"]) != self.classifier:
+            raise ValueError(f"cannot resume {self.run_dir}: its classifier config differs from this run's")
+        check_resumable(TrainConfig.from_dict(meta["config"]), self.config, ("data", "diffusion"), json_path)
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer_state(self.optimizer, tensors, meta["state"]["optimizer_scalars"])
+        torch.set_rng_state(rng_state_tensor(meta["state"]["rng"]))
+        self.step = int(meta["state"]["step"])
+        self.metrics = dict(meta["state"].get("metrics", {}))
+        self.last_checkpoint = json_path
+
+
 def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str | Path | None = None,
                      classifier: ClassifierConfig | None = None, resume: bool = False,
                      progress: bool = True) -> ClassifierRun:
@@ -142,100 +222,16 @@ def train_classifier(config: TrainConfig, steps: int | None = None, *, out: str 
         out: the run directory (default ``config.out + "-classifier"``).
         classifier: the network (default: :func:`classifier_config_for`).
         resume: continue from the run directory's latest checkpoint (refused otherwise if one exists).
+
+    Raises :class:`~ddpmkit.training.loop.TrainingDiverged` if the loss becomes NaN or infinite
+    (found at the next log step or checkpoint; nothing after it is saved).
     """
     steps = config.optim.steps if steps is None else steps
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
     opt = dataclasses.replace(config.optim, steps=steps)   # a cosine / linear decay ends at ``steps``
     run_dir = Path(out) if out is not None else Path(config.out + "-classifier")
-    device = resolve_device(config.device)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    data, test = load_dataset(config.data, "train"), load_dataset(config.data, "test")
-    classifier = classifier or classifier_config_for(config, data)
-    process = config.diffusion.build()
-    if opt.batch_size > len(data):
-        raise ValueError(f"optim.batch_size={opt.batch_size} exceeds the {len(data)} training examples")
-    torch.manual_seed(config.seed)
-    model = NoisyClassifier(classifier).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                  weight_decay=opt.weight_decay)
-    step = 0
-    has_checkpoint = (run_dir / "checkpoints" / "latest").exists()
-    if has_checkpoint and not resume:
-        raise ValueError(f"run directory {run_dir} already holds checkpoints; pass resume=True (--resume) "
-                         f"or choose another out=")
-    if has_checkpoint:
-        tensors, meta, json_path = _read_classifier(find_checkpoint(run_dir))
-        if meta["classifier"] != classifier.to_dict():
-            raise ValueError(f"cannot resume {run_dir}: its classifier config differs from this run's")
-        check_resumable(TrainConfig.from_dict(meta["config"]), config, ("data", "diffusion"), json_path)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        load_optimizer_state(optimizer, tensors, meta["state"]["optimizer_scalars"])
-        torch.set_rng_state(rng_state_tensor(meta["state"]["rng"]))
-        step = int(meta["state"]["step"])
-
-    def save(metrics: dict[str, Any]) -> Path:
-        optim_tensors, scalars = optimizer_state_tensors(optimizer)
-        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors}
-        state = {"step": step, "optimizer_scalars": scalars, "metrics": metrics,
-                 "rng": encode_bytes(torch.get_rng_state().numpy().tobytes())}
-        meta = {"kind": CLASSIFIER_KIND, "config": config.to_dict(), "classifier": classifier.to_dict(), "state": state}
-        return save_checkpoint(run_dir / "checkpoints", step, tensors, meta, keep_last=config.keep_last)
-
-    log = MetricsLog(run_dir / "metrics.jsonl")
-    log.truncate_after(step)
-    metrics, start = {}, time.perf_counter()
-    stop = StopSignals()   # SIGTERM / Ctrl-C end the loop between whole steps, then the checkpoint is saved
-    bar = tqdm(total=steps, initial=step, desc="train classifier", disable=not progress, dynamic_ncols=True)
-    loss_sum = correct = seen = 0.0
-    try:
-        while step < steps:
-            gen = _step_generator(config.seed, step)
-            index = torch.randint(0, len(data), (opt.batch_size,), generator=gen)
-            x0, y = data.augment(data.x[index], gen), data.y[index]
-            t = torch.randint(0, process.T, (opt.batch_size,), generator=gen)
-            x_t = process.q_sample(x0, t, generator=gen)
-            model.train()
-            logits = model(x_t.to(device), t.to(device))
-            loss = F.cross_entropy(logits, y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if opt.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
-            for group in optimizer.param_groups:
-                group["lr"] = opt.lr_at(step)
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += float((logits.argmax(1).cpu() == y).sum())
-            seen += len(y)
-            if step % config.log_every == 0 or step == steps:
-                metrics = {"step": step, "loss": loss_sum / seen, "train_accuracy": correct / seen,
-                           "lr": opt.lr_at(step - 1), "time": time.perf_counter() - start}
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"the classifier's loss became {metrics['loss']} at step {step}; "
-                                             f"try a lower optim.lr")
-                log.write(metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['train_accuracy']:.3f}")
-                loss_sum = correct = seen = 0.0
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
-                save(metrics)
-            if stop.requested:
-                break
-    finally:
-        bar.close()
-        stop.restore()
-    if stop.requested:   # save at once: the test-set pass below may outlast a scheduler's grace period
-        log.close()
-        return ClassifierRun(config, classifier, step, run_dir, save(metrics), model.eval(), process, metrics,
-                             stop.requested, time.perf_counter() - start)
-    T = process.T
-    metrics = {**metrics, "test_accuracy_by_t": noisy_accuracy(model, process, test.x, test.y,
-                                                               [0, T // 10, T // 4, T // 2, 3 * T // 4], config.seed)}
-    log.write({"step": step, **{f"test_accuracy_t{t}": a for t, a in metrics["test_accuracy_by_t"].items()}})
-    log.close()
-    path = save(metrics)
-    return ClassifierRun(config, classifier, step, run_dir, path, model.eval(), process, metrics, None,
-                         time.perf_counter() - start)
+    trainer = ClassifierTrainer(config, opt, run_dir, classifier, resume, progress)
+    outcome = trainer.loop(steps)
+    return ClassifierRun(config, trainer.classifier, trainer.step, run_dir, trainer.last_checkpoint,
+                         trainer.model.eval(), trainer.process, outcome.metrics, outcome.stopped_by, outcome.seconds)
