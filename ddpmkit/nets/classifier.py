@@ -9,40 +9,24 @@ nothing about diffusion: ``classifier(x, t) -> logits`` with ``t`` any number pe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import field, fields, make_dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConditionEmbedding, DictConfig, group_norm
-from .unet import AttentionBlock, Downsample, Level, ResBlock, Stage, UNetConfig
+from .layers import DictConfig, group_norm
+from .unet import UNetConfig, UNetEncoder
 
 __all__ = ["ClassifierConfig", "NoisyClassifier"]
 
+_UNET_ONLY = ("out_channels", "num_classes", "grad_checkpoint")   # fields of the up half / conditioning
+_DEFAULTS = {"dropout": 0.0}                                       # where the classifier's default differs
 
-@dataclass(frozen=True)
-class ClassifierConfig(DictConfig):
-    """Hyper-parameters of :class:`NoisyClassifier`; the shared fields mean what they mean in
-    :class:`UNetConfig` (and are validated by it). ``num_classes`` is the number of logits."""
 
-    image_size: int = 32
-    in_channels: int = 3
-    num_classes: int = 10
-    channels: int = 128
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16,)
-    num_heads: int = 1
-    head_channels: int | None = None
-    dropout: float = 0.0
-    norm_groups: int = 32
-    norm_eps: float = 1e-5
-    scale_shift: bool = False
-    resblock_updown: bool = False
-    mid_attention: bool = True
-    zero_init: bool = True
+class _ClassifierConfigBase(DictConfig):
+    """Methods of :data:`ClassifierConfig` (its fields are made from :class:`UNetConfig`'s below)."""
 
     def __post_init__(self) -> None:
         n = self.num_classes
@@ -64,57 +48,37 @@ class ClassifierConfig(DictConfig):
         return cls(num_classes=num_classes, **{**shared, **overrides})
 
 
-class NoisyClassifier(nn.Module):
-    """``forward(x, t) -> logits (B, num_classes)`` for ``x`` (B, C, H, W) and ``t`` (B,) or a scalar."""
+def _classifier_fields() -> list[tuple[str, Any, Any]]:
+    shared = [(f.name, f.type, field(default=_DEFAULTS.get(f.name, f.default)))
+              for f in fields(UNetConfig) if f.name not in _UNET_ONLY]
+    return shared[:2] + [("num_classes", "int", field(default=10))] + shared[2:]
+
+
+ClassifierConfig = make_dataclass(
+    "ClassifierConfig", _classifier_fields(), bases=(_ClassifierConfigBase,), frozen=True,
+    namespace={"__module__": __name__, "__doc__": (
+        "Hyper-parameters of :class:`NoisyClassifier`: ``image_size, in_channels, num_classes`` and\n"
+        "then the encoder fields of :class:`UNetConfig` (same names, meanings, defaults and checks;\n"
+        "``dropout`` defaults to 0), made from UNetConfig's own field list so that there is one\n"
+        "definition. ``num_classes`` is the number of logits.")})
+
+
+class NoisyClassifier(UNetEncoder):
+    """``forward(x, t) -> logits (B, num_classes)`` for ``x`` (B, C, H, W) and ``t`` (B,) or a scalar:
+    the U-Net's encoder (:class:`~ddpmkit.nets.unet.UNetEncoder`, the same parameter names), then
+    GroupNorm-SiLU, global average pooling and a linear head."""
 
     def __init__(self, config: ClassifierConfig) -> None:
-        super().__init__()
         if not isinstance(config, ClassifierConfig):
             raise ValueError(f"config must be a ClassifierConfig, got {type(config).__name__}")
+        super().__init__(config.as_unet_config())
         self.config = config
-        cfg = config.as_unet_config()
-        ch, emb_dim = cfg.channels, 4 * cfg.channels
-        widths = [ch * m for m in cfg.channel_mult]
-        sides = cfg.level_sizes()
-        self.embed = ConditionEmbedding(ch, emb_dim, None)
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        width = ch
-        self.down = nn.ModuleList()
-        for i, (cout, side) in enumerate(zip(widths, sides)):
-            stages = []
-            for _ in range(cfg.num_res_blocks):
-                attn = AttentionBlock(cout, cfg.heads_for(cout), cfg) if side in cfg.attention_resolutions else None
-                stages.append(Stage(ResBlock(width, cout, emb_dim, cfg), attn))
-                width = cout
-            resample = None
-            if i < len(widths) - 1:
-                resample = (ResBlock(width, width, emb_dim, cfg, resample="down") if cfg.resblock_updown
-                            else Downsample(width))
-            self.down.append(Level(stages, resample))
-        mid_attn = AttentionBlock(width, cfg.heads_for(width), cfg) if cfg.mid_attention else None
-        self.mid = nn.ModuleList([Stage(ResBlock(width, width, emb_dim, cfg), mid_attn),
-                                  Stage(ResBlock(width, width, emb_dim, cfg), None)])
-        self.norm_out = group_norm(width, cfg.norm_groups, cfg.norm_eps)
-        self.head = nn.Linear(width, config.num_classes)
-        if cfg.zero_init:   # ADM zeroes the classifier's output layer: uniform p(y) at the start
+        self.norm_out = group_norm(self.width, config.norm_groups, config.norm_eps)
+        self.head = nn.Linear(self.width, config.num_classes)
+        if config.zero_init:   # ADM zeroes the classifier's output layer: uniform p(y) at the start
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"x must have shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
-        factor = 2 ** (len(cfg.channel_mult) - 1)
-        if x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"x's height and width must be divisible by {factor}, got {tuple(x.shape)}")
-        emb_act = F.silu(self.embed(t, x.shape[0], None))
-        h = self.conv_in(x)
-        for level in self.down:
-            for block in level.stages:
-                h = block(h, emb_act)
-            if level.resample is not None:
-                h = level.resample(h, emb_act)
-        for block in self.mid:
-            h = block(h, emb_act)
-        h = F.silu(self.norm_out(h)).mean(dim=(2, 3))
-        return self.head(h)
+        h, _, _ = self.encode(x, t)
+        return self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))

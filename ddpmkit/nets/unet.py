@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import ConditionEmbedding, DictConfig, InplaceDropout, checked_groups, group_norm
 
-__all__ = ["UNetConfig", "UNet", "ResBlock", "AttentionBlock"]
+__all__ = ["UNetConfig", "UNet", "UNetEncoder", "ResBlock", "AttentionBlock"]
 
 
 def _fail(name: str, value: Any, why: str) -> None:
@@ -258,74 +258,55 @@ class Level(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the network
-class UNet(nn.Module):
-    """The DDPM / iDDPM / ADM U-Net. ``forward(x, t, y=None)``: ``x`` (B, C, H, W), ``t`` (B,) or
-    a scalar, integer or float; ``y`` (B,) class labels in ``[0, num_classes]`` (``num_classes``
-    is the null class; ``None`` means null for all). Returns (B, out_channels, H, W)."""
+class UNetEncoder(nn.Module):
+    """The U-Net's down half: embedding, ``conv_in``, the down levels and the middle block.
 
-    def __init__(self, config: UNetConfig) -> None:
+    :class:`UNet` adds the up half to it; :class:`~ddpmkit.nets.classifier.NoisyClassifier` (ADM's
+    "encoder U-Net") adds pooling and a linear head. Both inherit it, so the encoder is defined
+    once and its parameters keep the names ``embed.``, ``conv_in.``, ``down.``, ``mid.``.
+    ``skip_widths`` are the channel counts of the activations :meth:`encode` stores for the skips.
+    """
+
+    def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
-        if not isinstance(config, UNetConfig):
-            raise ValueError(f"config must be a UNetConfig, got {type(config).__name__}")
-        self.config = cfg = config
+        self.encoder_config = cfg
         ch, emb_dim = cfg.channels, 4 * cfg.channels
-        widths = [ch * m for m in cfg.channel_mult]
-        sides = cfg.level_sizes()
+        widths, sides = [ch * m for m in cfg.channel_mult], cfg.level_sizes()
         last = len(widths) - 1
-
-        def stage(cin: int, cout: int, side: int) -> Stage:
-            attn = AttentionBlock(cout, cfg.heads_for(cout), cfg) if side in cfg.attention_resolutions else None
-            return Stage(ResBlock(cin, cout, emb_dim, cfg), attn)
-
-        def resampler(width: int, mode: str) -> nn.Module:
-            if cfg.resblock_updown:
-                return ResBlock(width, width, emb_dim, cfg, resample=mode)
-            return Downsample(width) if mode == "down" else Upsample(width)
-
         self.embed = ConditionEmbedding(ch, emb_dim, cfg.num_classes)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-
-        skips, width = [ch], ch
+        self.skip_widths, width = [ch], ch
         self.down = nn.ModuleList()
         for i, (cout, side) in enumerate(zip(widths, sides)):
             stages = []
             for _ in range(cfg.num_res_blocks):
-                stages.append(stage(width, cout, side))
+                stages.append(_stage(cfg, width, cout, side))
                 width = cout
-                skips.append(width)
-            self.down.append(Level(stages, resampler(width, "down") if i < last else None))
+                self.skip_widths.append(width)
+            self.down.append(Level(stages, _resampler(cfg, width, "down") if i < last else None))
             if i < last:
-                skips.append(width)
-
+                self.skip_widths.append(width)
         mid_attn = AttentionBlock(width, cfg.heads_for(width), cfg) if cfg.mid_attention else None
         self.mid = nn.ModuleList([Stage(ResBlock(width, width, emb_dim, cfg), mid_attn),
                                   Stage(ResBlock(width, width, emb_dim, cfg), None)])
-
-        self.up = nn.ModuleList()
-        for i in reversed(range(len(widths))):
-            stages = []
-            for _ in range(cfg.num_res_blocks + 1):
-                stages.append(stage(width + skips.pop(), widths[i], sides[i]))
-                width = widths[i]
-            self.up.append(Level(stages, resampler(width, "up") if i > 0 else None))
-
-        self.norm_out = group_norm(width, cfg.norm_groups, cfg.norm_eps)
-        self.conv_out = _zero(nn.Conv2d(width, cfg.out_channels, 3, padding=1), cfg.zero_init)
+        self.width = width
 
     def _run(self, block: nn.Module, h: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
-        if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+        if self.encoder_config.grad_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(block, h, emb_act, use_reentrant=False)
         return block(h, emb_act)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        cfg = self.config
+    def encode(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """``(h, SiLU(emb), skips)``: the middle block's output, the embedding every block uses, and
+        the activations the up half concatenates (in order)."""
+        cfg = self.encoder_config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"x must have shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
         factor = 2 ** (len(cfg.channel_mult) - 1)
         if x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(f"x's height and width must be divisible by {factor}, got {tuple(x.shape)}")
         emb_act = F.silu(self.embed(t, x.shape[0], y))
-
         h = self.conv_in(x)
         skips = [h]
         for level in self.down:
@@ -337,6 +318,45 @@ class UNet(nn.Module):
                 skips.append(h)
         for block in self.mid:
             h = self._run(block, h, emb_act)
+        return h, emb_act, skips
+
+
+def _stage(cfg: UNetConfig, cin: int, cout: int, side: int) -> Stage:
+    """A residual block, with attention when ``side`` is one of the attention resolutions."""
+    attn = AttentionBlock(cout, cfg.heads_for(cout), cfg) if side in cfg.attention_resolutions else None
+    return Stage(ResBlock(cin, cout, 4 * cfg.channels, cfg), attn)
+
+
+def _resampler(cfg: UNetConfig, width: int, mode: str) -> nn.Module:
+    if cfg.resblock_updown:
+        return ResBlock(width, width, 4 * cfg.channels, cfg, resample=mode)
+    return Downsample(width) if mode == "down" else Upsample(width)
+
+
+class UNet(UNetEncoder):
+    """The DDPM / iDDPM / ADM U-Net. ``forward(x, t, y=None)``: ``x`` (B, C, H, W), ``t`` (B,) or
+    a scalar, integer or float; ``y`` (B,) class labels in ``[0, num_classes]`` (``num_classes``
+    is the null class; ``None`` means null for all). Returns (B, out_channels, H, W)."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        if not isinstance(config, UNetConfig):
+            raise ValueError(f"config must be a UNetConfig, got {type(config).__name__}")
+        super().__init__(config)
+        self.config = cfg = config
+        widths, sides = [cfg.channels * m for m in cfg.channel_mult], cfg.level_sizes()
+        skips, width = list(self.skip_widths), self.width
+        self.up = nn.ModuleList()
+        for i in reversed(range(len(widths))):
+            stages = []
+            for _ in range(cfg.num_res_blocks + 1):
+                stages.append(_stage(cfg, width + skips.pop(), widths[i], sides[i]))
+                width = widths[i]
+            self.up.append(Level(stages, _resampler(cfg, width, "up") if i > 0 else None))
+        self.norm_out = group_norm(width, cfg.norm_groups, cfg.norm_eps)
+        self.conv_out = _zero(nn.Conv2d(width, cfg.out_channels, 3, padding=1), cfg.zero_init)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h, emb_act, skips = self.encode(x, t, y)
         for level in self.up:
             for block in level.stages:
                 h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb_act)
