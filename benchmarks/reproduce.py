@@ -246,7 +246,7 @@ def sweep(runner: QualityRunner, cache: RunCache, model, process: GaussianDiffus
                 params, variance = {"sampler": "dpmpp2m"}, "fixed_small"
             else:
                 sampler, extra, variance = SWEEP_ROWS[name]
-                params = {"sampler": sampler, "skip": SKIP, **extra}
+                params = {"sampler": sampler, "grid": SKIP, **extra}
             phase = "sweep full T" if steps == [process.T] else ("sweep" if seed == 0 else "sweep extra seeds")
             rows += runner.cached(cache, phase, processes[variance], model, {name: params}, steps, seed)["rows"]
     return rows
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # sub-sequence, draw for draw (tests/test_evaluate.py checks the equality)
             entry["fd"] = {**reuse[0], "sampler": "ddpm", "same_as": "ddim-eta1"}
         else:
-            entry["fd"] = runner.cached(cache, "model FD", process, model, {"ddpm": {"sampler": "ddpm", "skip": SKIP}},
+            entry["fd"] = runner.cached(cache, "model FD", process, model, {"ddpm": {"sampler": "ddpm", "grid": SKIP}},
                                         [steps])["rows"][0]
         models[spec.name] = entry
         for phase, cost in [("train", train_info), *cache.costs().items()]:
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "phases": phases,
         "settings": {"train_steps": args.train_steps, "bpd_examples": len(x_bpd), "num_samples": args.num_samples,
                      "model_steps": args.model_steps, "sweep_steps": args.sweep_steps, "full_rows": args.full_rows,
-                     "extra_seeds": args.extra_seeds, "bootstrap": args.bootstrap, "T": T, "skip": SKIP,
+                     "extra_seeds": args.extra_seeds, "bootstrap": args.bootstrap, "T": T, "grid": SKIP,
                      "train_seed": base.seed, "sample_seed": 0, "bound_noise_seed": 0, "quick": args.quick},
         "preset": preset,
         "floor": runner.floor,
@@ -504,7 +504,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "of the samples; differences use paired resamples (all rows start from the same noise).",
         f"- Per-model FD: ancestral sampling (`ddpm` sampler with the model's own variance) on "
         f"{st['model_steps']} respaced steps. Sampler sweep: the `{SWEEP_MODEL}` model (DDIM's setting); "
-        f"DDIM-table rows use the DDIM sub-sequence (`skip={st['skip']}`), DPM-Solver++ its default (log-SNR). "
+        f"DDIM-table rows use the DDIM sub-sequence (`grid={st["grid"]}`), DPM-Solver++ its default (log-SNR). "
         f"`ddpm-large` is ancestral sampling on the same network with variance beta_t "
         "(`GaussianDiffusion(schedule, prediction, \"fixed_large\")`), DDIM's sigma-hat.",
         f"- Verdicts: a paper ordering **holds** when the difference has the paper's sign and exceeds 2 standard "

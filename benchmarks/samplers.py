@@ -43,8 +43,8 @@ BANDWIDTHS = (0.05, 0.1, 0.2, 0.5)
 OUT = os.path.join(ROOT, "benchmarks", "out")
 # Extra rows beside each sampler's defaults: the time grid matters as much as the solver, so the
 # score-SDE samplers are also run on DPM-Solver's log-SNR grid (and Heun on EDM's).
-VARIANTS = (("euler", {"skip": "logsnr"}), ("heun", {"skip": "logsnr"}), ("heun", {"skip": "karras"}),
-            ("sde", {"skip": "logsnr"}), ("pc", {"skip": "logsnr"}), ("pc", {"skip": "logsnr", "snr": 0.05}))
+VARIANTS = (("euler", {"grid": "logsnr"}), ("heun", {"grid": "logsnr"}), ("heun", {"grid": "karras"}),
+            ("sde", {"grid": "logsnr"}), ("pc", {"grid": "logsnr"}), ("pc", {"grid": "logsnr", "snr": 0.05}))
 
 
 def ring_mixture(schedule: dk.Schedule, modes: int = 8, radius: float = 0.7, std: float = 0.07) -> MixtureOracle:

@@ -11,6 +11,7 @@ from .core.losses import ImportanceSampler, UniformSampler, training_losses, mak
 from .likelihood.bound import VLBResult, vlb_bpd
 from .likelihood.ode import ODELikelihoodResult, ode_bpd
 from .sampling import SAMPLERS, SampleOptions, StepInfo, invert, sample
+from . import sampling as samplers   # dk.samplers.euler(D, x, sigmas), dk.samplers.heun, ...
 from .data import ArrayDataset, DataConfig, load_dataset, to_uint8_images
 from .nets import MLP, MLPConfig, UNet, UNetConfig, build_network
 
@@ -30,6 +31,7 @@ __all__ = [
     "ODELikelihoodResult",
     "ode_bpd",
     "sample",
+    "samplers",
     "invert",
     "SAMPLERS",
     "SampleOptions",

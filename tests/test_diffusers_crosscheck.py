@@ -108,7 +108,7 @@ def test_ddpm_trajectory_equals_diffusers(variance, steps):
     if steps < schedule.T:
         scheduler.set_timesteps(steps)
     x_T = torch.randn(SHAPE, generator=gen(1), dtype=torch.float64)
-    ours = sample(process, model, None, "ddpm", steps, skip="uniform", x_T=x_T, generator=gen(2), progress=False)
+    ours = sample(process, model, None, "ddpm", steps, grid="uniform", x_T=x_T, generator=gen(2), progress=False)
     theirs = diffusers_loop(scheduler, model, x_T, generator=gen(2))   # noise on every t > 0, as ours
     assert_close(ours, theirs, 1e-10)
 
@@ -135,7 +135,7 @@ def test_ddim_trajectory_equals_diffusers(eta, spacing, offset, steps, predictio
         skip = "uniform" if spacing == "leading" else "trailing"
         assert subsequence(process, steps, skip).tolist() == visited
     x_T = torch.randn(SHAPE, generator=gen(3), dtype=torch.float64)
-    ours = sample(process, toy_model, None, "ddim", steps, eta=eta, skip=skip, x_T=x_T, generator=gen(4),
+    ours = sample(process, toy_model, None, "ddim", steps, eta=eta, grid=skip, x_T=x_T, generator=gen(4),
                   progress=False)
     noise_source = gen(4)   # ours draws one noise per step but the last, and none at eta = 0
 

@@ -67,7 +67,7 @@ def test_sample_quality_rows_follow_sampler_params_and_skip_steps_beyond_T():
     schedule = dk.Schedule.linear(20)
     process = dk.GaussianDiffusion(schedule)
     model = gaussian_oracle(schedule, MEAN, STD)
-    params = {"ddim-eta1": {"sampler": "ddim", "eta": 1.0}, "ddpm": {"sampler": "ddpm", "skip": "uniform"}}
+    params = {"ddim-eta1": {"sampler": "ddim", "eta": 1.0}, "ddpm": {"sampler": "ddpm", "grid": "uniform"}}
     q = sample_quality(process, model, (2,), IdentityFeatures(2), gaussian_points(300, 1), gaussian_points(100, 2),
                        ["ddim-eta1", "ddpm"], [5, 40], seed=3, clip_x0=False, progress=False, sampler_params=params)
     assert [(r["sampler"], r["steps"]) for r in q["rows"]] == [("ddim-eta1", 5), ("ddpm", 5)]

@@ -109,7 +109,7 @@ def _labels(n: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- exact identities
-@pytest.mark.parametrize("sampler, params", [("ddim", {}), ("ddpm", {}), ("dpmpp2m", {}), ("heun", {"skip": "karras"})])
+@pytest.mark.parametrize("sampler, params", [("ddim", {}), ("ddpm", {}), ("dpmpp2m", {}), ("heun", {"grid": "karras"})])
 def test_zero_and_one_scales_are_the_plain_models_exactly(oracle, process, sampler, params):
     y = _labels(16)
     shape = (len(y), 2)
@@ -201,7 +201,7 @@ def _check_class_samples(oracle: ClassMixture, x: torch.Tensor, c: int) -> None:
 
 @pytest.mark.parametrize("kind, sampler, steps, params", [
     ("classifier", "ddim", 50, {}), ("classifier", "ddpm", 250, {}), ("classifier", "dpmpp2m", 25, {}),
-    ("classifier", "heun", 50, {"skip": "karras"}),          # fractional timesteps
+    ("classifier", "heun", 50, {"grid": "karras"}),          # fractional timesteps
     ("cfg", "ddim", 50, {}), ("cfg", "ddpm", 250, {})])
 def test_scale_one_reproduces_the_class_conditional_distribution(oracle, process, kind, sampler, steps, params):
     n = 2000

@@ -20,9 +20,8 @@ from oracles import gaussian_oracle, mixture_oracle
 from scipy.integrate import quad
 
 import ddpmkit as dk
-from ddpmkit.sampling import SAMPLERS, SKIPS, invert, sample, subsequence
-from ddpmkit.sampling.dpm_solver import dpm_solver_pp, dpmpp_update
-from ddpmkit.sampling.base import SampleOptions
+from ddpmkit.sampling import (SAMPLERS, SKIPS, SampleOptions, dpmpp_multistep, dpmpp_update, invert, sample,
+                              sigma_grid, subsequence)
 
 LINEAR = dk.Schedule.linear(1000)
 MU = torch.tensor([0.5, -1.0, 0.2], dtype=torch.float64)
@@ -41,6 +40,12 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
     assert a.shape == b.shape, (a.shape, b.shape)
     error = float((a - b).abs().max())
     assert error <= tol, f"max abs difference {error:.3g} > {tol:g}"
+
+
+def dpm_solver_pp(process, model, x_T, steps, opts, order, grid):
+    """DPM-Solver++ of any order over the process's denoiser and grid, started from x_T (x-space)."""
+    sigmas = sigma_grid(process, steps, grid)
+    return dpmpp_multistep(process.denoiser(model), x_T * math.sqrt(1 + sigmas[0] ** 2), sigmas, opts, order)
 
 
 def exact_law(process, model, sampler: str, steps: int, **params) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +100,8 @@ def test_dpm_solver_first_order_is_ddim(gauss):
     x_T = torch.randn(64, 3, generator=gen(), dtype=torch.float64)
     opts = SampleOptions(progress=False)
     for skip in ("uniform", "logsnr"):
-        first = dpm_solver_pp(process, model, x_T, 15, opts, order=1, skip=skip)
-        ddim = sample(process, model, None, "ddim", 15, x_T=x_T, skip=skip, progress=False)
+        first = dpm_solver_pp(process, model, x_T, 15, opts, order=1, grid=skip)
+        ddim = sample(process, model, None, "ddim", 15, x_T=x_T, grid=skip, progress=False)
         assert_close(first, ddim, 1e-10)
 
 
@@ -202,8 +207,8 @@ def test_ddim_eta_one_is_ancestral_with_fixed_small(steps, skip):
     schedule = dk.Schedule.linear(200)
     process = dk.GaussianDiffusion(schedule, variance="fixed_small")
     oracle = gaussian_oracle(schedule, MU, SD)
-    ddim = sample(process, oracle, (64, 3), "ddim", steps, eta=1.0, skip=skip, generator=gen(2), progress=False)
-    ddpm = sample(process, oracle, (64, 3), "ddpm", steps, skip=skip, generator=gen(2), progress=False)
+    ddim = sample(process, oracle, (64, 3), "ddim", steps, eta=1.0, grid=skip, generator=gen(2), progress=False)
+    ddpm = sample(process, oracle, (64, 3), "ddpm", steps, grid=skip, generator=gen(2), progress=False)
     assert_close(ddim, ddpm, 1e-5)
 
 
@@ -229,8 +234,8 @@ def test_ddim_inversion_reconstructs_x0(gauss, steps, skip):
     x0 = model.sample(300, generator=gen(6))
 
     def round_trip(n_steps: int, iters: int = 0) -> torch.Tensor:
-        z = invert(process, model, x0, steps=n_steps, skip=skip, fixed_point_iters=iters, progress=False)
-        decoded = sample(process, model, None, "ddim", n_steps, x_T=z, skip=skip, progress=False)
+        z = invert(process, model, x0, steps=n_steps, grid=skip, fixed_point_iters=iters, progress=False)
+        decoded = sample(process, model, None, "ddim", n_steps, x_T=z, grid=skip, progress=False)
         return (((decoded - x0) / SD) ** 2).mean(0).sqrt().max()   # worst dimension's rms / SD
 
     # Explicit inversion (eps taken at the start of each inverse step) is first order: small and
@@ -308,7 +313,7 @@ def test_nan_stops_at_the_step_it_appears(sampler):
     ({"steps": 0}, "steps"), ({"steps": 1001}, "steps"), ({"steps": 2.5}, "steps"),
     ({"sampler": "ddim", "eta": -0.1}, "eta"), ({"sampler": "ddim", "eta": 1.5}, "eta"),
     ({"sampler": "nope"}, "sampler"), ({"x_T": torch.zeros(3, 3)}, "x_T"),
-    ({"sampler": "ddim", "skip": "cubic"}, "skip"), ({"sampler": "ddpm", "eta": 0.5}, "eta"),
+    ({"sampler": "ddim", "grid": "cubic"}, "grid"), ({"sampler": "ddpm", "eta": 0.5}, "eta"),
 ])
 def test_bad_input_is_a_one_line_value_error(gauss, kwargs, name):
     process, model = gauss
@@ -318,7 +323,7 @@ def test_bad_input_is_a_one_line_value_error(gauss, kwargs, name):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("kwargs,name", [({"steps": 0}, "steps"), ({"skip": "cubic"}, "skip"),
+@pytest.mark.parametrize("kwargs,name", [({"steps": 0}, "steps"), ({"grid": "cubic"}, "grid"),
                                          ({"fixed_point_iters": -1}, "fixed_point_iters")])
 def test_invert_bad_input(gauss, kwargs, name):
     process, model = gauss
@@ -353,7 +358,7 @@ def _table() -> None:  # pragma: no cover - run by hand for the report
     print("deterministic: exact W2(output, data) / SD, mean over dims")
     for sampler, skip in [("ddim", "uniform"), ("ddim", "quadratic"), ("ddim", "logsnr"),
                           ("dpmpp2m", "logsnr"), ("dpmpp2m", "uniform"), ("dpmpp3m", "logsnr")]:
-        errors = [exact_w2(process, model, sampler, s, skip=skip) for s in steps_list]
+        errors = [exact_w2(process, model, sampler, s, grid=skip) for s in steps_list]
         print(f"  {sampler:8s} {skip:10s}" + "".join(f"{e:9.4f}" for e in errors))
     print("stochastic (Monte Carlo, n=4000): max |mean - MU| / SD and max |std / SD - 1|")
     for sampler, variance, params in [("ddpm", "fixed_small", {}), ("ddpm", "fixed_large", {}),

@@ -14,8 +14,7 @@ import torch
 from oracles import gaussian_oracle, mixture_oracle
 
 import ddpmkit as dk
-from ddpmkit.sampling import SAMPLERS, SKIPS, SampleOptions, sample, subsequence
-from ddpmkit.sampling.sde import time_grid
+from ddpmkit.sampling import SAMPLERS, SKIPS, sample, subsequence, time_grid
 from ddpmkit.core.vpsde import ContinuousVP, x0_eps_from_prediction
 
 MINE = ("euler", "heun", "rk45", "sde", "pc")
@@ -76,18 +75,18 @@ def test_interpolation_keeps_the_discrete_marginals(schedule):
     knots = torch.from_numpy(schedule.timesteps.astype(np.float64))
     np.testing.assert_allclose(vp.alpha_bar(knots).numpy(), schedule.alpha_bar, rtol=1e-12)
     # beta(tau) integrates to -log alpha_bar: on each interval it is the constant slope
-    tau = np.linspace(vp.tau_min, vp.tau_max, 2001)[1:-1]
+    tau = np.linspace(vp.t_min, vp.t_max, 2001)[1:-1]
     h = 1e-4
     numeric = -(vp.log_alpha_bar(tau + h) - vp.log_alpha_bar(tau - h)) / (2 * h)
     inside = np.abs(tau - np.round(tau)) > 2 * h if not schedule.is_respaced else ~np.isin(np.round(tau), schedule.timesteps)
     np.testing.assert_allclose(vp.beta(tau)[inside], numeric[inside], rtol=1e-6)
     # sigma and its inverse; fractional alpha_bar lies between the neighbours
-    np.testing.assert_allclose(vp.tau_of_sigma(vp.sigma(tau)), tau, rtol=1e-9, atol=1e-7)
+    np.testing.assert_allclose(vp.t_of_sigma(vp.sigma(tau)), tau, rtol=1e-9, atol=1e-7)
     ab = vp.alpha_bar(torch.tensor([10.25]))
     if not schedule.is_respaced:
         assert schedule.alpha_bar[11] < ab.item() < schedule.alpha_bar[10]
-    with pytest.raises(ValueError, match="tau"):
-        vp.log_alpha_bar(vp.tau_max + 1.0)
+    with pytest.raises(ValueError, match="t must lie"):
+        vp.log_alpha_bar(vp.t_max + 1.0)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -149,9 +148,9 @@ def test_euler_is_ddim_eta0(skip):
         x0, eps = respaced.to_x0_eps(x, t, respaced.model_output(model, x, t))
         ab_prev = float(respaced.schedule.alpha_bar_prev[i])
         x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
-    torch.testing.assert_close(run("euler", model, x_T, steps, skip=skip), x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(run("euler", model, x_T, steps, grid=skip), x, rtol=1e-10, atol=1e-10)
     if "ddim" in SAMPLERS:   # and the DDIM sampler itself
-        torch.testing.assert_close(run("ddim", model, x_T, steps, skip=skip, eta=0.0), x, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(run("ddim", model, x_T, steps, grid=skip, eta=0.0), x, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name,steps,tol", [("euler", 500, 0.012), ("heun", 100, 0.004), ("rk45", 1, 1e-4)])
@@ -167,7 +166,7 @@ def test_heun_is_second_order_euler_first_order():
     exact = exact_ode_map(x_T, ContinuousVP(PROCESS))
 
     def errors(name, steps_list, disc):
-        return np.array([float((run(name, rotated_gaussian(), x_T, s, skip=disc) - exact).abs().max())
+        return np.array([float((run(name, rotated_gaussian(), x_T, s, grid=disc) - exact).abs().max())
                          for s in steps_list])
 
     for disc in ("linspace", "karras"):
@@ -269,25 +268,27 @@ def test_callback_sees_every_step():
 
 @pytest.mark.parametrize("name", MINE)
 def test_bad_input_is_a_one_line_value_error(name):
-    opts = SampleOptions(progress=False)
     model, x_T = rotated_gaussian(), noise(4)
-    fn = SAMPLERS[name]
+
+    def fn(process, model, x_T, steps, **params):
+        return sample(process, model, None, name, steps, x_T=x_T, progress=False, **params)
+
     with pytest.raises(ValueError, match="bogus"):
         sample(PROCESS, model, (4, 2), name, 5, x_T=x_T, progress=False, bogus=1)
     if name != "rk45":
         for steps in (0, 1001):
             with pytest.raises(ValueError, match="steps"):
-                fn(PROCESS, model, x_T, steps, opts)
-        with pytest.raises(ValueError, match="skip"):
-            fn(PROCESS, model, x_T, 5, opts, skip="cubic")
+                fn(PROCESS, model, x_T, steps)
+        with pytest.raises(ValueError, match="grid"):
+            fn(PROCESS, model, x_T, 5, grid="cubic")
         with pytest.raises(ValueError, match="rho"):
-            fn(PROCESS, model, x_T, 5, opts, skip="karras", rho=0)
+            fn(PROCESS, model, x_T, 5, grid="karras", rho=0)
     bad = {"rk45": {"rtol": 0.0}, "pc": {"snr": -0.1}}.get(name)
     if bad:
         with pytest.raises(ValueError, match=next(iter(bad))):
-            fn(PROCESS, model, x_T, 5, opts, **bad)
+            fn(PROCESS, model, x_T, 5, **bad)
     with pytest.raises(ValueError, match="model output"):
-        fn(PROCESS, lambda x, t: x[:, :1], x_T, 5, opts)
+        fn(PROCESS, lambda x, t: x[:, :1], x_T, 5)
 
 
 def test_pc_with_a_zero_score_skips_the_corrector():

@@ -14,16 +14,21 @@ Salimans & Ho 2022 for the v parameterisation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
+from .predictions import (PREDICTIONS, check_choice, check_finite, check_same_shape, eps_from_v_at,
+                          eps_from_x0_at, v_from_at, x0_eps_from_prediction_at, x0_from_eps_at, x0_from_v_at)
+from .losses import training_losses
 from .schedules import Schedule
+from .vpsde import ContinuousVP, VPDenoiser
 
-__all__ = ["GaussianDiffusion", "ModelPrediction", "PREDICTIONS", "VARIANCES"]
+__all__ = ["GaussianDiffusion", "ModelPrediction", "PREDICTIONS", "VARIANCES", "check_finite", "check_same_shape"]
 
 Model = Callable[..., torch.Tensor]
-PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
@@ -44,61 +49,6 @@ class ModelPrediction:
     var_values: torch.Tensor | None  # learned_range: the raw v in [-1, 1]-ish, else None
 
 
-def _check_choice(name: str, value: str, options: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name} must be one of {list(options)}, got {name}={value!r}")
-    return value
-
-
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """One-line ValueError if ``x`` holds NaN or inf."""
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
-
-
-def check_same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    """One-line ValueError unless ``x`` has exactly ``ref``'s shape (no silent broadcasting)."""
-    if not isinstance(x, torch.Tensor) or x.shape != ref.shape:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
-
-
-# ---------------------------------------------------------------------- the conversions, once
-# a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar), so that x_t = a x_0 + s eps (DDPM eq. 4) and
-# v = a eps - s x_0 (Salimans & Ho 2022). They take a and s as tensors (table entries gathered
-# for integer t, or values at a fractional time in the continuous view, ddpmkit.core.vpsde).
-def x0_from_eps_at(x_t: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return (x_t - s * eps) / a
-
-
-def eps_from_x0_at(x_t: torch.Tensor, x0: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return (x_t - a * x0) / s
-
-
-def v_from_at(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return a * eps - s * x0
-
-
-def x0_from_v_at(x_t: torch.Tensor, v: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return a * x_t - s * v
-
-
-def eps_from_v_at(x_t: torch.Tensor, v: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return s * x_t + a * v
-
-
-def x0_eps_from_prediction_at(prediction: str, x_t: torch.Tensor, pred: torch.Tensor, a: torch.Tensor,
-                              s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, eps) from an eps / x0 / v prediction, given a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar)."""
-    if prediction == "eps":
-        return x0_from_eps_at(x_t, pred, a, s), pred
-    if prediction == "x0":
-        return pred, eps_from_x0_at(x_t, pred, a, s)
-    if prediction == "v":
-        return x0_from_v_at(x_t, pred, a, s), eps_from_v_at(x_t, pred, a, s)
-    raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got prediction={prediction!r}")
-
-
 class GaussianDiffusion:
     """A discrete Gaussian diffusion with a fixed schedule and a model parameterisation.
 
@@ -116,8 +66,8 @@ class GaussianDiffusion:
         if not isinstance(schedule, Schedule):
             raise ValueError(f"schedule must be a ddpmkit.Schedule, got schedule={type(schedule).__name__}")
         self.schedule = schedule
-        self.prediction = _check_choice("prediction", prediction, PREDICTIONS)
-        self.variance = _check_choice("variance", variance, VARIANCES)
+        self.prediction = check_choice("prediction", prediction, PREDICTIONS)
+        self.variance = check_choice("variance", variance, VARIANCES)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -127,6 +77,36 @@ class GaussianDiffusion:
     @property
     def learned_variance(self) -> bool:
         return self.variance == "learned_range"
+
+    # ------------------------------------------------------------------ the noise-level contract
+    @cached_property
+    def continuous(self) -> ContinuousVP:
+        """This process in continuous time (:class:`ddpmkit.core.vpsde.ContinuousVP`)."""
+        return ContinuousVP(self)
+
+    def sigma(self, t: Any) -> np.ndarray:
+        """sigma(t) = sqrt((1 - alpha_bar) / alpha_bar) at original timesteps (float64, host)."""
+        return self.continuous.sigma(t)
+
+    def scale(self, t: Any) -> np.ndarray:
+        """s(t) = sqrt(alpha_bar(t)), so that x_t = s(t) (x_0 + sigma(t) eps) (EDM eq. 7)."""
+        return self.continuous.scale(t)
+
+    def t_of_sigma(self, sigma: Any) -> np.ndarray:
+        """The (original-unit, possibly fractional) time at which the noise level is ``sigma``."""
+        return self.continuous.t_of_sigma(sigma)
+
+    @property
+    def sigma_min(self) -> float:
+        return self.continuous.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.continuous.sigma_max
+
+    def denoiser(self, model: Model, clip_x0: bool = False) -> VPDenoiser:
+        """``D(x_hat, sigma, **cond)``, the x_0 estimate of a network trained on this process."""
+        return self.continuous.denoiser(model, clip_x0)
 
     def respace(self, spec: int | str | Any) -> "GaussianDiffusion":
         """The same process on a respaced schedule (a new value; see Schedule.respace)."""
@@ -366,6 +346,4 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ losses
     def loss(self, model: Model, x0: torch.Tensor, objective: str = "simple", **kwargs: Any) -> torch.Tensor:
         """Per-example training loss; see :func:`ddpmkit.core.losses.training_losses` for the options."""
-        from .losses import training_losses
-
         return training_losses(self, model, x0, objective=objective, **kwargs)["loss"]

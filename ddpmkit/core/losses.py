@@ -13,12 +13,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
-from .diffusion import GaussianDiffusion, check_finite, check_same_shape
+from .predictions import check_finite, check_same_shape
+if TYPE_CHECKING:   # losses take the process as an argument; diffusion.py imports this module
+    from .diffusion import GaussianDiffusion
+
 from .gaussian import (
     continuous_gaussian_log_likelihood,
     discretized_gaussian_log_likelihood,
@@ -70,10 +73,10 @@ def vlb_term(process: GaussianDiffusion, out: torch.Tensor, x0: torch.Tensor, x_
     t = process.check_t(t, x_t)
     check_same_shape("x0", x0, "x_t", x_t)
     p = process.p_from_output(out, x_t, t, clip_x0=clip_x0)
-    return _vlb_from_prediction(process, p.mean, p.log_variance, x0, x_t, t, levels)
+    return vlb_from_prediction(process, p.mean, p.log_variance, x0, x_t, t, levels)
 
 
-def _vlb_from_prediction(process: GaussianDiffusion, mean: torch.Tensor, log_variance: torch.Tensor,
+def vlb_from_prediction(process: GaussianDiffusion, mean: torch.Tensor, log_variance: torch.Tensor,
                          x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                          levels: int | None) -> torch.Tensor:
     true_mean, _, true_log_variance = process._q_posterior(x0, x_t, t)
@@ -144,7 +147,7 @@ def training_losses(
     else:
         frozen = out
     p = process._p_from_output(frozen.to(dtype), x_t.to(dtype), t)
-    vlb = _vlb_from_prediction(process, p.mean, p.log_variance, x0.to(dtype), x_t.to(dtype), t, levels)
+    vlb = vlb_from_prediction(process, p.mean, p.log_variance, x0.to(dtype), x_t.to(dtype), t, levels)
 
     if objective == "simple":
         loss = mse

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..core.diffusion import GaussianDiffusion, check_finite
 from ..core.gaussian import mean_flat, normal_kl
-from ..core.losses import _vlb_from_prediction, check_levels
+from ..core.losses import vlb_from_prediction, check_levels
 
 __all__ = ["VLBResult", "vlb_bpd", "prior_bpd"]
 
@@ -100,7 +100,7 @@ def vlb_bpd(
         c = {n: (v.repeat((k,) + (1,) * (v.dim() - 1)) if isinstance(v, torch.Tensor) else v)
              for n, v in cond.items()}
         p = process._p_from_output(process._model_output(model, x_t, t, **c), x_t, t, clip_x0)
-        values = _vlb_from_prediction(process, p.mean, p.log_variance, x_rep, x_t, t, levels)
+        values = vlb_from_prediction(process, p.mean, p.log_variance, x_rep, x_t, t, levels)
         err = mean_flat((p.pred_eps - noise) ** 2)
         for j, tj in enumerate(ts):
             terms[:, tj] = values[j * B:(j + 1) * B].double()

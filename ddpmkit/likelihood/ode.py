@@ -1,13 +1,15 @@
 """Exact likelihood by the probability-flow ODE (Song et al. 2021, sec. 4.3 and app. D.2).
 
-The ODE is solved in the variables of :mod:`ddpmkit.core.vpsde`: ``y = x / sqrt(alpha_bar)`` and
-``u = log sigma``, where ``dy/du = sigma eps_hat(x, tau) =: F(y, u)``. By the instantaneous
+The ODE is solved in the variables of the noise-level contract (:mod:`ddpmkit.core.vpsde`):
+``y = x / sqrt(alpha_bar) = x_0 + sigma eps`` and ``u = log sigma``, where
+``dy/du = y - D(y, sigma) =: F(y, u)`` with the process's denoiser D. By the instantaneous
 change of variables (Chen et al. 2018, thm. 1),
 
     log p_{u_min}(y(u_min)) = log p_{u_max}(y(u_max)) + int_{u_min}^{u_max} div_y F(y(u), u) du,
 
-and both ``y`` and the integral are carried by scipy's adaptive RK45 from ``u_min = log
-sigma(tau_min)`` (the first training step) up to ``u_max = log sigma(tau_max)``.
+and both ``y`` and the integral are carried by torchdiffeq's adaptive Dormand-Prince 5(4)
+solver (``dopri5``, the method of scipy's RK45) on the data's own device, from
+``u_min = log sigma(t_min)`` (the first training step) up to ``u_max = log sigma(t_max)``.
 
 What density this is. The discrete model knows noise levels down to ``sigma_min = sigma(0) =
 sqrt(beta_1 / (1 - beta_1))`` only (0.01 for DDPM's linear schedule), so the density evaluated
@@ -40,11 +42,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
+from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
 from ..core.diffusion import GaussianDiffusion
-from ..core.vpsde import ContinuousVP
 
 __all__ = ["ODELikelihoodResult", "ode_bpd", "TRACES"]
 
@@ -54,13 +55,13 @@ TRACES = ("hutchinson", "exact")
 
 @dataclass(frozen=True)
 class ODELikelihoodResult:
-    """Per-example results of :func:`ode_bpd` (float64, shape (B,)), all in nats but ``bpd``.
+    """Per-example results of :func:`ode_bpd` (float64 CPU tensors, shape (B,)), all in nats but ``bpd``.
 
     ``nll = -(prior_logp + delta_logp)`` is the negative log-density of the continuous model at
     the (dequantised) input, for the whole example; ``bpd`` adds the bin width when ``levels``
     is set. ``nfe`` counts the solver's function evaluations (network calls). ``latent`` is
-    the input carried to ``tau_max`` by the ODE, in x coordinates (about N(0, I)): the
-    encoding that the probability-flow ODE maps back onto the input.
+    the input carried to ``t_max`` by the ODE, in x coordinates (about N(0, I)), on the data's
+    device and dtype: the encoding that the probability-flow ODE maps back onto the input.
     """
 
     bpd: torch.Tensor
@@ -111,7 +112,7 @@ def ode_bpd(
             example, fixed for the whole solve; unbiased, one backward pass per evaluation) or
             ``"exact"`` (one backward pass per dimension: small data only).
         generator: source of the dequantisation noise and the probes.
-        rtol, atol: RK45 tolerances (score_sde uses 1e-5 for both).
+        rtol, atol: the dopri5 tolerances (score_sde uses 1e-5 for both with scipy's RK45).
         dequantize: add uniform noise within each bin (with ``levels``); without it the density
             is read at the bin centres, which is not a bound.
         cond: extra keyword arguments for the model.
@@ -133,9 +134,9 @@ def ode_bpd(
     if levels is not None and float(x0.abs().max()) > 1.0 + 1e-6:
         raise ValueError(f"x0 must lie in [-1, 1] when levels is set, got max |x0| = {float(x0.abs().max()):g}")
 
-    vp = ContinuousVP(process)
+    D = process.denoiser(model)
     shape, dtype, device = x0.shape, x0.dtype, x0.device
-    B, D = shape[0], x0[0].numel()
+    B, D_dim = shape[0], x0[0].numel()
     x = x0
     if levels is not None and dequantize:
         bin_width = 2.0 / (levels - 1)
@@ -144,43 +145,43 @@ def ode_bpd(
     if trace == "hutchinson":
         probe = torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
 
-    u_start, u_end = math.log(vp.sigma_min), math.log(vp.sigma_max)
+    sigma_min, sigma_max = process.sigma_min, process.sigma_max
+    u_start, u_end = math.log(sigma_min), math.log(sigma_max)
     bar = tqdm(total=1000, desc="ode_bpd", disable=not progress, leave=False)
-
-    def rhs(u: float, state: np.ndarray) -> np.ndarray:
-        sigma = math.exp(u)
-        y = torch.from_numpy(state[: B * D]).reshape(shape).to(device=device, dtype=dtype)
-        with torch.enable_grad():
-            y.requires_grad_(True)
-            _, eps = vp.eps_in_y(model, y, sigma, float(vp.tau_of_sigma(sigma)), cond)
-            drift = sigma * eps
-            div = _divergence(drift, y, trace, probe)
-        bar.n = int(1000 * (u - u_start) / max(u_end - u_start, 1e-12))
-        bar.refresh()
-        return np.concatenate([drift.detach().double().cpu().numpy().ravel(), div.detach().double().cpu().numpy()])
-
-    state = np.concatenate([x.detach().double().cpu().numpy().ravel(), np.zeros(B)])
     nfe = 0
+
+    def rhs(u: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal nfe
+        nfe += 1
+        with torch.enable_grad():
+            y = state[0].detach().requires_grad_(True)
+            drift = y - D(y, torch.exp(u.clamp(span[0], span[1])), **cond)   # the first-step probe may overshoot
+            div = _divergence(drift, y, trace, probe)
+        if progress:
+            bar.n = int(1000 * (float(u) - u_start) / max(u_end - u_start, 1e-12))
+            bar.refresh()
+        return drift.detach(), div.detach()
+
+    y_end, delta_logp = x, torch.zeros(B, dtype=dtype, device=device)
+    span = torch.tensor([u_start, u_end], dtype=dtype).to(device)
     if u_end > u_start:
         try:
-            solution = solve_ivp(rhs, (u_start, u_end), state, method="RK45", rtol=float(rtol),
-                                 atol=float(atol), t_eval=[u_end])
+            ys, logps = odeint(rhs, (x, delta_logp), span, rtol=float(rtol), atol=float(atol), method="dopri5")
         finally:
             bar.close()
-        if not solution.success or not np.all(np.isfinite(solution.y)):
-            raise FloatingPointError(f"ode_bpd: the ODE solver failed ({solution.message})")
-        state, nfe = solution.y[:, -1], int(solution.nfev)
+        y_end, delta_logp = ys[-1], logps[-1]
+        if not (torch.isfinite(y_end).all() and torch.isfinite(delta_logp).all()):
+            raise FloatingPointError("ode_bpd: the ODE solver produced NaN or inf")
     else:
         bar.close()
-    y_end = torch.from_numpy(state[: B * D]).reshape(B, D)
-    delta_logp = torch.from_numpy(state[B * D:].copy())
-    log_alpha_bar_max = float(vp.log_alpha_bar(vp.tau_max))
-    x_end = y_end * math.exp(0.5 * log_alpha_bar_max)
-    prior_logp = (-0.5 * (x_end**2 + math.log(2 * math.pi))).sum(dim=1) + 0.5 * D * log_alpha_bar_max
+    scale_max = float(process.scale(process.continuous.t_max))
+    latent = y_end * scale_max
+    x_end = latent.detach().reshape(B, -1).to("cpu", torch.float64)   # the summaries: float64, on the host
+    delta_logp = delta_logp.detach().to("cpu", torch.float64)
+    prior_logp = (-0.5 * (x_end**2 + math.log(2 * math.pi))).sum(dim=1) + D_dim * math.log(scale_max)
     nll = -(prior_logp + delta_logp)
-    bpd = nll / (D * LN2)
+    bpd = nll / (D_dim * LN2)
     if levels is not None:
         bpd = bpd + math.log2((levels - 1) / 2.0)
-    return ODELikelihoodResult(bpd=bpd.to(device), nll=nll.to(device), prior_logp=prior_logp.to(device),
-                               delta_logp=delta_logp.to(device), nfe=nfe, levels=levels, trace=trace,
-                               latent=x_end.reshape(shape).to(device=device, dtype=dtype))
+    return ODELikelihoodResult(bpd=bpd, nll=nll, prior_logp=prior_logp, delta_logp=delta_logp, nfe=nfe,
+                               levels=levels, trace=trace, latent=latent.detach().reshape(shape))

@@ -13,11 +13,11 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..core.diffusion import GaussianDiffusion
-from .base import SampleOptions, register, respaced_for
+from .loop import SampleOptions, run_steps
 
 __all__ = ["ancestral", "ancestral_step"]
 
@@ -31,40 +31,42 @@ def ancestral_step(process: GaussianDiffusion, out: torch.Tensor, x_t: torch.Ten
     ``out`` is the raw model output at (x_t, i); ``noise`` is ignored (and may be None) at i = 0.
     ``condition_mean(mean, variance)``, if given, replaces mu_theta before the noise is added.
     """
+    process._check_output(out, x_t)
     t = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)
-    p = process.p_from_output(out, x_t, t, clip_x0)
+    p = process._p_from_output(out, x_t, t, clip_x0)
     mean = p.mean if condition_mean is None else condition_mean(p.mean, p.variance)
     if i == 0:
         return mean, p.pred_x0
     return mean + torch.exp(0.5 * p.log_variance) * noise, p.pred_x0
 
 
-@register("ddpm")
+@torch.no_grad()
 def ancestral(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_T: torch.Tensor,
-              steps: int, opts: SampleOptions, skip: str = "linspace",
-              condition_mean: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
-    """DDPM ancestral sampling over ``steps`` steps (all of them when ``steps == process.T``).
+              opts: SampleOptions, condition_mean: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) over every step of ``process``.
 
-    ``skip`` picks the kept steps (see :func:`ddpmkit.sampling.base.subsequence`); the default
-    ``"linspace"`` is improved-diffusion's respacing, ``"uniform"`` is diffusers' DDPMScheduler
-    with ``timestep_spacing="leading"``. One noise draw per step except the last.
+    Pass a respaced process (``process.respace(...)``, or :func:`ddpmkit.sampling.sample` with
+    ``steps`` and ``grid``) for fewer steps: iDDPM section 4; ``grid="linspace"`` is
+    improved-diffusion's respacing, ``"uniform"`` diffusers' DDPMScheduler with
+    ``timestep_spacing="leading"``. One noise draw per step except the last. The state is x_t
+    itself (the process's scaling), and ``StepInfo.sigma`` is the step's noise level.
+
     ``condition_mean(mean, variance, x_t, t, **cond) -> mean`` (``t`` the original timesteps)
     may shift mu_theta at every step, e.g. classifier guidance (Dhariwal & Nichol 2021, Alg. 1;
     :class:`ddpmkit.sampling.guidance.ClassifierMeanShift`).
     """
-    sub = respaced_for(process, steps, skip)
-    n = sub.T
-    original_t = sub.schedule.timesteps
-    x = x_T
-    for k in tqdm(range(n), desc="ddpm", disable=not opts.progress, leave=False):
+    n = process.T
+    sigmas = np.append(process.sigma(process.schedule.timesteps.astype(np.float64))[::-1], 0.0)
+    timesteps = process.schedule.table("timesteps", x_T.device)
+
+    def step(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i = n - 1 - k
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        out = sub.model_output(model, x, t, **opts.cond)
-        noise = opts.randn(x.shape, x) if i > 0 else None
+        out = process._model_output(model, x, t, **opts.cond)
+        noise = opts.randn(x) if i > 0 else None
         shift = None
         if condition_mean is not None:
-            t_model = sub.schedule.table("timesteps", x.device)[t]
-            shift = partial(condition_mean, x_t=x, t=t_model, **opts.cond)
-        x, pred_x0 = ancestral_step(sub, out, x, i, noise, opts.clip_x0, shift)
-        opts.report(k, n, int(original_t[i]), x, pred_x0)
-    return x
+            shift = partial(condition_mean, x_t=x, t=timesteps[t], **opts.cond)
+        return ancestral_step(process, out, x, i, noise, opts.clip_x0, shift)
+
+    return run_steps("ddpm", step, x_T, sigmas, opts, times=process.schedule.timesteps[::-1])

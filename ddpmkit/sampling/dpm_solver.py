@@ -6,9 +6,11 @@ lambda = log(alpha / sigma), the probability-flow ODE has the exact solution (th
     x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^lambda x0_theta(lambda) dlambda,
 
 and the multistep solvers expand x0_theta in lambda around the newest point using earlier
-points' predictions (one network call per step). The steps are the discrete schedule's own
-timesteps (a respaced process), so the model is only called where it was trained; the last step
-goes to sigma = 0 and is the first-order step x_0 = x0_theta, exactly DDIM's last step.
+points' predictions (one network call per step). The samplers run in the variables of the
+noise-level contract, x_hat = x_0 + sigma eps, where alpha = 1 and lambda = -log sigma: the same
+update (x_hat = x / alpha), so it runs over any denoiser and sigma grid (k-diffusion's
+``sample_dpmpp_2m`` is the second-order one). The last step goes to sigma = 0 and is the
+first-order step x_0 = D, exactly DDIM's last step.
 
 Orders: the first step has no history and is first order; "lower order final" (their section
 3.3 and code, for fewer than 15 steps) lowers the order near the end, and the step to sigma = 0
@@ -17,19 +19,13 @@ is always first order. The first-order step is DDIM with eta = 0.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..core.diffusion import GaussianDiffusion
-from .base import SampleOptions, register, respaced_for
+from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 
-__all__ = ["dpmpp_update", "dpmpp_2m", "dpmpp_3m", "dpm_solver_pp"]
-
-Model = Callable[..., torch.Tensor]
-DEFAULT_SKIP = "logsnr"   # Lu et al. 2022 (DPM-Solver, section 3.3): uniform in log-SNR
+__all__ = ["dpmpp_update", "dpmpp_2m", "dpmpp_3m", "dpmpp_multistep"]
 
 
 def dpmpp_update(x: torch.Tensor, sigma_from: float, alpha_to: float, sigma_to: float, lambda_to: float,
@@ -62,47 +58,47 @@ def dpmpp_update(x: torch.Tensor, sigma_from: float, alpha_to: float, sigma_to: 
     return x_next + (alpha_to * phi_2) * d1 - (alpha_to * phi_3) * d2
 
 
-def dpm_solver_pp(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-                  opts: SampleOptions, order: int = 2, skip: str = DEFAULT_SKIP,
-                  lower_order_final: bool = True) -> torch.Tensor:
-    """DPM-Solver++(``order``M) over ``steps`` discrete steps (``steps`` network calls)."""
+def dpmpp_multistep(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+                    order: int = 2, lower_order_final: bool = True) -> torch.Tensor:
+    """DPM-Solver++(``order``M) over the grid, one network call per step.
+
+    The first step has no history and is first order; with ``lower_order_final`` and fewer
+    than 15 steps the order drops near the end (their section 3.3 and code); the step to
+    sigma = 0 is always first order.
+    """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got order={order!r}")
-    sub = respaced_for(process, steps, skip)
-    schedule, n = sub.schedule, sub.T
-    alpha = np.sqrt(schedule.alpha_bar)
-    sigma = np.sqrt(1.0 - schedule.alpha_bar)
-    lam = np.log(alpha) - np.log(sigma)
-    x = x_T
+    opts = opts or SampleOptions()
+    grid = host_sigmas(sigmas)
+    n = grid.size - 1
     lambdas: list[float] = []
     x0s: list[torch.Tensor] = []
-    for k in tqdm(range(n), desc=f"dpm-solver++({order}M)", disable=not opts.progress, leave=False):
-        i = n - 1 - k
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        pred_x0 = sub.p_mean_variance(model, x, t, opts.clip_x0, **opts.cond).pred_x0
-        lambdas = [float(lam[i])] + lambdas[: order - 1]
-        x0s = [pred_x0] + x0s[: order - 1]
+
+    def step(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal lambdas, x0s
+        sigma, sigma_next = float(grid[k]), float(grid[k + 1])
+        denoised = D(x, sigma, **opts.cond)
+        lambdas = [-math.log(sigma)] + lambdas[: order - 1]
+        x0s = [denoised] + x0s[: order - 1]
         step_order = min(order, k + 1)
         if lower_order_final and n < 15:
             step_order = min(step_order, n - k)
-        if i == 0:   # to sigma = 0: x_0 = x0_theta
-            x = dpmpp_update(x, float(sigma[0]), 1.0, 0.0, math.inf, lambdas, x0s, 1)
-        else:
-            x = dpmpp_update(x, float(sigma[i]), float(alpha[i - 1]), float(sigma[i - 1]),
-                             float(lam[i - 1]), lambdas, x0s, step_order)
-        opts.report(k, n, int(schedule.timesteps[i]), x, pred_x0)
-    return x
+        if sigma_next == 0.0:
+            return dpmpp_update(x, sigma, 1.0, 0.0, math.inf, lambdas, x0s, 1), denoised
+        return dpmpp_update(x, sigma, 1.0, sigma_next, -math.log(sigma_next), lambdas, x0s, step_order), denoised
+
+    return run_steps(f"dpm-solver++({order}M)", step, x, grid, opts)
 
 
-@register("dpmpp2m")
-def dpmpp_2m(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-             opts: SampleOptions, skip: str = DEFAULT_SKIP, lower_order_final: bool = True) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2)."""
-    return dpm_solver_pp(process, model, x_T, steps, opts, 2, skip, lower_order_final)
+@torch.no_grad()
+def dpmpp_2m(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+             lower_order_final: bool = True) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; k-diffusion's ``sample_dpmpp_2m``)."""
+    return dpmpp_multistep(D, x, sigmas, opts, 2, lower_order_final)
 
 
-@register("dpmpp3m")
-def dpmpp_3m(process: GaussianDiffusion, model: Model, x_T: torch.Tensor, steps: int,
-             opts: SampleOptions, skip: str = DEFAULT_SKIP, lower_order_final: bool = True) -> torch.Tensor:
+@torch.no_grad()
+def dpmpp_3m(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+             lower_order_final: bool = True) -> torch.Tensor:
     """DPM-Solver++(3M): the third-order multistep update (see :func:`dpmpp_update`)."""
-    return dpm_solver_pp(process, model, x_T, steps, opts, 3, skip, lower_order_final)
+    return dpmpp_multistep(D, x, sigmas, opts, 3, lower_order_final)

@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..core.diffusion import GaussianDiffusion
-from ..core.vpsde import ContinuousVP, x0_eps_from_prediction
+from ..core.vpsde import x0_eps_from_prediction
 
 __all__ = ["GUIDANCE_KINDS", "Guidance", "ClassifierGuidance", "ClassifierFreeGuidance", "ClassifierMeanShift",
            "check_labels", "class_grid_labels", "classifier_log_prob_grad", "guided_sample"]
@@ -99,6 +99,22 @@ def classifier_log_prob_grad(classifier: Model, x: torch.Tensor, t: torch.Tensor
     return grad.to(x.dtype)
 
 
+class _LabelCheck:
+    """Checks the labels of a wrapper's call once per labels tensor: a sampling loop passes the
+    same tensor at every step, so the check (which reads the labels to the host) runs once."""
+
+    def __init__(self, num_classes: int | None):
+        self.num_classes = num_classes
+        self._checked: torch.Tensor | None = None
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if self.num_classes is None or y is self._checked:
+            return y
+        y = check_labels(y, self.num_classes)
+        self._checked = y
+        return y
+
+
 def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
@@ -135,19 +151,18 @@ class ClassifierGuidance:
         self.process, self.model, self.classifier = process, model, classifier
         self.scale = _check_scale(scale)
         self.num_classes, self.model_label = num_classes, bool(model_label)
-        self._vp = ContinuousVP(process)
+        self._labels = _LabelCheck(num_classes)
 
     def eps_shift(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(-s sqrt(1 - alpha_bar_t) grad log p_phi(y | x_t, t), alpha_bar_t): the shift added to eps_theta."""
-        alpha_bar = _broadcast(self._vp.alpha_bar(torch.as_tensor(t, device=x.device)), x)
+        alpha_bar = _broadcast(self.process.continuous.alpha_bar_on(torch.as_tensor(t, device=x.device), x), x)
         grad = classifier_log_prob_grad(self.classifier, x, t, y)
         return -self.scale * torch.sqrt(1.0 - alpha_bar) * grad, alpha_bar
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **cond: Any) -> torch.Tensor:
         if y is None:
             raise ValueError("classifier guidance needs class labels: pass cond={'y': labels}")
-        if self.num_classes is not None:
-            y = check_labels(y, self.num_classes)
+        y = self._labels(y)
         out = self.model(x, t, **_model_cond(cond, y if self.model_label else None))
         if self.scale == 0.0:
             return out
@@ -171,13 +186,13 @@ class ClassifierMeanShift:
         self.classifier = classifier
         self.scale = _check_scale(scale)
         self.num_classes = num_classes
+        self._labels = _LabelCheck(num_classes)
 
     def __call__(self, mean: torch.Tensor, variance: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                  y: torch.Tensor | None = None, **cond: Any) -> torch.Tensor:
         if y is None:
             raise ValueError("classifier guidance needs class labels: pass cond={'y': labels}")
-        if self.num_classes is not None:
-            y = check_labels(y, self.num_classes)
+        y = self._labels(y)
         if self.scale == 0.0:
             return mean
         return mean + self.scale * variance * classifier_log_prob_grad(self.classifier, x_t, t, y)
@@ -207,11 +222,12 @@ class ClassifierFreeGuidance:
         self.process, self.model = process, model
         self.scale = _check_scale(scale)
         self.num_classes = num_classes
+        self._labels = _LabelCheck(num_classes)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **cond: Any) -> torch.Tensor:
         if y is None:
             raise ValueError("classifier-free guidance needs class labels: pass cond={'y': labels}")
-        y = check_labels(y, self.num_classes).to(x.device)
+        y = self._labels(y).to(x.device)
         null = torch.full_like(y, self.num_classes)
         if self.scale == 1.0:
             return self.model(x, t, **_model_cond(cond, y))
@@ -283,7 +299,7 @@ def guided_sample(process: GaussianDiffusion, model: Model, shape: Sequence[int]
     ``options`` go to :func:`ddpmkit.sampling.sample` (``generator``, ``seed``, ``clip_x0``,
     ``device``, ``progress``, the sampler's own parameters ...).
     """
-    from . import sample
+    from .api import sample
 
     if guidance.num_classes is not None:
         y = check_labels(y, guidance.num_classes)

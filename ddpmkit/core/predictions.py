@@ -1,0 +1,69 @@
+"""The parameterisations of a Gaussian diffusion model's output, and the argument checks they share.
+
+With a = sqrt(alpha_bar) and s = sqrt(1 - alpha_bar), x_t = a x_0 + s eps (DDPM eq. 4) and
+v = a eps - s x_0 (Salimans & Ho 2022). Each conversion is written once here and used by the
+discrete process (table entries gathered at integer t) and by the continuous view and its
+denoiser (values at any noise level).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["PREDICTIONS", "check_choice", "check_finite", "check_same_shape", "x0_from_eps_at",
+           "eps_from_x0_at", "v_from_at", "x0_from_v_at", "eps_from_v_at", "x0_eps_from_prediction_at"]
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def check_choice(name: str, value: str, options: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {list(options)}, got {name}={value!r}")
+    return value
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """One-line ValueError if ``x`` holds NaN or inf."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
+
+
+def check_same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """One-line ValueError unless ``x`` has exactly ``ref``'s shape (no silent broadcasting)."""
+    if not isinstance(x, torch.Tensor) or x.shape != ref.shape:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
+
+
+# ---------------------------------------------------------------------- the conversions, once
+# a and s are tensors (table entries gathered for integer t) or Python floats (a noise level
+# computed on the host in float64 by the continuous view, ddpmkit.core.vpsde).
+def x0_from_eps_at(x_t: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return (x_t - s * eps) / a
+
+
+def eps_from_x0_at(x_t: torch.Tensor, x0: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return (x_t - a * x0) / s
+
+
+def v_from_at(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return a * eps - s * x0
+
+
+def x0_from_v_at(x_t: torch.Tensor, v: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return a * x_t - s * v
+
+
+def eps_from_v_at(x_t: torch.Tensor, v: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return s * x_t + a * v
+
+
+def x0_eps_from_prediction_at(prediction: str, x_t: torch.Tensor, pred: torch.Tensor, a: torch.Tensor,
+                              s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) from an eps / x0 / v prediction, given a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar)."""
+    if prediction == "eps":
+        return x0_from_eps_at(x_t, pred, a, s), pred
+    if prediction == "x0":
+        return pred, eps_from_x0_at(x_t, pred, a, s)
+    if prediction == "v":
+        return x0_from_v_at(x_t, pred, a, s), eps_from_v_at(x_t, pred, a, s)
+    raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got prediction={prediction!r}")

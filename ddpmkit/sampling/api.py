@@ -1,0 +1,142 @@
+"""``sample(process, model, shape, sampler=..., steps=...)``: the one entry point.
+
+It checks every argument once (the API edge), builds the denoiser and the sigma grid on the
+host, draws x_T on the sample's device, and hands them to the named sampler; nothing inside the
+sampling loop reads the device.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..core.diffusion import GaussianDiffusion
+from .grids import check_grid, respaced_for, sigma_grid, subsequence
+from .loop import SampleOptions, StepInfo
+from .registry import SAMPLERS, Sampler, check_params
+
+__all__ = ["sample", "make_generator", "model_device"]
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def model_device(model: Any) -> torch.device | None:
+    """The device of ``model``'s first parameter, looking through wrappers that keep the network
+    as ``.model`` or ``.module`` (guidance, DDP); None for a parameter-free callable."""
+    seen = 0
+    while model is not None and seen < 8:
+        if isinstance(model, torch.nn.Module):
+            for p in model.parameters():
+                return p.device
+            for b in model.buffers():
+                return b.device
+        model = getattr(model, "model", None) or getattr(model, "module", None)
+        seen += 1
+    return None
+
+
+def _snap(t: float) -> float:
+    r = round(t)
+    return float(r) if abs(t - r) <= 1e-7 * max(1.0, abs(t)) else float(t)
+
+
+def _process_callback(process: GaussianDiffusion, callback: Callable[[StepInfo], None] | None,
+                      rescale: bool) -> Callable[[StepInfo], None] | None:
+    """The user's callback with ``t`` in the process's time and ``x`` in its scaling (x_t)."""
+    if callback is None:
+        return None
+
+    def report(info: StepInfo) -> None:
+        t = _snap(float(process.t_of_sigma(info.sigma)))
+        x = info.x / math.sqrt(1.0 + info.sigma_next**2) if rescale and info.sigma_next > 0 else info.x
+        callback(StepInfo(info.i, info.n, t, x, info.pred_x0, info.sigma, info.sigma_next))
+
+    return report
+
+
+def _check_steps(entry: Sampler, steps: Any, T: int) -> int:
+    if entry.endpoints and steps is None:
+        return 1
+    steps = T if steps is None else steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in [1, {T}], got steps={steps!r}")
+    return steps
+
+
+def sample(
+    process: GaussianDiffusion,
+    model: Callable[..., torch.Tensor],
+    shape: Sequence[int] | None,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    x_T: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    clip_x0: bool = False,
+    callback: Callable[[StepInfo], None] | None = None,
+    progress: bool = True,
+    cond: dict[str, Any] | None = None,
+    **params: Any,
+) -> torch.Tensor:
+    """Draw ``shape[0]`` samples from ``model`` with the named sampler.
+
+    Args:
+        sampler: one of ``SAMPLERS`` ("ddpm", "ddim", "euler", "heun", "rk45", "sde", "pc",
+            "dpmpp2m", "dpmpp3m").
+        steps: the number of steps (default: the process's T); must lie in [1, T] (ignored
+            by ``rk45``, which picks its own).
+        generator / seed: the source of randomness (a seed makes a generator on the device).
+        x_T: the starting noise (e.g. from :func:`invert`); drawn from N(0, I) when None.
+            ``shape`` may then be None.
+        device: where to sample; default: x_T's device, else the model's parameters', else CPU.
+        params: ``grid`` (the step sub-sequence or ``"karras"``; each sampler has its default),
+            ``rho`` (karras), and the sampler's own parameters, e.g. ``eta`` for DDIM.
+    """
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got sampler={sampler!r}")
+    entry = SAMPLERS[sampler]
+    check_params(entry, params)
+    if shape is None:
+        if x_T is None:
+            raise ValueError("shape must be given when x_T is None, got shape=None")
+        shape = tuple(x_T.shape)
+    if len(shape) < 1 or any(not isinstance(n, int) or n < 1 for n in shape):
+        raise ValueError(f"shape must hold positive integers, got shape={tuple(shape)}")
+    steps = _check_steps(entry, steps, process.T)
+    grid = check_grid(params.pop("grid", entry.grid), entry.grids)
+    rho = params.pop("rho", 7.0)
+    if device is None:
+        device = x_T.device if x_T is not None else (model_device(model) or torch.device("cpu"))
+    if generator is None and seed is not None:
+        generator = make_generator(seed, device)
+    if x_T is None:
+        x_T = torch.randn(tuple(shape), generator=generator, device=device)
+    elif tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x_T.shape)}")
+    if not x_T.is_floating_point():
+        raise ValueError(f"x_T must be a floating-point tensor, got dtype {x_T.dtype}")
+    if grid == "quadratic" and subsequence(process, steps, grid)[-1] < process.T - 1:
+        warnings.warn("grid='quadratic' tops at 0.8 T (the DDIM repository's choice): x_T is drawn from "
+                      "N(0, I) where the marginal is not, which biases the samples; use another grid to "
+                      "start at the top", stacklevel=2)
+    kwargs = {**entry.defaults, **params}
+    opts = SampleOptions(generator=generator, progress=progress, cond=dict(cond or {}), clip_x0=clip_x0,
+                         callback=_process_callback(process, callback, rescale=not entry.discrete))
+    if entry.discrete:
+        return entry.fn(respaced_for(process, steps, grid), model, x_T, opts, **kwargs)
+    sigmas = sigma_grid(process, 2 if entry.endpoints else steps, grid, rho)
+    if entry.name == "pc":
+        kwargs.setdefault("alphas", [process.continuous.alpha_at(float(t)) for t in process.t_of_sigma(sigmas)])
+    x_hat = x_T * math.sqrt(1.0 + float(sigmas[0]) ** 2)
+    return entry.fn(process.denoiser(model, clip_x0), x_hat, sigmas, opts, **kwargs)

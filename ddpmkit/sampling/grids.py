@@ -1,0 +1,132 @@
+"""Where a sampler stops: sub-sequences of the training steps and sigma grids (float64, host).
+
+A sampler runs over a *sigma grid*: a decreasing sequence of noise levels that ends in 0
+(k-diffusion's convention), computed once on the host in float64 and cast once. For the
+discrete process the grid is either a sub-sequence of its training steps (``uniform``,
+``quadratic``, ``linspace``, ``trailing``, ``logsnr``: the model is only called where it was
+trained) or ``karras``: real-valued levels spaced as in EDM eq. 5 with exponent ``rho``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..core.diffusion import GaussianDiffusion
+from ..core.schedules import space_timesteps
+
+__all__ = ["SKIPS", "GRIDS", "subsequence", "respaced_for", "time_grid", "sigma_grid", "karras_sigmas",
+           "check_grid"]
+
+SKIPS = ("uniform", "quadratic", "linspace", "trailing", "logsnr")   # sub-sequences of training steps
+GRIDS = SKIPS + ("karras",)
+
+
+def check_grid(grid: Any, allowed: tuple[str, ...] = GRIDS) -> str:
+    if not isinstance(grid, str) or grid not in allowed:
+        raise ValueError(f"grid must be one of {list(allowed)}, got grid={grid!r}")
+    return grid
+
+
+def _check_steps(steps: Any, T: int) -> int:
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in [1, {T}], got steps={steps!r}")
+    return int(steps)
+
+
+def _strictly_increasing(seq: np.ndarray, T: int) -> np.ndarray:
+    """Push repeated indices apart (forward, then back from T - 1) so ``len(seq)`` stay distinct."""
+    seq = np.asarray(seq, dtype=np.int64).copy()
+    for k in range(1, seq.size):
+        seq[k] = max(seq[k], seq[k - 1] + 1)
+    seq[-1] = min(seq[-1], T - 1)
+    for k in range(seq.size - 2, -1, -1):
+        seq[k] = min(seq[k], seq[k + 1] - 1)
+    return seq
+
+
+def subsequence(process: GaussianDiffusion, steps: int, grid: str) -> np.ndarray:
+    """The ``steps`` indices of ``process``'s schedule (ascending) a sampler visits.
+
+    ``grid`` (indices in [0, T), T = ``process.T``; c = T // steps):
+
+    - ``"uniform"``: 0, c, 2c, ... (the DDIM repo's ``skip_type="uniform"``, which is diffusers'
+      ``timestep_spacing="leading"`` with ``steps_offset=0``; the DDIM repo's ``range(0, T, c)``
+      has one or more extra steps when ``steps`` does not divide T, this has exactly ``steps``);
+    - ``"quadratic"``: int((k sqrt(0.8 T) / (steps - 1))^2) (the DDIM repo's quadratic skip, for
+      CIFAR-10), with repeated indices pushed apart so that every step is a real step; it tops
+      at 0.8 T, below the process's top: :func:`ddpmkit.sampling.sample` warns, since x_T is
+      drawn from N(0, I) where the marginal is not that;
+    - ``"linspace"``: evenly spaced with both ends, 0 and T - 1 (iDDPM's ``respace(steps)``);
+    - ``"trailing"``: round(k T / steps) - 1 for k = 1..steps, ending at T - 1 (diffusers'
+      ``"trailing"``, Lin et al. 2023);
+    - ``"logsnr"``: the indices nearest to points uniform in log-SNR between the ends
+      (DPM-Solver's recommendation for low-resolution pixel models, Lu et al. 2022, section 3.3).
+    """
+    T = process.T
+    check_grid(grid, SKIPS)
+    steps = _check_steps(steps, T)
+    k = np.arange(steps, dtype=np.float64)
+    if grid == "uniform":
+        seq = np.arange(steps, dtype=np.int64) * (T // steps)
+    elif grid == "quadratic":
+        top = np.sqrt(0.8 * T)
+        seq = ((k * top / max(steps - 1, 1)) ** 2).astype(np.int64)
+    elif grid == "linspace":
+        seq = space_timesteps(T, int(steps))
+    elif grid == "trailing":
+        seq = np.round((k + 1) * T / steps).astype(np.int64) - 1
+    else:  # logsnr
+        log_snr = process.schedule.log_snr          # decreasing in t
+        targets = np.linspace(log_snr[-1], log_snr[0], steps)[::-1] if steps > 1 else log_snr[-1:]
+        seq = np.abs(log_snr[None, :] - targets[:, None]).argmin(axis=1)
+    return _strictly_increasing(np.clip(seq, 0, T - 1), T)
+
+
+def respaced_for(process: GaussianDiffusion, steps: int, grid: str) -> GaussianDiffusion:
+    """``process`` respaced onto ``subsequence(process, steps, grid)`` (itself if that is every step).
+
+    On the respaced process index i stands for original step ``timesteps[i]``; its betas are
+    ``1 - alpha_bar[tau_i] / alpha_bar[tau_{i-1}]`` and ``alpha_bar_prev[0] = 1`` (iDDPM section 4).
+    """
+    keep = subsequence(process, steps, grid)
+    if keep.size == process.T:
+        return process
+    return process.respace([int(i) for i in keep])
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> np.ndarray:
+    """sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i < n
+    (EDM eq. 5), without the final 0; one step is ``[sigma_max]``."""
+    if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho must be a number > 0, got rho={rho!r}")
+    if not 0.0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+    if steps == 1:
+        return np.array([float(sigma_max)])
+    ramp = np.linspace(0.0, 1.0, int(steps))
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min
+    return sigmas
+
+
+def time_grid(process: GaussianDiffusion, steps: int, grid: str = "linspace", rho: float = 7.0) -> np.ndarray:
+    """``steps`` decreasing times (original units): the training steps of ``subsequence`` (top
+    first), or for ``"karras"`` the times of :func:`karras_sigmas` between the process's ends."""
+    check_grid(grid)
+    steps = _check_steps(steps, process.T)
+    if grid != "karras":
+        return process.schedule.timesteps[subsequence(process, steps, grid)][::-1].astype(np.float64)
+    vp = process.continuous
+    t = vp.t_of_sigma(karras_sigmas(vp.sigma_min, vp.sigma_max, steps, rho))
+    t[0] = vp.t_max
+    if steps > 1:
+        t[-1] = vp.t_min
+    return t
+
+
+def sigma_grid(process: GaussianDiffusion, steps: int, grid: str = "linspace", rho: float = 7.0) -> np.ndarray:
+    """The sigma grid of :func:`time_grid`, with the final 0 appended (float64, host)."""
+    return np.append(process.sigma(time_grid(process, steps, grid, rho)), 0.0)

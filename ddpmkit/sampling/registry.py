@@ -1,0 +1,79 @@
+"""The samplers ``ddpmkit.sample`` knows by name, with the grid each uses by default.
+
+Every entry but ``ddpm`` is a function over a denoiser and a sigma grid
+(``fn(D, x, sigmas, opts, **params)``); ``ddpm`` is DDPM's discrete chain, which needs the
+process itself (its variance: fixed small, fixed large or learned). Register your own with
+:func:`register`.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .ancestral import ancestral
+from .dpm_solver import dpmpp_2m, dpmpp_3m
+from .grids import GRIDS, SKIPS
+from .ode import euler, heun, rk45
+from .stochastic import euler_ancestral, predictor_corrector, reverse_sde
+
+__all__ = ["Sampler", "SAMPLERS", "register", "check_params"]
+
+_POSITIONAL = ("D", "x", "sigmas", "opts", "process", "model", "x_T")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: its function, default grid, fixed defaults and kind.
+
+    ``discrete`` samplers are called ``fn(process, model, x_T, opts, **params)`` on the process
+    respaced to the grid; the others ``fn(D, x_hat, sigmas, opts, **params)``. ``endpoints``
+    samplers (adaptive solvers) use only the grid's two ends: ``steps`` does not apply.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    grid: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    discrete: bool = False
+    endpoints: bool = False
+
+    @property
+    def grids(self) -> tuple[str, ...]:
+        return SKIPS if self.discrete else GRIDS
+
+    def parameters(self) -> list[str]:
+        """The sampler's own parameters (those ``sample(..., **params)`` may pass)."""
+        names = [p for p in inspect.signature(self.fn).parameters if p not in _POSITIONAL]
+        return sorted(set(names) | {"grid"} | (set() if self.discrete else {"rho"}))
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(name: str, fn: Callable[..., Any], grid: str = "linspace", *, discrete: bool = False,
+             endpoints: bool = False, **defaults: Any) -> Sampler:
+    """Make ``fn`` available to :func:`ddpmkit.sample` under ``name`` (``defaults`` override the
+    function's own defaults, e.g. ``eta=0.0`` for DDIM)."""
+    entry = Sampler(name, fn, grid, dict(defaults), discrete, endpoints)
+    SAMPLERS[name] = entry
+    return entry
+
+
+def check_params(entry: Sampler, params: dict[str, Any]) -> None:
+    """One-line ValueError for a parameter the sampler does not take (instead of a TypeError)."""
+    known = entry.parameters()
+    for name in params:
+        if name not in known:
+            raise ValueError(f"unknown parameter {name!r} for sampler {entry.name!r}; known: {known}")
+
+
+register("ddpm", ancestral, "linspace", discrete=True)
+register("ddim", euler_ancestral, "uniform", eta=0.0)
+register("euler", euler)
+register("heun", heun)
+register("rk45", rk45, "karras", endpoints=True)
+register("sde", reverse_sde)
+register("pc", predictor_corrector)
+register("dpmpp2m", dpmpp_2m, "logsnr")
+register("dpmpp3m", dpmpp_3m, "logsnr")

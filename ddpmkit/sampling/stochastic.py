@@ -1,0 +1,129 @@
+"""Stochastic samplers over a denoiser and a sigma grid: ancestral (DDIM eta), reverse SDE, PC.
+
+Every stochastic step here uses the *exact* Gaussian step of the frozen denoiser: from sigma to
+sigma' < sigma with x_0 estimated by D, the process's own posterior is
+
+    x' ~ N(D + (sigma'^2 / sigma^2)(x - D), sigma'^2 (1 - sigma'^2 / sigma^2))
+
+(DDPM eq. 7 in the variables x_hat = x_0 + sigma eps). k-diffusion writes it as the ancestral
+split ``sigma_up = eta sigma' sqrt(1 - sigma'^2 / sigma^2)``, ``sigma_down = sqrt(sigma'^2 -
+sigma_up^2)``, an Euler step to sigma_down plus sigma_up noise; eta interpolates between the
+ODE (0) and the posterior (1), which is DDIM's eta (DDIM eq. 16 divided by alpha_bar_{t-1}).
+It is also the first-order exponential integrator of the reverse SDE (Lu et al. 2022,
+DPM-Solver++ SDE), which stays right across the large jumps in sigma at the top of short
+grids, where Euler-Maruyama's increment sqrt(sigma^2 - sigma'^2) is not.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
+from .ode import check_positive
+
+__all__ = ["ancestral_split", "euler_ancestral", "reverse_sde", "predictor_corrector", "langevin_step", "check_eta"]
+
+
+def check_eta(eta: Any) -> float:
+    ok = isinstance(eta, (int, float, np.integer, np.floating)) and not isinstance(eta, bool)
+    if not ok or not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1], got eta={eta!r}")
+    return float(eta)
+
+
+def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """(sigma_down, sigma_up): the deterministic target level and the noise of an ancestral step."""
+    if sigma_next == 0.0:
+        return 0.0, 0.0
+    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(max(1.0 - sigma_next**2 / sigma**2, 0.0)))
+    return math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0)), sigma_up
+
+
+def _ancestral(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float, eta: float,
+               opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    denoised = D(x, sigma, **opts.cond)
+    sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
+    x = denoised + (sigma_down / sigma) * (x - denoised)
+    if sigma_up > 0.0:
+        x = x + sigma_up * opts.randn(x)
+    return x, denoised
+
+
+@torch.no_grad()
+def euler_ancestral(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+                    eta: float = 1.0) -> torch.Tensor:
+    """Ancestral sampling (k-diffusion's ``sample_euler_ancestral``; DDIM eq. 12 with ``eta``).
+
+    One network call and (for eta > 0) one noise draw per step but the last.
+    """
+    eta = check_eta(eta)
+    opts = opts or SampleOptions()
+    grid = host_sigmas(sigmas)
+    return run_steps("ancestral", lambda i, x: _ancestral(D, x, grid[i], grid[i + 1], eta, opts), x, grid, opts)
+
+
+@torch.no_grad()
+def reverse_sde(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None) -> torch.Tensor:
+    """The reverse-time SDE (Song et al. 2021, eq. 6) by its exact step for a frozen denoiser.
+
+    The step is the posterior of the module docstring (eta = 1): its mean is the DDPM posterior
+    mean and its variance the posterior's, the exponential-integrator solution of
+    dx = -2 sigma dsigma score + sqrt(2 sigma dsigma) dw over [sigma', sigma] with D held fixed.
+    """
+    opts = opts or SampleOptions()
+    grid = host_sigmas(sigmas)
+    return run_steps("sde", lambda i, x: _ancestral(D, x, grid[i], grid[i + 1], 1.0, opts), x, grid, opts)
+
+
+def langevin_step(D: Denoiser, x: torch.Tensor, sigma: float, snr: float, alpha: float,
+                  opts: SampleOptions) -> torch.Tensor:
+    """One Langevin corrector step at level ``sigma`` (Song et al. 2021, Alg. 5).
+
+    score = (D - x) / sigma^2; step = 2 alpha (snr ||z|| / ||score||)^2 with the norms averaged
+    over the batch, as in score_sde's LangevinCorrector (so the step couples the examples). A
+    batch whose score is zero up to rounding (a zero-initialised network: D = x) gets no
+    correction, decided on the device.
+    """
+    residual = D(x, sigma, **opts.cond) - x
+    score = residual / (sigma * sigma)
+    noise = opts.randn(x)
+    score_norm = score.reshape(x.shape[0], -1).norm(dim=1).mean()
+    noise_norm = noise.reshape(x.shape[0], -1).norm(dim=1).mean()
+    # a residual at the rounding level of x (D = x up to rounding: zero score) sets no step size
+    floor = 64.0 * torch.finfo(x.dtype).eps * x.reshape(x.shape[0], -1).norm(dim=1).mean()
+    informative = residual.reshape(x.shape[0], -1).norm(dim=1).mean() > floor
+    ratio = snr * noise_norm / score_norm.clamp_min(torch.finfo(score_norm.dtype).tiny)
+    step = torch.where(informative, 2.0 * alpha * ratio**2, torch.zeros_like(ratio))
+    return x + step * score + torch.sqrt(2.0 * step) * noise
+
+
+@torch.no_grad()
+def predictor_corrector(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+                        snr: float = 0.16, corrector_steps: int = 1,
+                        alphas: Sequence[float] | np.ndarray | None = None) -> torch.Tensor:
+    """Predictor-corrector sampling (Song et al. 2021, Alg. 1 and 5): the exact reverse-SDE step
+    as predictor, then ``corrector_steps`` Langevin steps at each new level but the last.
+
+    ``snr``: the corrector's signal-to-noise ratio r (0.16 is score_sde's CIFAR-10 default);
+    ``alphas``: the alpha_i of Alg. 5 for each grid level (the discrete VP's 1 - beta_i;
+    1 for VE, the default). Calls: n + corrector_steps (n - 1).
+    """
+    check_positive("snr", snr)
+    check_positive("corrector_steps", corrector_steps, integer=True, allow_zero=True)
+    opts = opts or SampleOptions()
+    grid = host_sigmas(sigmas)
+    level_alpha = np.ones(grid.size) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    if level_alpha.shape != grid.shape:
+        raise ValueError(f"alphas must have one entry per grid level {grid.shape}, got {level_alpha.shape}")
+
+    def step(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, denoised = _ancestral(D, x, grid[i], grid[i + 1], 1.0, opts)
+        if grid[i + 1] > 0.0:
+            for _ in range(corrector_steps):
+                x = langevin_step(D, x, grid[i + 1], snr, float(level_alpha[i + 1]), opts)
+        return x, denoised
+
+    return run_steps("pc", step, x, grid, opts)
