@@ -313,8 +313,10 @@ def train(config: TrainConfig, resume: bool | str | Path = False, max_steps: int
           progress: bool = True, on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
     """Train a model as ``config`` says; see :class:`Trainer` for ``resume`` and ``on_step``.
 
-    Raises :class:`TrainingDiverged` if the loss becomes NaN or infinite (the last good
-    checkpoint stays the latest). SIGTERM / SIGINT write a checkpoint and return early with
+    Raises :class:`TrainingDiverged` if the loss or the gradient norm becomes NaN or infinite:
+    the step reads nothing back from the device, so this is found at the next log step
+    (``log_every``) or checkpoint, whichever comes first, and nothing after it is saved (the last
+    good checkpoint stays the latest). SIGTERM / SIGINT write a checkpoint and return early with
     ``stopped_by`` set. Under torchrun every process calls this; rank 0 writes the files.
     """
     return Trainer(config, resume=resume, progress=progress, on_step=on_step).run(max_steps)
