@@ -29,6 +29,8 @@ class Sampler:
     ``discrete`` samplers are called ``fn(process, model, x_T, opts, **params)`` on the process
     respaced to the grid; the others ``fn(D, x_hat, sigmas, opts, **params)``. ``endpoints``
     samplers (adaptive solvers) use only the grid's two ends: ``steps`` does not apply.
+    ``bounded`` samplers start at most at :data:`ddpmkit.sampling.grids.SIGMA_MAX`; DDIM's exact
+    step needs no bound and keeps the process's top.
     """
 
     name: str
@@ -37,6 +39,7 @@ class Sampler:
     defaults: dict[str, Any] = field(default_factory=dict)
     discrete: bool = False
     endpoints: bool = False
+    bounded: bool = True
 
     @property
     def grids(self) -> tuple[str, ...]:
@@ -52,10 +55,10 @@ SAMPLERS: dict[str, Sampler] = {}
 
 
 def register(name: str, fn: Callable[..., Any], grid: str = "linspace", *, discrete: bool = False,
-             endpoints: bool = False, **defaults: Any) -> Sampler:
+             endpoints: bool = False, bounded: bool = True, **defaults: Any) -> Sampler:
     """Make ``fn`` available to :func:`ddpmkit.sample` under ``name`` (``defaults`` override the
     function's own defaults, e.g. ``eta=0.0`` for DDIM)."""
-    entry = Sampler(name, fn, grid, dict(defaults), discrete, endpoints)
+    entry = Sampler(name, fn, grid, dict(defaults), discrete, endpoints, bounded)
     SAMPLERS[name] = entry
     return entry
 
@@ -68,8 +71,8 @@ def check_params(entry: Sampler, params: dict[str, Any]) -> None:
             raise ValueError(f"unknown parameter {name!r} for sampler {entry.name!r}; known: {known}")
 
 
-register("ddpm", ancestral, "linspace", discrete=True)
-register("ddim", euler_ancestral, "uniform", eta=0.0)
+register("ddpm", ancestral, "linspace", discrete=True, bounded=False)
+register("ddim", euler_ancestral, "uniform", bounded=False, eta=0.0)
 register("euler", euler)
 register("heun", heun)
 register("rk45", rk45, "karras", endpoints=True)
