@@ -90,12 +90,20 @@ def _free(device: str) -> None:
 @contextmanager
 def _tf32(device: str, enabled: bool) -> Iterator[None]:
     """TF32 for matmuls and cuDNN set by ``ddpmkit``'s ``set_tf32`` (CUDA only), restored after."""
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if not device.startswith("cuda"):
+        yield
+        return
+    try:   # newer torch refuses the legacy getters once its fp32_precision API was used
+        before: tuple[bool, bool] | None = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        before = None
     set_tf32(device, enabled)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        if before is not None:
+            set_tf32(device, before[0])
+            torch.backends.cudnn.allow_tf32 = before[1]
 
 
 # ---------------------------------------------------------------------------- a. training
@@ -130,14 +138,15 @@ def bench_training(cfg: UNetConfig, batch: int, device: str = "cpu", reps: int =
                 del models, fns
                 _free(device)
                 continue
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             times = time_alternating(fns, reps, device, warmup=0)
             rate = {k: batch / statistics.median(v) for k, v in times.items()}
             row.update(images_per_s=rate, ratio_ours_over_diffusers=paired_ratio(times["diffusers"], times["ours"]),
                        seconds=times, peak_step_mib=None, max_allocated_mib=None)
             if cuda:
-                torch.cuda.reset_peak_memory_stats()
-                row["peak_step_mib"] = {k: cuda_peak_memory(fn) for k, fn in fns.items()}
                 row["max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                row["peak_step_mib"] = {k: cuda_peak_memory(fn) for k, fn in fns.items()}
             if mode.compile:
                 row["note"] = "ours compiled (torch.compile default mode), diffusers eager"
             rows.append(row)
@@ -148,8 +157,8 @@ def bench_training(cfg: UNetConfig, batch: int, device: str = "cpu", reps: int =
     return {"config": "quick" if cfg == QUICK_CONFIG else "cifar10-ddpm", "params": params, "batch": batch,
             "modes": rows,
             "peak_memory": "peak_step_mib: max_memory_allocated during one step minus the memory allocated "
-                           "before it (weights, AdamW state of both models); max_allocated_mib: peak of the mode's "
-                           "whole run, both models resident" if cuda else "cpu: not measured (None)"}
+                           "before it (weights, AdamW state of both models); max_allocated_mib: peak over the mode's "
+                           "timed steps, both models resident" if cuda else "cpu: not measured (None)"}
 
 
 # ---------------------------------------------------------------------------- b. sampling
@@ -268,6 +277,8 @@ def bench_fp16_scaler(cfg: UNetConfig, device: str = "cpu", steps: int = 200, ba
     dev_type = torch.device(device).type
     scaler = torch.amp.GradScaler(dev_type)
     g = torch.Generator(device=device).manual_seed(0)
+    if dev_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
     losses, scales = [], []
     _sync(device)
@@ -330,7 +341,7 @@ def sync_check(cfg: UNetConfig, device: str = "cpu", batch: int = 16, steps: int
             with _sync_debug_error():
                 dk.sample(process, net, shape, sampler=name, steps=steps, seed=0, device=device, progress=False)
             rows.append({"sampler": name, "raised": False})
-        except RuntimeError as exc:
+        except Exception as exc:  # noqa: BLE001  (the sync error is a RuntimeError; record anything else too)
             rows.append({"sampler": name, "raised": True, "error": _first_line(exc), "where": _where(exc)})
         print(f"  sync {name:8s} {'RAISED at ' + str(rows[-1].get('where')) if rows[-1]['raised'] else 'no sync'}",
               flush=True)
@@ -445,7 +456,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-other", type=int, default=None, help="samples, fp32 and bf16 eager (default 5000, quick 8)")
     p.add_argument("--sample-batch", type=int, default=None, help="default 2500, quick 4")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds per sampling variant after which it stops and says so (default 120; none with --quick)")
+                   help="seconds per sampling variant after which it stops and says so (default 90; none with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 20, quick 10)")
     p.add_argument("--fp16-steps", type=int, default=200)
     p.add_argument("--fp16-batch", type=int, default=None, help="default 32, quick 2")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
@@ -455,10 +467,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q = args.quick
     args.batch = args.batch or (4 if q else 128)
     args.reps = args.reps or (2 if q else 7)
+    args.steps = args.steps or (10 if q else 20)
     args.samples = args.samples or (8 if q else 50_000)
     args.samples_other = args.samples_other or (8 if q else 5_000)
     args.sample_batch = args.sample_batch or (4 if q else 2_500)
-    args.time_budget = args.time_budget or (None if q else 120.0)
+    args.time_budget = args.time_budget or (None if q else 90.0)
     args.fp16_batch = args.fp16_batch or (2 if q else 32)
     args.compile_ok = not args.no_compile and not (q and args.device == "cpu")
     return args
@@ -487,8 +500,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["training"] = bench_training(cfg, args.batch, args.device, args.reps, warmup, eager)
     write_report(report, out)
     print("sampling:", flush=True)
-    report["sampling"] = bench_sampling(cfg, args.samples, args.sample_batch, args.device, n_other=args.samples_other,
-                                        compile_ok=args.compile_ok, time_budget_s=args.time_budget,
+    report["sampling"] = bench_sampling(cfg, args.samples, args.sample_batch, args.device, args.steps,
+                                        n_other=args.samples_other, compile_ok=args.compile_ok, time_budget_s=args.time_budget,
                                         overhead_reps=2 if args.quick else 3)
     write_report(report, out)
     print("fp16 + GradScaler:", flush=True)

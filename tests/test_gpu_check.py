@@ -66,13 +66,13 @@ def test_quick_run_trains_both_networks_in_each_cpu_mode(quick_report):
 
 def test_quick_run_samples_and_measures_the_sampler_overhead(quick_report):
     sampling = quick_report[0]["sampling"]
-    assert sampling["sampler"] == "dpmpp2m" and sampling["steps"] == 20 and sampling["shape"] == [4, 3, 8, 8]
+    assert sampling["sampler"] == "dpmpp2m" and sampling["steps"] == 10 and sampling["shape"] == [4, 3, 8, 8]
     rows = {r["variant"]: r for r in sampling["variants"]}
     assert rows["bf16_compiled"]["note"].startswith("skipped")
     for name in ("fp32", "bf16"):
         row = rows[name]
         assert row["n_done"] == 8 and row["complete"] and row["finite"]
-        assert row["nfe_per_batch"] == 20                          # DPM-Solver++ 2M: one call per step
+        assert row["nfe_per_batch"] == 10                          # DPM-Solver++ 2M: one call per step
         for key in ("seconds", "images_per_s", "median_batch_s", "outside_network_ms_per_step",
                     "outside_network_fraction", "seconds_for_50k_at_this_rate"):
             assert _finite_positive(row[key]), key
@@ -165,6 +165,7 @@ def test_sync_guard_on_the_test_device(device, sync_guard, request):
     assert torch.cuda.get_sync_debug_mode() == before
 
 
+@pytest.mark.filterwarnings("ignore:grid=:UserWarning")      # a short uniform grid's start: not this test's point
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
 def test_sampling_loop_has_no_host_sync_on_the_test_device(device, sync_guard, sampler):
     """The sampling loop on the test device (CUDA in gpu_check.sh) under the sync guard; the same
