@@ -15,7 +15,7 @@ from .ancestral import ancestral
 from .dpm_solver import dpmpp_2m, dpmpp_3m
 from .grids import GRIDS, SKIPS
 from .ode import euler, heun, rk45
-from .stochastic import euler_ancestral, predictor_corrector, reverse_sde
+from .stochastic import dpmpp_2m_sde, euler_ancestral, predictor_corrector, reverse_sde
 
 __all__ = ["Sampler", "SAMPLERS", "register", "check_params"]
 
@@ -80,3 +80,4 @@ register("sde", reverse_sde)
 register("pc", predictor_corrector)
 register("dpmpp2m", dpmpp_2m, "logsnr")
 register("dpmpp3m", dpmpp_3m, "logsnr")
+register("dpmpp2m_sde", dpmpp_2m_sde, "logsnr")
