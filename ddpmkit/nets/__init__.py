@@ -69,4 +69,18 @@ def compile_for_inference(network: nn.Module, device: Any) -> nn.Module:
     import torch
 
     cuda = torch.device(device).type == "cuda"
-    return torch.compile(network, mode="reduce-overhead" if cuda else None)
+    compiled = torch.compile(network, mode="reduce-overhead" if cuda else None)
+    return _ClonedOutput(compiled) if cuda else compiled
+
+
+class _ClonedOutput(nn.Module):
+    """A CUDA-graph network whose output is copied out of the graph's static buffer: the next
+    replay overwrites that buffer, and multistep samplers (Heun, DPM-Solver++) keep the previous
+    output (an x0-predicting network's output *is* the denoised estimate they keep)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.network(*args, **kwargs).clone()
