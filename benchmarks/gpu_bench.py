@@ -412,24 +412,29 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"# ddpmkit on {m['device_name']} ({m['device']})", "", f"`{report['command']}`  ",
              f"torch {m['torch']}, CUDA {m['cuda']}, diffusers {m['diffusers']}", ""]
-    if "training" in report:
-        lines += _training_md(report["training"])
-    if "sampling" in report:
+    for key, part in report.items():
+        if isinstance(part, dict) and "error" in part:
+            lines += [f"## {key}: FAILED: {part['error']} (at {part['where']})", ""]
+    training = report.get("training", {})
+    if "modes" in training:
+        more = report.get("training_compiled", {}).get("modes", [])
+        lines += _training_md({**training, "modes": training["modes"] + more})
+    if "variants" in report.get("sampling", {}):
         lines += _sampling_md(report["sampling"])
     f16 = report.get("fp16_scaler")
-    if f16:
+    if f16 and "status" in f16:
         lines += [f"## fp16 + GradScaler: {f16['status']}" + (
             f", {f16['steps']} steps at batch {f16['batch']}: non-finite losses {f16['nonfinite_losses']}, weights "
             f"finite {f16['params_finite']}, final scale {f16['final_scale']:g}, loss {f16['first_loss']:.3f} -> "
             f"{f16['last_loss']:.3f}" if f16["status"] == "ran" else ""), ""]
     sc = report.get("sync")
-    if sc:
+    if sc and "status" in sc:
         lines.append(f"## Sampling loops under set_sync_debug_mode('error'): {sc['status']}")
         lines += [f"- {r['sampler']}: " + (f"raised {r['error']} at {r['where']}" if r["raised"] else "no host sync")
                   for r in sc.get("samplers", [])]
         lines.append("")
     prof = report.get("profile")
-    if prof:
+    if prof and "batch" in prof:
         lines += [f"## Profile: one {prof['mode']} training step, batch {prof['batch']} ({prof['time']} ms)", "",
                   "| network | kernel | ms | calls |", "|---|---|---|---|"]
         lines += [f"| {k} | {e['name'][:80]} | {e['ms']:.2f} | {e['calls']} |"
@@ -477,9 +482,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _part(report: dict[str, Any], key: str, out: Path, fn: Callable[[], dict[str, Any]]) -> None:
+    """``report[key] = fn()``, or ``{"error": ...}`` if it raised (one device run must not lose the
+    other parts to one failure); results written after each part."""
+    print(f"{key}:", flush=True)
+    try:
+        report[key] = fn()
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        report[key] = {"error": _first_line(exc), "where": _where(exc)}
+        report.setdefault("failed_parts", []).append(key)
+    write_report(report, out)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the four parts (eager training modes first, the compiled one last: compiling is the
-    slowest and the likeliest to fail) and write results.json / results.md after each."""
+    slowest and the likeliest to fail) and write results.json / results.md after each. Exits with
+    status 1 after writing when a part failed."""
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_bench: --device cuda but torch.cuda.is_available() is False")
@@ -489,34 +508,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import diffusers
     except ImportError as exc:
         raise SystemExit(f"gpu_bench: diffusers is needed for the training comparison ({exc}); carry its wheel") from exc
-    cfg, cuda, out = cifar_config(args.quick), args.device == "cuda", Path(args.out)
-    report: dict[str, Any] = {"command": " ".join(["python benchmarks/gpu_bench.py", *(sys.argv[1:] if argv is None else argv)])}
-    report["machine"] = {"device": args.device, "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+    cfg, cuda, out, dev = cifar_config(args.quick), args.device == "cuda", Path(args.out), args.device
+    report: dict[str, Any] = {"command": " ".join(["python benchmarks/gpu_bench.py",
+                                                   *(sys.argv[1:] if argv is None else argv)])}
+    report["machine"] = {"device": dev, "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
                          "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
                          "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "quick": args.quick}
     warmup = 1 if args.quick else 3
     eager, compiled = tuple(m for m in TRAIN_MODES if not m.compile), tuple(m for m in TRAIN_MODES if m.compile)
-    print("training (eager):", flush=True)
-    report["training"] = bench_training(cfg, args.batch, args.device, args.reps, warmup, eager)
-    write_report(report, out)
-    print("sampling:", flush=True)
-    report["sampling"] = bench_sampling(cfg, args.samples, args.sample_batch, args.device, args.steps,
-                                        n_other=args.samples_other, compile_ok=args.compile_ok, time_budget_s=args.time_budget,
-                                        overhead_reps=2 if args.quick else 3)
-    write_report(report, out)
-    print("fp16 + GradScaler:", flush=True)
-    report["fp16_scaler"] = bench_fp16_scaler(cfg, args.device, steps=args.fp16_steps, batch=args.fp16_batch)
-    print("sync check:", flush=True)
-    report["sync"] = sync_check(cfg, args.device)
+    _part(report, "training", out, lambda: bench_training(cfg, args.batch, dev, args.reps, warmup, eager))
+    _part(report, "sampling", out, lambda: bench_sampling(
+        cfg, args.samples, args.sample_batch, dev, args.steps, n_other=args.samples_other, compile_ok=args.compile_ok,
+        time_budget_s=args.time_budget, overhead_reps=2 if args.quick else 3))
+    _part(report, "fp16_scaler", out, lambda: bench_fp16_scaler(cfg, dev, steps=args.fp16_steps, batch=args.fp16_batch))
+    _part(report, "sync", out, lambda: sync_check(cfg, dev))
     if not args.no_profile and cuda:
-        print("profile:", flush=True)
-        report["profile"] = profile_training_kernels(cfg, args.batch, args.device)
-    write_report(report, out)
-    print("training (compiled):", flush=True)
-    more = bench_training(cfg, args.batch, args.device, args.reps, warmup + 1, compiled, compile_ok=args.compile_ok)
-    report["training"]["modes"] += more["modes"]
-    write_report(report, out)
+        _part(report, "profile", out, lambda: profile_training_kernels(cfg, args.batch, dev))
+    _part(report, "training_compiled", out,
+          lambda: bench_training(cfg, args.batch, dev, args.reps, warmup + 1, compiled, compile_ok=args.compile_ok))
     print("\n" + markdown(report), flush=True)
+    if report.get("failed_parts"):
+        raise SystemExit(f"gpu_bench: parts failed: {report['failed_parts']} (see results.json)")
     return report
 
 

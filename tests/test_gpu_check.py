@@ -47,9 +47,10 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 
 
 def test_quick_run_trains_both_networks_in_each_cpu_mode(quick_report):
-    training = quick_report[0]["training"]
-    assert [r["name"] for r in training["modes"]] == [m.name for m in gb.TRAIN_MODES if not m.compile] + \
-        [m.name for m in gb.TRAIN_MODES if m.compile]
+    report = quick_report[0]
+    assert "failed_parts" not in report
+    training = {**report["training"], "modes": report["training"]["modes"] + report["training_compiled"]["modes"]}
+    assert [r["name"] for r in training["modes"]] == [m.name for m in gb.TRAIN_MODES]
     assert training["params"]["ours"] == training["params"]["diffusers"] > 0      # the same architecture
     ran = {r["name"]: r for r in training["modes"] if "images_per_s" in r}
     assert set(ran) == {"fp32", "bf16", "bf16_channels_last"}
@@ -108,6 +109,21 @@ def test_fp16_scaler_trains_without_nan_and_is_cuda_only_by_default():
     assert row["status"] == "ran" and row["steps"] == 3 and row["passed"]
     assert row["nonfinite_losses"] == 0 and row["params_finite"]
     assert _finite_positive(row["first_loss"]) and _finite_positive(row["final_scale"])
+
+
+def test_a_failing_part_is_recorded_and_the_others_still_written(tmp_path):
+    report = {"command": "x", "machine": {"device": "cpu", "device_name": "cpu", "torch": "t", "cuda": None,
+                                          "diffusers": "d"}}
+    def fails() -> dict:
+        raise ValueError("broken part")
+
+    gb._part(report, "sampling", tmp_path, fails)
+    gb._part(report, "sync", tmp_path, lambda: gb.sync_check(TINY, "cpu"))
+    assert report["failed_parts"] == ["sampling"]
+    assert report["sampling"] == {"error": "ValueError: broken part", "where": None}    # no ddpmkit frame
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["sync"] == {"status": "skipped: cuda only"} and saved["failed_parts"] == ["sampling"]
+    assert "## sampling: FAILED: ValueError" in (tmp_path / "results.md").read_text()
 
 
 def test_sync_check_names_the_ddpmkit_frame_that_raised():
