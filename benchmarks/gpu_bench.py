@@ -14,7 +14,8 @@ b. :func:`bench_sampling` - N samples with DPM-Solver++ 2M, 20 steps (``ddpmkit.
 c. :func:`bench_fp16_scaler` - fp16 autocast + GradScaler training of the U-Net on random data
    for 200 steps: does any loss or weight become NaN/inf? (CUDA only.)
 d. :func:`sync_check` - each sampler's loop under ``torch.cuda.set_sync_debug_mode("error")``:
-   did it raise (a host sync inside the loop), and where? (CUDA only.)
+   did it raise, and where? And its syncs counted ("warn" mode) at 5 and 20 steps: equal counts
+   mean none inside the loop (an end-of-run read is allowed). (CUDA only.)
 
     python benchmarks/gpu_bench.py --device cuda --out $OUT      # about 5 minutes on an H100
     .venv/bin/python benchmarks/gpu_bench.py --device cpu --quick --out /tmp/gb   # < 1 minute
@@ -22,6 +23,7 @@ d. :func:`sync_check` - each sampler's loop under ``torch.cuda.set_sync_debug_mo
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -30,6 +32,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -325,9 +328,26 @@ def _where(exc: BaseException) -> str | None:
     return f"{Path(f.filename).name}:{f.lineno} in {f.name}: {f.line}"
 
 
-def sync_check(cfg: UNetConfig, device: str = "cpu", batch: int = 16, steps: int = 20,
+def count_syncs(fn: Callable[[], Any]) -> tuple[int, list[str]]:
+    """Host syncs during ``fn()`` on CUDA, counted under ``set_sync_debug_mode("warn")`` (one
+    warning per synchronizing call), and where they came from (``file:line``, first 5)."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    return len(syncs), list(dict.fromkeys(f"{Path(w.filename).name}:{w.lineno}" for w in syncs))[:5]
+
+
+def sync_check(cfg: UNetConfig, device: str = "cpu", batch: int = 16, steps: tuple[int, int] = (5, 20),
                samplers: tuple[str, ...] = SYNC_SAMPLERS) -> dict[str, Any]:
-    """Each sampler's loop once under ``set_sync_debug_mode("error")`` (after an unguarded warm-up)."""
+    """Each sampler's loop under ``set_sync_debug_mode("error")`` (did it raise, where), and its host
+    syncs counted at two step counts: a loop free of syncs has the same count at both (the
+    end-of-run NaN read, say), a per-step sync makes it grow."""
     if not device.startswith("cuda"):
         return {"status": "skipped: cuda only"}
     process = dk.GaussianDiffusion(dk.Schedule.linear(1000))
@@ -336,17 +356,22 @@ def sync_check(cfg: UNetConfig, device: str = "cpu", batch: int = 16, steps: int
     shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
     rows = []
     for name in (s for s in samplers if s in dk.SAMPLERS):
-        dk.sample(process, net, shape, sampler=name, steps=2, seed=0, device=device, progress=False)
+        run = functools.partial(dk.sample, process, net, shape, sampler=name, seed=0, device=device, progress=False)
+        run(steps=2)   # warm-up, unguarded
+        row: dict[str, Any] = {"sampler": name, "raised": False}
         try:
             with _sync_debug_error():
-                dk.sample(process, net, shape, sampler=name, steps=steps, seed=0, device=device, progress=False)
-            rows.append({"sampler": name, "raised": False})
+                run(steps=steps[-1])
         except Exception as exc:  # noqa: BLE001  (the sync error is a RuntimeError; record anything else too)
-            rows.append({"sampler": name, "raised": True, "error": _first_line(exc), "where": _where(exc)})
-        print(f"  sync {name:8s} {'RAISED at ' + str(rows[-1].get('where')) if rows[-1]['raised'] else 'no sync'}",
-              flush=True)
-    return {"status": "ran", "steps": steps, "batch": batch, "samplers": rows,
-            "passed": all(not r["raised"] for r in rows)}
+            row.update(raised=True, error=_first_line(exc), where=_where(exc))
+        counts = {n: count_syncs(functools.partial(run, steps=n)) for n in steps}
+        row.update(syncs_by_steps={n: c for n, (c, _) in counts.items()}, sync_sites=counts[steps[-1]][1],
+                   grows_with_steps=counts[steps[-1]][0] > counts[steps[0]][0])
+        rows.append(row)
+        print(f"  sync {name:8s} error mode: {'RAISED at ' + str(row.get('where')) if row['raised'] else 'no sync'}; "
+              f"syncs at {steps} steps: {list(row['syncs_by_steps'].values())}", flush=True)
+    return {"status": "ran", "steps": list(steps), "batch": batch, "samplers": rows,
+            "passed": all(not r["raised"] for r in rows), "loops_sync_free": all(not r["grows_with_steps"] for r in rows)}
 
 
 # ---------------------------------------------------------------------------- profile
@@ -431,7 +456,7 @@ def markdown(report: dict[str, Any]) -> str:
     if sc and "status" in sc:
         lines.append(f"## Sampling loops under set_sync_debug_mode('error'): {sc['status']}")
         lines += [f"- {r['sampler']}: " + (f"raised {r['error']} at {r['where']}" if r["raised"] else "no host sync")
-                  for r in sc.get("samplers", [])]
+                  + f"; syncs per run by steps {r['syncs_by_steps']} at {r['sync_sites']}" for r in sc.get("samplers", [])]
         lines.append("")
     prof = report.get("profile")
     if prof and "batch" in prof:
