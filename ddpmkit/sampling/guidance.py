@@ -107,6 +107,10 @@ class _LabelCheck:
         self.num_classes = num_classes
         self._checked: torch.Tensor | None = None
 
+    def trust(self, y: torch.Tensor) -> None:
+        """Take ``y`` as checked (its caller checked it at the API edge)."""
+        self._checked = y
+
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         if self.num_classes is None or y is self._checked:
             return y
@@ -299,14 +303,19 @@ def guided_sample(process: GaussianDiffusion, model: Model, shape: Sequence[int]
     ``options`` go to :func:`ddpmkit.sampling.sample` (``generator``, ``seed``, ``clip_x0``,
     ``device``, ``progress``, the sampler's own parameters ...).
     """
-    from .api import sample
+    from .api import model_device, sample
 
     if guidance.num_classes is not None:
         y = check_labels(y, guidance.num_classes)
     y = torch.as_tensor(y)
     if y.shape != (shape[0],):
         raise ValueError(f"y must hold one label per example, shape ({shape[0]},), got y.shape={tuple(y.shape)}")
-    device = options.get("device") or (options["x_T"].device if options.get("x_T") is not None else "cpu")
+    device = options.get("device") or (options["x_T"].device if options.get("x_T") is not None
+                                       else model_device(model) or "cpu")
     wrapped, params = guidance.wrap(process, model, sampler)
-    cond = {**options.pop("cond", {}), "y": y.to(device)}
+    y = y.to(device)
+    for hook in (wrapped, params.get("condition_mean")):   # checked above: no read inside the loop
+        if isinstance(getattr(hook, "_labels", None), _LabelCheck):
+            hook._labels.trust(y)
+    cond = {**options.pop("cond", {}), "y": y}
     return sample(process, wrapped, shape, sampler=sampler, steps=steps, cond=cond, **params, **options)

@@ -78,6 +78,19 @@ def host_sigmas(sigmas: torch.Tensor | Sequence[float] | np.ndarray) -> np.ndarr
     return grid
 
 
+def _read_once(flag: torch.Tensor) -> int:
+    """The one intended read of the device per run, after the loop: exempt from
+    ``torch.cuda.set_sync_debug_mode("error")``, which guards the loop itself."""
+    if flag.device.type != "cuda":
+        return int(flag)
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        return int(flag)
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+
+
 StepFn = Callable[[int, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
@@ -99,7 +112,7 @@ def run_steps(name: str, step: StepFn, x: torch.Tensor, sigmas: np.ndarray, opts
         if opts.callback is not None:
             t = float(sigmas[i] if times is None else times[i])
             opts.callback(StepInfo(i, n, t, x, pred_x0, float(sigmas[i]), float(sigmas[i + 1])))
-    bad = int(first_bad)   # the one read of the device, after the loop
+    bad = _read_once(first_bad)
     if bad >= 0:
         raise FloatingPointError(f"{name}: sampling produced NaN or inf at step {bad + 1} of {n} "
                                  f"(sigma={sigmas[bad]:.4g})")
