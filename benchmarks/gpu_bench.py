@@ -309,14 +309,10 @@ def bench_fp16_scaler(cfg: UNetConfig, device: str = "cpu", steps: int = 200, ba
 
 
 # ---------------------------------------------------------------------------- d. sync check
-@contextmanager
-def _sync_debug_error() -> Iterator[None]:
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
+def _sync_debug_error() -> Any:
+    from ddpmkit.sampling.loop import cuda_sync_debug
+
+    return cuda_sync_debug("cuda", "error")
 
 
 def _where(exc: BaseException) -> str | None:

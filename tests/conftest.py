@@ -99,19 +99,12 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return request.config.stash[_DEVICE_KEY]
 
 
-@contextlib.contextmanager
-def sync_debug_error(device: torch.device | str) -> Iterator[None]:
+def sync_debug_error(device: torch.device | str) -> contextlib.AbstractContextManager[None]:
     """On CUDA, run the block under ``torch.cuda.set_sync_debug_mode("error")`` (any host sync
     inside raises RuntimeError), restoring the previous mode after; a no-op on other devices."""
-    if torch.device(device).type != "cuda":
-        yield
-        return
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
+    from ddpmkit.sampling.loop import cuda_sync_debug
+
+    return cuda_sync_debug(device, "error")
 
 
 @pytest.fixture

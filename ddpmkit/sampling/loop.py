@@ -9,14 +9,15 @@ detected by a device-side flag that is read once, after the last step.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["SampleOptions", "StepInfo", "run_steps", "host_sigmas", "Denoiser"]
+__all__ = ["SampleOptions", "StepInfo", "run_steps", "host_sigmas", "Denoiser", "cuda_sync_debug"]
 
 Denoiser = Callable[..., torch.Tensor]
 
@@ -78,17 +79,26 @@ def host_sigmas(sigmas: torch.Tensor | Sequence[float] | np.ndarray) -> np.ndarr
     return grid
 
 
+@contextlib.contextmanager
+def cuda_sync_debug(device: torch.device | str, mode: int | str = "error") -> Iterator[None]:
+    """On CUDA, run the block under ``torch.cuda.set_sync_debug_mode(mode)`` ("error": any host
+    sync inside raises; 0: none reported), restoring the previous mode after; a no-op elsewhere."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
 def _read_once(flag: torch.Tensor) -> int:
     """The one intended read of the device per run, after the loop: exempt from
     ``torch.cuda.set_sync_debug_mode("error")``, which guards the loop itself."""
-    if flag.device.type != "cuda":
+    with cuda_sync_debug(flag.device, 0):
         return int(flag)
-    mode = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(0)
-    try:
-        return int(flag)
-    finally:
-        torch.cuda.set_sync_debug_mode(mode)
 
 
 StepFn = Callable[[int, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
