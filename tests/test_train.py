@@ -206,6 +206,32 @@ def test_vector_data_with_an_mlp_and_preview_pictures(tmp_path):
     assert grid.size == (3 * 64 + 4 * 8, 2 * 64 + 3 * 8) and digits.step == 2
 
 
+def test_folder_images_without_data_image_size_move_the_attention(tmp_path):
+    """Without data.image_size the U-Net takes the images' size (28) from the data, and the
+    preset's attention (at 4 of 8, the second level) moves to the same level (14 of 28); a side
+    the U-Net's levels cannot halve is one line naming data.image_size."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for side in (28, 27):
+        folder = tmp_path / f"pngs{side}"
+        folder.mkdir()
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(folder / f"{k}.png")
+    base = ["num_threads=1", "network.channels=8", "network.norm_groups=4", "network.dropout=0",
+            "diffusion.T=20", "optim.batch_size=2", "optim.steps=2", "log_every=1", "checkpoint_every=0",
+            "data.name=folder", "data.test_fraction=0.25"]
+    cfg = load_config("digits", [*base, f"data.path={tmp_path / 'pngs28'}", f"out={tmp_path / 'run'}"])
+    assert (cfg.data.image_size, cfg.network.image_size, cfg.network.attention_resolutions) == (None, 8, (4,))
+    result = train(cfg, progress=False)
+    net = load_checkpoint(tmp_path / "run").config.network
+    assert result.step == 2 and (net.image_size, net.attention_resolutions) == (28, (14,))
+    odd = load_config("digits", [*base, f"data.path={tmp_path / 'pngs27'}", f"out={tmp_path / 'odd'}"])
+    with pytest.raises(ValueError, match=r"27x27 images.*data\.image_size"):
+        train(odd, progress=False)
+
+
 # ---------------------------------------------------------------------------- EMA
 def test_ema_matches_its_closed_form_with_warmup():
     """With the weights held at w, after n updates ema = w + (w0 - w) prod_k decay_k."""

@@ -30,6 +30,7 @@ from ..core.losses import check_levels, make_timestep_sampler, training_losses
 from ..data import ArrayDataset, load_dataset
 from ..io.checkpoint import (encode_bytes, load_optimizer_state, optimizer_state_tensors, read_checkpoint,
                              rng_state_tensor)
+from .build import attention_at_size
 from .config import TrainConfig, check_resumable
 from .distributed import DistInfo, all_gather_cat, gather_bytes, init_distributed, set_tf32, shutdown
 from .ema import EMA
@@ -57,15 +58,23 @@ class TrainResult:
 
 def resolve_config(config: TrainConfig, dataset: ArrayDataset) -> TrainConfig:
     """Fill the network's data-dependent fields from the data (channels in and out, image size;
-    twice the output channels for learned-range variance) and check the labels."""
+    twice the output channels for learned-range variance) and check the labels. When the data's
+    image size differs from the network's, a U-Net's ``attention_resolutions`` move to the same
+    levels at the new size (:func:`~ddpmkit.training.build.attention_at_size`)."""
     net = config.network
     factor = 2 if config.diffusion.variance == "learned_range" else 1
     changes: dict[str, Any] = {}
     if config.network_kind == "unet":
         if not dataset.is_image or dataset.shape[1] != dataset.shape[2]:
             raise ValueError(f"network.kind='unet' needs square images, got data of shape {dataset.shape}")
-        changes = {"in_channels": dataset.shape[0], "out_channels": factor * dataset.shape[0],
-                   "image_size": dataset.shape[1]}
+        size, levels = dataset.shape[1], len(net.channel_mult)
+        changes = {"in_channels": dataset.shape[0], "out_channels": factor * dataset.shape[0], "image_size": size}
+        if size != net.image_size:   # keep the attention at the same U-Net levels (4 of 8 -> 14 of 28)
+            if size % 2 ** (levels - 1):
+                raise ValueError(f"the data {dataset.name!r} has {size}x{size} images, but the {levels}-level U-Net "
+                                 f"needs a side divisible by {2 ** (levels - 1)}; set data.image_size")
+            moved = attention_at_size(net.attention_resolutions, net.image_size, size, levels)
+            changes["attention_resolutions"] = net.attention_resolutions if moved is None else moved
     else:
         if dataset.is_image:
             raise ValueError(f"network.kind={config.network_kind!r} needs vector data, got shape {dataset.shape}")
