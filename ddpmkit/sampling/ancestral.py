@@ -19,7 +19,7 @@ import torch
 from ..core.diffusion import GaussianDiffusion
 from .loop import SampleOptions, run_steps
 
-__all__ = ["ancestral", "ancestral_step"]
+__all__ = ["ddpm", "ancestral_step"]
 
 
 def ancestral_step(process: GaussianDiffusion, out: torch.Tensor, x_t: torch.Tensor, i: int,
@@ -32,8 +32,8 @@ def ancestral_step(process: GaussianDiffusion, out: torch.Tensor, x_t: torch.Ten
     ``condition_mean(mean, variance)``, if given, replaces mu_theta before the noise is added.
     """
     process._check_output(out, x_t)
-    t = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)
-    p = process._p_from_output(out, x_t, t, clip_x0)
+    index = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)
+    p = process._p_from_output(out, x_t, index, clip_x0)
     mean = p.mean if condition_mean is None else condition_mean(p.mean, p.variance)
     if i == 0:
         return mean, p.pred_x0
@@ -41,7 +41,7 @@ def ancestral_step(process: GaussianDiffusion, out: torch.Tensor, x_t: torch.Ten
 
 
 @torch.no_grad()
-def ancestral(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_T: torch.Tensor,
+def ddpm(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_T: torch.Tensor,
               opts: SampleOptions, condition_mean: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) over every step of ``process``.
 
@@ -61,12 +61,12 @@ def ancestral(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_
 
     def step(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i = n - 1 - k
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        out = process._model_output(model, x, t, **opts.cond)
+        index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)   # of the respaced process
+        out = process._model_output(model, x, index, **opts.cond)
         noise = opts.randn(x) if i > 0 else None
         shift = None
         if condition_mean is not None:
-            shift = partial(condition_mean, x_t=x, t=timesteps[t], **opts.cond)
+            shift = partial(condition_mean, x_t=x, t=timesteps[index], **opts.cond)
         return ancestral_step(process, out, x, i, noise, opts.clip_x0, shift)
 
     return run_steps("ddpm", step, x_T, sigmas, opts, times=process.schedule.timesteps[::-1])

@@ -57,12 +57,12 @@ def invert(process: GaussianDiffusion, model: Model, x0: torch.Tensor, steps: in
     levels = np.append(0.0, sub.sigma(schedule.timesteps.astype(np.float64)))
 
     def step(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)   # of the respaced process
         a_from, a_to = float(schedule.alpha_bar_prev[i]), float(schedule.alpha_bar[i])
         x_next = x
         for _ in range(fixed_point_iters + 1):
-            pred, _ = sub.split_output(sub._model_output(model, x_next, t, **opts.cond))
-            eps = sub._to_x0_eps(x_next, t, pred)[1]
+            pred, _ = sub.split_output(sub._model_output(model, x_next, index, **opts.cond))
+            eps = sub._to_x0_eps(x_next, index, pred)[1]
             x0_hat = (x - math.sqrt(1.0 - a_from) * eps) / math.sqrt(a_from)
             x_next = math.sqrt(a_to) * x0_hat + math.sqrt(1.0 - a_to) * eps
         return x_next, x0_hat

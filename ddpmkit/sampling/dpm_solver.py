@@ -25,7 +25,7 @@ import torch
 
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 
-__all__ = ["dpmpp_update", "dpmpp_2m", "dpmpp_3m", "dpmpp_multistep"]
+__all__ = ["dpmpp_update", "dpmpp2m", "dpmpp3m", "dpmpp_multistep"]
 
 
 def dpmpp_update(x: torch.Tensor, sigma_from: float, alpha_to: float, sigma_to: float, lambda_to: float,
@@ -91,14 +91,14 @@ def dpmpp_multistep(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptio
 
 
 @torch.no_grad()
-def dpmpp_2m(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+def dpmpp2m(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
              lower_order_final: bool = True) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; k-diffusion's ``sample_dpmpp_2m``)."""
     return dpmpp_multistep(D, x, sigmas, opts, 2, lower_order_final)
 
 
 @torch.no_grad()
-def dpmpp_3m(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+def dpmpp3m(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
              lower_order_final: bool = True) -> torch.Tensor:
     """DPM-Solver++(3M): the third-order multistep update (see :func:`dpmpp_update`)."""
     return dpmpp_multistep(D, x, sigmas, opts, 3, lower_order_final)

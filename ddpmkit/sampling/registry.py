@@ -11,11 +11,11 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .ancestral import ancestral
-from .dpm_solver import dpmpp_2m, dpmpp_3m
+from .ancestral import ddpm
+from .dpm_solver import dpmpp2m, dpmpp3m
 from .grids import GRIDS, SKIPS
 from .ode import euler, heun, rk45
-from .stochastic import dpmpp_2m_sde, euler_ancestral, predictor_corrector, reverse_sde
+from .stochastic import ddim, dpmpp2m_sde, pc, sde
 
 __all__ = ["Sampler", "SAMPLERS", "register", "check_params"]
 
@@ -71,13 +71,13 @@ def check_params(entry: Sampler, params: dict[str, Any]) -> None:
             raise ValueError(f"unknown parameter {name!r} for sampler {entry.name!r}; known: {known}")
 
 
-register("ddpm", ancestral, "linspace", discrete=True, bounded=False)
-register("ddim", euler_ancestral, "uniform", bounded=False, eta=0.0)
+register("ddpm", ddpm, "linspace", discrete=True, bounded=False)
+register("ddim", ddim, "uniform", bounded=False)
 register("euler", euler)
 register("heun", heun)
 register("rk45", rk45, "karras", endpoints=True)
-register("sde", reverse_sde)
-register("pc", predictor_corrector)
-register("dpmpp2m", dpmpp_2m, "logsnr")
-register("dpmpp3m", dpmpp_3m, "logsnr")
-register("dpmpp2m_sde", dpmpp_2m_sde, "logsnr")
+register("sde", sde)
+register("pc", pc)
+register("dpmpp2m", dpmpp2m, "logsnr")
+register("dpmpp3m", dpmpp3m, "logsnr")
+register("dpmpp2m_sde", dpmpp2m_sde, "logsnr")

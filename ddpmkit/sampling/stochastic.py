@@ -24,8 +24,8 @@ import torch
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 from .ode import check_positive
 
-__all__ = ["ancestral_split", "euler_ancestral", "reverse_sde", "predictor_corrector", "langevin_step", "check_eta",
-           "dpmpp_2m_sde"]
+__all__ = ["ancestral_split", "euler_ancestral", "sde", "pc", "langevin_step", "check_eta",
+           "dpmpp2m_sde", "ddim"]
 
 
 def check_eta(eta: Any) -> float:
@@ -67,7 +67,16 @@ def euler_ancestral(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptio
 
 
 @torch.no_grad()
-def reverse_sde(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None) -> torch.Tensor:
+def ddim(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+         eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2020, eq. 12): the ancestral step with DDIM's ``eta`` (0: deterministic,
+    the probability-flow ODE's exponential integrator; 1: the posterior, i.e. DDPM's fixed-small
+    step). ``sample(..., sampler="ddim")`` runs it on DDIM's ``uniform`` grid."""
+    return euler_ancestral(D, x, sigmas, opts, eta)
+
+
+@torch.no_grad()
+def sde(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None) -> torch.Tensor:
     """The reverse-time SDE (Song et al. 2021, eq. 6) by its exact step for a frozen denoiser.
 
     The step is the posterior of the module docstring (eta = 1): its mean is the DDPM posterior
@@ -102,7 +111,7 @@ def langevin_step(D: Denoiser, x: torch.Tensor, sigma: float, snr: float, alpha:
 
 
 @torch.no_grad()
-def predictor_corrector(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+def pc(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
                         snr: float = 0.16, corrector_steps: int = 1,
                         alphas: Sequence[float] | np.ndarray | None = None) -> torch.Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1 and 5): the exact reverse-SDE step
@@ -131,7 +140,7 @@ def predictor_corrector(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleO
 
 
 @torch.no_grad()
-def dpmpp_2m_sde(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+def dpmpp2m_sde(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
                  eta: float = 1.0, solver: str = "midpoint") -> torch.Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", sec. 5; k-diffusion's
     ``sample_dpmpp_2m_sde``): the exact step of the module docstring (eta = 1) plus a second-order
