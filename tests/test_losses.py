@@ -228,6 +228,32 @@ def test_sampler_bad_input():
     assert np.allclose(sampler.probabilities(), 0.2)           # all-zero losses: uniform, not NaN
 
 
+def test_sampler_update_and_unchecked_q_sample_read_the_host_once():
+    """The importance sampler's update takes each argument to the host once (a CPU tensor: one
+    ``.numpy()``, no copy) and checks in numpy; ``q_sample(validate=False)`` reads nothing and
+    draws exactly what the checked call draws."""
+    from test_sync_free_training import count_host_reads
+
+    gen = torch.Generator().manual_seed(0)
+    sampler, reference = ImportanceSampler(6, history=2), ImportanceSampler(6, history=2)
+    for batch in (4, 64):
+        t, losses = torch.randint(0, 6, (batch,), generator=gen), torch.rand(batch, generator=gen)
+        with count_host_reads() as counts:
+            sampler.update(t, losses)
+        assert sum(counts.values()) == 2, counts
+        for ti, li in zip(t.tolist(), losses.double().tolist()):   # one at a time: the same history
+            reference.update(torch.tensor([ti]), torch.tensor([li], dtype=D64))
+    assert sampler.state_dict() == reference.state_dict()
+    process = dk.GaussianDiffusion(dk.Schedule.cosine(50))
+    x0, noise = torch.randn(8, 3, generator=gen), torch.randn(8, 3, generator=gen)
+    t = torch.randint(0, 50, (8,), generator=gen)
+    with count_host_reads() as counts:
+        fast = process.q_sample(x0, t, noise, validate=False)
+    assert not counts and torch.equal(fast, process.q_sample(x0, t, noise))
+    with pytest.raises(ValueError, match="noise must have the shape"):
+        process.q_sample(x0, t, noise[:4], validate=False)
+
+
 def test_loss_bad_input():
     process = dk.GaussianDiffusion(dk.Schedule.linear(10))
     x0 = torch.zeros(4, 3)

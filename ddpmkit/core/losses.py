@@ -158,6 +158,12 @@ def training_losses(
     return {"loss": loss, "mse": mse, "vlb": vlb.detach() if objective == "simple" else vlb, "t": t}
 
 
+def _host_array(x: Any) -> np.ndarray:
+    """``x`` flattened as a numpy array, in one device-to-host copy (none for a CPU tensor)."""
+    x = torch.as_tensor(x).detach().reshape(-1)
+    return (x if x.device.type == "cpu" else x.cpu()).numpy()
+
+
 class UniformSampler:
     """t ~ Uniform{0, ..., T-1}; weights are all 1."""
 
@@ -222,16 +228,19 @@ class ImportanceSampler(UniformSampler):
         return w * (1.0 - self.uniform_prob) + self.uniform_prob / self.T
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record the per-example losses of the timesteps ``t`` (both shape (B,))."""
-        t = torch.as_tensor(t).detach().reshape(-1).cpu()
-        losses = torch.as_tensor(losses).detach().reshape(-1).double().cpu()
-        if t.shape != losses.shape:
-            raise ValueError(f"losses must have the shape of t {tuple(t.shape)}, got {tuple(losses.shape)}")
-        if t.is_floating_point() or (t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.T)):
-            raise ValueError(f"t must hold integer timesteps in [0, {self.T}), got t={t.tolist()[:8]}")
-        if not torch.isfinite(losses).all():
+        """Record the per-example losses of the timesteps ``t`` (both shape (B,)).
+
+        Each argument reaches the host in one transfer (none for CPU tensors, which a trainer's
+        ``t`` and its gathered losses are); every check then runs in numpy, with no tensor read."""
+        t_host = _host_array(t)
+        loss_host = _host_array(torch.as_tensor(losses).detach().double())
+        if t_host.shape != loss_host.shape:
+            raise ValueError(f"losses must have the shape of t {t_host.shape}, got {loss_host.shape}")
+        if np.issubdtype(t_host.dtype, np.floating) or (t_host.size and (t_host.min() < 0 or t_host.max() >= self.T)):
+            raise ValueError(f"t must hold integer timesteps in [0, {self.T}), got t={t_host.tolist()[:8]}")
+        if not np.isfinite(loss_host).all():
             raise ValueError("losses contains NaN or infinite values")
-        for ti, li in zip(t.tolist(), losses.tolist()):
+        for ti, li in zip(t_host.tolist(), loss_host.tolist()):
             if self.counts[ti] >= self.history:   # full: drop the oldest
                 self.losses[ti, :-1] = self.losses[ti, 1:]
                 self.losses[ti, -1] = li

@@ -218,7 +218,7 @@ class Trainer(TrainLoop):
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update()
         if cfg.diffusion.timestep_sampler != "uniform":
-            self.timestep_sampler.update(batch["t"], all_gather_cat(torch.cat(vlbs), self.dist).cpu())
+            self.timestep_sampler.update(batch["t"], all_gather_cat(torch.cat(vlbs), self.dist))   # its one read
         self.stats.add(loss=loss_sum, mse=mse_sum, vlb=vlb_sum, grad_norm=grad_norm.to(self.device))
         self.step += 1
 
