@@ -199,10 +199,13 @@ def test_the_config_modules_are_small_and_every_old_name_still_imports():
 
 
 def test_one_network_kind_registry():
-    from ddpmkit.nets import MLPConfig, network_config_from_dict
+    from ddpmkit.nets import NETWORK_KINDS, MLPConfig, network_config_from_dict
     from ddpmkit.training.config import network_kinds
 
     assert network_kinds() == {"unet": UNetConfig, "mlp": MLPConfig}
+    assert network_kinds() is NETWORK_KINDS                # published once, by the nets, and read-only
+    with pytest.raises(TypeError):
+        NETWORK_KINDS["other"] = MLPConfig  # type: ignore[index]
     for kind, cls in network_kinds().items():          # the same names as the nets' own registry
         assert type(network_config_from_dict({"kind": kind})) is cls
 

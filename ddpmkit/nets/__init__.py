@@ -8,6 +8,7 @@ each is ``model(x, t, y=None) -> tensor``.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from torch import nn
@@ -22,6 +23,7 @@ __all__ = [
     "MLP",
     "MLPConfig",
     "NetworkConfig",
+    "NETWORK_KINDS",
     "build_network",
     "compile_for_inference",
     "network_config_to_dict",
@@ -32,7 +34,8 @@ __all__ = [
 ]
 
 NetworkConfig = UNetConfig | MLPConfig
-_KINDS: dict[str, type] = {"unet": UNetConfig, "mlp": MLPConfig}
+NETWORK_KINDS: Mapping[str, type] = MappingProxyType({"unet": UNetConfig, "mlp": MLPConfig})
+"""The one registry of network kinds: ``{kind: config class}``, the ``kind`` a saved config carries."""
 _NETWORKS: dict[type, type[nn.Module]] = {UNetConfig: UNet, MLPConfig: MLP}
 
 
@@ -46,7 +49,7 @@ def build_network(config: NetworkConfig) -> nn.Module:
 
 def network_config_to_dict(config: NetworkConfig) -> dict[str, Any]:
     """``{"kind": "unet" | "mlp", **config.to_dict()}``: plain JSON values."""
-    for kind, cls in _KINDS.items():
+    for kind, cls in NETWORK_KINDS.items():
         if type(config) is cls:
             return {"kind": kind, **config.to_dict()}
     raise ValueError(f"config must be a UNetConfig or MLPConfig, got {type(config).__name__}")
@@ -54,11 +57,11 @@ def network_config_to_dict(config: NetworkConfig) -> dict[str, Any]:
 
 def network_config_from_dict(d: Mapping[str, Any]) -> NetworkConfig:
     """Inverse of :func:`network_config_to_dict` (validates keys and types)."""
-    if not isinstance(d, Mapping) or d.get("kind") not in _KINDS:
+    if not isinstance(d, Mapping) or d.get("kind") not in NETWORK_KINDS:
         kind = d.get("kind") if isinstance(d, Mapping) else d
-        raise ValueError(f"kind must be one of {list(_KINDS)}, got kind={kind!r}")
+        raise ValueError(f"kind must be one of {list(NETWORK_KINDS)}, got kind={kind!r}")
     fields = {k: v for k, v in d.items() if k != "kind"}
-    return _KINDS[d["kind"]].from_dict(fields)
+    return NETWORK_KINDS[d["kind"]].from_dict(fields)
 
 
 def compile_for_inference(network: nn.Module, device: Any) -> nn.Module:

@@ -4,32 +4,28 @@
     process = build_process(config.diffusion)      # a GaussianDiffusion
     attention = attention_at_size((4,), old_size=8, new_size=28, levels=2)   # (14,)
 
-The network kinds ("unet", "mlp") are those of :mod:`ddpmkit.nets`, the one registry;
-:func:`network_kinds` only reads it. Nothing here imports the config dataclasses (they call in).
+The network kinds ("unet", "mlp") are those of :data:`ddpmkit.nets.NETWORK_KINDS`, the one
+registry; :func:`network_kinds` returns it. Nothing here imports the config dataclasses (they call in).
 """
 from __future__ import annotations
 
-import functools
-import typing
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ..core.diffusion import GaussianDiffusion
 from ..core.schedules import Schedule
-from ..nets import NetworkConfig, network_config_to_dict
+from ..nets import NETWORK_KINDS
 from ..nets import build_network as _build_module
 
 __all__ = ["network_kinds", "network_kind", "build_network", "build_process", "level_sides",
            "attention_at_size"]
 
 
-@functools.cache
-def network_kinds() -> dict[str, type]:
-    """``{kind: config class}`` of the networks in :mod:`ddpmkit.nets`, read from its registry
-    (``network_config_to_dict`` tags each config class with its kind)."""
-    return {network_config_to_dict(cls())["kind"]: cls for cls in typing.get_args(NetworkConfig)}
+def network_kinds() -> Mapping[str, type]:
+    """``{kind: config class}`` of the networks: :data:`ddpmkit.nets.NETWORK_KINDS` itself (read-only)."""
+    return NETWORK_KINDS
 
 
 def network_kind(network: Any) -> str:
