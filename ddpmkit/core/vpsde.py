@@ -234,7 +234,8 @@ class VPDenoiser:
     The network sees ``x = x_hat / sqrt(1 + sigma^2)`` at the time ``t_of_sigma(sigma)``, and its
     eps / x0 / v prediction is converted to x_0. ``sigma`` is a Python float (host path: exact
     float64 coefficients, integer times stay ``long``) or a tensor of shape () or (B,) (device
-    path, float32 times). ``clip_x0`` clips the estimate to [-1, 1] (images).
+    path: coefficients and times in float32, or float64 for float64 data, never in a half
+    precision). ``clip_x0`` clips the estimate to [-1, 1] (images).
     """
 
     def __init__(self, vp: ContinuousVP, model: Model, clip_x0: bool = False):
@@ -250,7 +251,8 @@ class VPDenoiser:
 
     def __call__(self, x_hat: torch.Tensor, sigma: float | torch.Tensor, **cond: Any) -> torch.Tensor:
         if isinstance(sigma, torch.Tensor):
-            sigma_b = sigma.to(device=x_hat.device, dtype=x_hat.dtype).reshape(-1)
+            work = x_hat.dtype if x_hat.dtype in (torch.float32, torch.float64) else torch.float32
+            sigma_b = sigma.to(device=x_hat.device, dtype=work).reshape(-1)
             sigma_b = sigma_b.expand(x_hat.shape[0]) if sigma_b.numel() == 1 else sigma_b
             shape = (-1,) + (1,) * (x_hat.dim() - 1)
             a = torch.rsqrt(1.0 + sigma_b**2).reshape(shape)            # sqrt(alpha_bar)
@@ -261,7 +263,7 @@ class VPDenoiser:
             a = 1.0 / math.sqrt(1.0 + sigma * sigma)
             s = sigma * a
             t = float(self.vp.t_of_sigma(sigma))
-        x = x_hat * a
+        x = (x_hat * a).to(x_hat.dtype)
         pred = self.vp.raw_output(self.model, x, t, cond)
-        x0, _ = x0_eps_from_prediction_at(self.vp.prediction, x, pred, a, s)
+        x0 = x0_eps_from_prediction_at(self.vp.prediction, x, pred, a, s)[0].to(x_hat.dtype)
         return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
