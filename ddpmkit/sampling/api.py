@@ -63,7 +63,7 @@ def _process_callback(process: GaussianDiffusion, callback: Callable[[StepInfo],
     return report
 
 
-TOP_SIGNAL = 0.02
+TOP_SIGNAL = 0.05
 """A grid whose top keeps more than this fraction sqrt(alpha_bar) of the data in x_T draws a warning."""
 
 
