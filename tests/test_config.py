@@ -185,6 +185,17 @@ def test_no_import_cycle_between_checkpoint_and_the_config_modules(module):
     assert not _reaches(graph, f"ddpmkit.training.{module}", "ddpmkit.io.checkpoint")
 
 
+def test_one_config_serialiser_on_neutral_ground():
+    """config_base (DictConfig + coerce) imports nothing from ddpmkit; the data config uses it
+    without reaching the networks, and the networks without reaching the data or training."""
+    graph = _import_graph()
+    assert not {m for m in graph["ddpmkit.config_base"] if m.startswith("ddpmkit")}
+    for module in ("ddpmkit.data.config", "ddpmkit.nets.layers", "ddpmkit.training.run_config"):
+        assert "ddpmkit.config_base" in graph[module], module
+    assert not _reaches(graph, "ddpmkit.data.config", "ddpmkit.nets")
+    assert not _reaches(graph, "ddpmkit.nets.layers", "ddpmkit.data.config")
+
+
 def test_the_config_modules_are_small_and_every_old_name_still_imports():
     from pathlib import Path
 

@@ -491,6 +491,26 @@ def test_config_rejects_bad_values(values, match):
         DataConfig.from_dict(values)
 
 
+def test_config_uses_the_one_config_serialiser():
+    """DataConfig round-trips through the serialiser every config shares (config_base.DictConfig):
+    types are checked on the way in, one line naming the key; a saved data section loads as before."""
+    from ddpmkit.config_base import DictConfig
+    from ddpmkit.nets.layers import DictConfig as nets_dict_config
+    from ddpmkit.training.config import DiffusionConfig
+
+    assert issubclass(DataConfig, DictConfig) and issubclass(DiffusionConfig, DictConfig)
+    assert nets_dict_config is DictConfig
+    saved = {"name": "digits", "path": None, "image_size": None, "flip": False, "n": 20000, "seed": 0,
+             "test_fraction": 0.25}   # a config.json's data section, as written before
+    assert DataConfig.from_dict(saved) == DataConfig() and DataConfig().to_dict() == saved
+    for values, match in (({"image_size": "28"}, "DataConfig.image_size must be int, got image_size='28'"),
+                          ({"path": 3, "name": "folder"}, "DataConfig.path must be str, got path=3"),
+                          ({"test_fraction": True}, "test_fraction=True"),
+                          ({"nmae": "digits"}, r"no field 'nmae'.*known: \['flip'")):
+        with raises_one_line(match):
+            DataConfig.from_dict(values)
+
+
 def test_load_dataset_rejects_bad_arguments():
     with raises_one_line("split=.valid."):
         load_dataset(DataConfig(), "valid")

@@ -1,9 +1,12 @@
-"""The data configuration: a frozen dataclass that checks itself and round-trips through JSON."""
+"""The data configuration: a frozen dataclass that checks itself and round-trips through JSON
+(through :class:`ddpmkit.config_base.DictConfig`, the serialiser every config shares)."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..config_base import DictConfig
 
 __all__ = ["DataConfig", "DATASET_NAMES", "TOY_NAMES", "FILE_NAMES"]
 
@@ -17,7 +20,7 @@ def _is_int(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(DictConfig):
     """Which data set to load and how to split and shape it.
 
     Attributes:
@@ -75,18 +78,3 @@ class DataConfig:
         if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0.0 < fraction < 1.0):
             raise ValueError(f"DataConfig.test_fraction must be a number in (0, 1), got test_fraction={fraction!r}")
         object.__setattr__(self, "test_fraction", float(fraction))
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
-        """Build a config from a dict (e.g. saved JSON); unknown keys are an error."""
-        if not isinstance(values, Mapping):
-            raise ValueError(f"DataConfig.from_dict needs a mapping, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ValueError(f"DataConfig has no field {key!r} (value {values[key]!r}); known: {sorted(known)}")
-        return cls(**dict(values))

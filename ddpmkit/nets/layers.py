@@ -1,19 +1,18 @@
 """Pieces the networks share: the sinusoidal time embedding, the time/class conditioning MLP,
-a validated GroupNorm, and the dict round-trip every network config uses.
+a validated GroupNorm; :class:`DictConfig`, the dict round-trip every network config uses, comes
+from :mod:`ddpmkit.config_base`.
 
 Nothing here knows about diffusion: ``t`` is just a number per sample (integer or fractional).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
-from typing import Any, Mapping, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..config_base import DictConfig   # the config mixin, re-exported for the network configs
 
 __all__ = [
     "sinusoidal_frequencies",
@@ -144,55 +143,3 @@ def checked_groups(channels: int, num_groups: int) -> int:
 
 def group_norm(channels: int, num_groups: int, eps: float) -> nn.GroupNorm:
     return nn.GroupNorm(checked_groups(channels, num_groups), channels, eps=eps)
-
-
-# ---------------------------------------------------------------------------- config dicts
-C = TypeVar("C", bound="DictConfig")
-
-
-def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
-    """``value`` converted to ``hint`` (a JSON list becomes a tuple), or a one-line ValueError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _coerce(owner, key, value, inner[0])
-    ok = False
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
-    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis and isinstance(value, (list, tuple)):
-        return tuple(_coerce(owner, key, v, args[0]) for v in value)
-    if not ok:
-        name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-        raise ValueError(f"{owner}.{key} must be {name}, got {key}={value!r}")
-    return value
-
-
-class DictConfig:
-    """Mixin for frozen dataclass configs: ``to_dict()`` gives JSON-ready plain values (tuples as
-    lists) and ``from_dict(d)`` restores them, rejecting unknown keys and wrong types."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{cls.__name__}.from_dict needs a mapping, got {type(d).__name__}")
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        values = {}
-        for key, value in d.items():
-            if key not in names:
-                raise ValueError(f"{cls.__name__} has no field {key!r} (got {key}={value!r})")
-            values[key] = _coerce(cls.__name__, key, value, hints[key])
-        return cls(**values)

@@ -19,8 +19,9 @@ import types
 import typing
 from typing import Any, Mapping, Sequence
 
+from ..config_base import coerce
 from .build import attention_at_size, level_sides, network_kinds
-from .run_config import SECTIONS, TrainConfig, coerce_field
+from .run_config import SECTIONS, TrainConfig
 
 try:
     import tomllib
@@ -101,7 +102,7 @@ def parse_override(item: str, tree: Mapping[str, Any]) -> tuple[str, Any]:
     key, text = (s.strip() for s in item.split("=", 1))
     hint = _field_hint(key, tree)
     owner, _, name = key.rpartition(".")
-    value = coerce_field(owner or "TrainConfig", name, _parse_value(text, hint), hint)
+    value = coerce(owner or "TrainConfig", name, _parse_value(text, hint), hint)
     return key, list(value) if isinstance(value, tuple) else value
 
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..config_base import DictConfig, coerce   # the one type check of every config field
 from ..core.diffusion import PREDICTIONS, VARIANCES, GaussianDiffusion
 from ..core.losses import OBJECTIVES
 from ..data.config import DataConfig
 from ..io.files import write_json
 from ..nets import network_config_from_dict, network_config_to_dict
-from ..nets.layers import DictConfig
-from ..nets.layers import _coerce as coerce_field   # the one type check of every config field
 from ..sampling import SAMPLERS
 from .build import build_network, build_process, network_kind, network_kinds
 
@@ -248,7 +247,7 @@ class TrainConfig:
                 else:
                     value = SECTIONS[key].from_dict(value)
             else:
-                value = coerce_field("TrainConfig", key, value, hints[key])
+                value = coerce("TrainConfig", key, value, hints[key])
             kwargs[key] = value
         return cls(**kwargs)
 
