@@ -504,7 +504,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "of the samples; differences use paired resamples (all rows start from the same noise).",
         f"- Per-model FD: ancestral sampling (`ddpm` sampler with the model's own variance) on "
         f"{st['model_steps']} respaced steps. Sampler sweep: the `{SWEEP_MODEL}` model (DDIM's setting); "
-        f"DDIM-table rows use the DDIM sub-sequence (`grid={st["grid"]}`), DPM-Solver++ its default (log-SNR). "
+        f"DDIM-table rows use the DDIM sub-sequence (`grid={st['grid']}`), DPM-Solver++ its default (log-SNR). "
         f"`ddpm-large` is ancestral sampling on the same network with variance beta_t "
         "(`GaussianDiffusion(schedule, prediction, \"fixed_large\")`), DDIM's sigma-hat.",
         f"- Verdicts: a paper ordering **holds** when the difference has the paper's sign and exceeds 2 standard "

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import os
 import sys
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 import pytest
 import torch

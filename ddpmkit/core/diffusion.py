@@ -104,6 +104,17 @@ class GaussianDiffusion:
     def sigma_max(self) -> float:
         return self.continuous.sigma_max
 
+    @property
+    def t_min(self) -> float:
+        return self.continuous.t_min
+
+    @property
+    def t_max(self) -> float:
+        return self.continuous.t_max
+
+    prior_std = 1.0
+    """The prior N(0, I) of x_T (the marginal at the last step, up to sqrt(alpha_bar_T) x_0)."""
+
     def denoiser(self, model: Model, clip_x0: bool = False) -> VPDenoiser:
         """``D(x_hat, sigma, **cond)``, the x_0 estimate of a network trained on this process."""
         return self.continuous.denoiser(model, clip_x0)

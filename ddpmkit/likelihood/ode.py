@@ -45,7 +45,6 @@ import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from ..core.diffusion import GaussianDiffusion
 
 __all__ = ["ODELikelihoodResult", "ode_bpd", "TRACES"]
 
@@ -91,7 +90,7 @@ def _divergence(drift: torch.Tensor, y: torch.Tensor, trace: str, probe: torch.T
 
 
 def ode_bpd(
-    process: GaussianDiffusion,
+    process: Any,
     model: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     levels: int | None = 256,
@@ -104,6 +103,10 @@ def ode_bpd(
     **cond: Any,
 ) -> ODELikelihoodResult:
     """Bits/dim of each example by the probability-flow ODE (Song et al. 2021, eq. 39-40).
+
+    ``process`` is any process on the noise-level contract (the discrete GaussianDiffusion, or a
+    continuous one with ``prior_std``): the ODE runs from its ``sigma_min`` to ``sigma_max``
+    and the end point is scored under its prior N(0, prior_std^2 I).
 
     Args:
         levels: quantisation levels of the data in [-1, 1] (256 for 8-bit images, 17 for the
@@ -174,11 +177,14 @@ def ode_bpd(
             raise FloatingPointError("ode_bpd: the ODE solver produced NaN or inf")
     else:
         bar.close()
-    scale_max = float(process.scale(process.continuous.t_max))
+    scale_max = float(process.scale(process.t_of_sigma(sigma_max)))
+    prior_std = float(getattr(process, "prior_std", 1.0))
     latent = y_end * scale_max
     x_end = latent.detach().reshape(B, -1).to("cpu", torch.float64)   # the summaries: float64, on the host
     delta_logp = delta_logp.detach().to("cpu", torch.float64)
-    prior_logp = (-0.5 * (x_end**2 + math.log(2 * math.pi))).sum(dim=1) + D_dim * math.log(scale_max)
+    # the prior N(0, prior_std^2 I) of x = s y, read in y: log p_y(y) = log p_x(s y) + D log s
+    z = x_end / prior_std
+    prior_logp = (-0.5 * (z**2 + math.log(2 * math.pi))).sum(dim=1) + D_dim * math.log(scale_max / prior_std)
     nll = -(prior_logp + delta_logp)
     bpd = nll / (D_dim * LN2)
     if levels is not None:

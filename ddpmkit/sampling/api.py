@@ -10,11 +10,10 @@ import math
 import warnings
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..core.diffusion import GaussianDiffusion
-from .grids import SIGMA_MAX, check_grid, respaced_for, sigma_grid
+from .grids import CONTINUOUS_GRIDS, SIGMA_MAX, check_grid, continuous_sigmas, respaced_for, sigma_grid
 from .loop import SampleOptions, StepInfo
 from .registry import SAMPLERS, Sampler, check_params
 
@@ -49,7 +48,12 @@ def _snap(t: float) -> float:
     return float(r) if abs(t - r) <= 1e-7 * max(1.0, abs(t)) else float(t)
 
 
-def _process_callback(process: GaussianDiffusion, callback: Callable[[StepInfo], None] | None,
+def _scale_at(process: Any, sigma: float) -> float:
+    """s(t) at the noise level sigma: x_t = s(t) x_hat (host float64)."""
+    return float(process.scale(process.t_of_sigma(sigma)))
+
+
+def _process_callback(process: Any, callback: Callable[[StepInfo], None] | None,
                       rescale: bool) -> Callable[[StepInfo], None] | None:
     """The user's callback with ``t`` in the process's time and ``x`` in its scaling (x_t)."""
     if callback is None:
@@ -57,7 +61,7 @@ def _process_callback(process: GaussianDiffusion, callback: Callable[[StepInfo],
 
     def report(info: StepInfo) -> None:
         t = _snap(float(process.t_of_sigma(info.sigma)))
-        x = info.x / math.sqrt(1.0 + info.sigma_next**2) if rescale and info.sigma_next > 0 else info.x
+        x = info.x * _scale_at(process, info.sigma_next) if rescale and info.sigma_next > 0 else info.x
         callback(StepInfo(info.i, info.n, t, x, info.pred_x0, info.sigma, info.sigma_next))
 
     return report
@@ -78,17 +82,21 @@ def _warn_if_not_at_the_top(process: GaussianDiffusion, sigma_top: float, grid: 
                       f"starts at the top ('linspace', 'trailing', 'karras') avoids it", stacklevel=3)
 
 
-def _check_steps(entry: Sampler, steps: Any, T: int) -> int:
+def _check_steps(entry: Sampler, steps: Any, T: int | None) -> int:
+    """``steps`` in [1, T] for a discrete process (default T), >= 1 for a continuous one."""
     if entry.endpoints and steps is None:
         return 1
+    if steps is None and T is None:
+        raise ValueError("steps must be given for a continuous-time process, got steps=None")
     steps = T if steps is None else steps
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, {T}], got steps={steps!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or (T is not None and steps > T):
+        raise ValueError(f"steps must be an integer in [1, {T if T is not None else 'inf'}), got steps={steps!r}"
+                         if T is None else f"steps must be an integer in [1, {T}], got steps={steps!r}")
     return steps
 
 
 def sample(
-    process: GaussianDiffusion,
+    process: Any,
     model: Callable[..., torch.Tensor],
     shape: Sequence[int] | None,
     sampler: str = "ddim",
@@ -106,6 +114,10 @@ def sample(
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples from ``model`` with the named sampler.
 
+    ``process`` is the discrete :class:`GaussianDiffusion` or any process on the noise-level
+    contract (``denoiser``, ``sigma``, ``scale``, ``t_of_sigma``, ``sigma_min``, ``sigma_max``,
+    ``t_min``, ``t_max``, ``prior_std``): x_T is drawn from its prior N(0, prior_std^2 I).
+
     Args:
         sampler: one of ``SAMPLERS`` ("ddpm", "ddim", "euler", "heun", "rk45", "sde", "pc",
             "dpmpp2m", "dpmpp3m").
@@ -115,7 +127,9 @@ def sample(
         x_T: the starting noise (e.g. from :func:`invert`); drawn from N(0, I) when None.
             ``shape`` may then be None.
         device: where to sample; default: x_T's device, else the model's parameters', else CPU.
-        params: ``grid`` (the step sub-sequence or ``"karras"``; each sampler has its default),
+        params: ``grid`` (discrete: a step sub-sequence or ``"karras"``, each sampler has its
+            default; continuous: ``"uniform"`` in t, ``"logsnr"`` (geometric in sigma) or
+            ``"karras"``, the process's ``default_grid`` by default),
             ``rho`` (karras), and the sampler's own parameters, e.g. ``eta`` for DDIM.
     """
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
@@ -128,15 +142,21 @@ def sample(
         shape = tuple(x_T.shape)
     if len(shape) < 1 or any(not isinstance(n, int) or n < 1 for n in shape):
         raise ValueError(f"shape must hold positive integers, got shape={tuple(shape)}")
-    steps = _check_steps(entry, steps, process.T)
-    grid = check_grid(params.pop("grid", entry.grid), entry.grids)
+    discrete = isinstance(process, GaussianDiffusion)
+    if entry.discrete and not discrete:
+        raise ValueError(f"sampler={sampler!r} needs a discrete process (its variance), got {type(process).__name__}")
+    steps = _check_steps(entry, steps, process.T if discrete else None)
+    if discrete:
+        grid = check_grid(params.pop("grid", entry.grid), entry.grids)
+    else:
+        grid = check_grid(params.pop("grid", getattr(process, "default_grid", "karras")), CONTINUOUS_GRIDS)
     rho = params.pop("rho", 7.0)
     if device is None:
         device = x_T.device if x_T is not None else (model_device(model) or torch.device("cpu"))
     if generator is None and seed is not None:
         generator = make_generator(seed, device)
-    if x_T is None:
-        x_T = torch.randn(tuple(shape), generator=generator, device=device)
+    if x_T is None:   # the prior N(0, prior_std^2 I) in the process's own scaling
+        x_T = float(getattr(process, "prior_std", 1.0)) * torch.randn(tuple(shape), generator=generator, device=device)
     elif tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x_T.shape)}")
     if not x_T.is_floating_point():
@@ -148,9 +168,13 @@ def sample(
         sub = respaced_for(process, steps, grid)
         _warn_if_not_at_the_top(process, sub.sigma_max, grid)
         return entry.fn(sub, model, x_T, opts, **kwargs)
-    sigmas = sigma_grid(process, 2 if entry.endpoints else steps, grid, rho, SIGMA_MAX if entry.bounded else None)
-    _warn_if_not_at_the_top(process, float(sigmas[0]), grid)
-    if entry.name == "pc":
-        kwargs.setdefault("alphas", [process.continuous.alpha_at(float(t)) for t in process.t_of_sigma(sigmas)])
-    x_hat = x_T * math.sqrt(1.0 + float(sigmas[0]) ** 2)
+    n = 2 if entry.endpoints else steps
+    if discrete:
+        sigmas = sigma_grid(process, n, grid, rho, SIGMA_MAX if entry.bounded else None)
+        _warn_if_not_at_the_top(process, float(sigmas[0]), grid)
+        if "alphas" in entry.parameters():   # the corrector's alpha_i: the discrete VP's 1 - beta_i
+            kwargs.setdefault("alphas", [process.continuous.alpha_at(float(t)) for t in process.t_of_sigma(sigmas)])
+    else:
+        sigmas = continuous_sigmas(process, n, grid, rho)
+    x_hat = x_T / _scale_at(process, float(sigmas[0]))
     return entry.fn(process.denoiser(model, clip_x0), x_hat, sigmas, opts, **kwargs)

@@ -53,7 +53,7 @@ def invert(process: GaussianDiffusion, model: Model, x0: torch.Tensor, steps: in
         raise ValueError(f"fixed_point_iters must be an integer >= 0, got fixed_point_iters={fixed_point_iters!r}")
     sub = respaced_for(process, steps, grid)
     opts = SampleOptions(callback=callback, progress=progress, cond=dict(cond or {}))
-    schedule, n = sub.schedule, sub.T
+    schedule = sub.schedule
     levels = np.append(0.0, sub.sigma(schedule.timesteps.astype(np.float64)))
 
     def step(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,11 +16,12 @@ import numpy as np
 from ..core.diffusion import GaussianDiffusion
 from ..core.schedules import space_timesteps
 
-__all__ = ["SKIPS", "GRIDS", "SIGMA_MAX", "subsequence", "respaced_for", "time_grid", "sigma_grid",
+__all__ = ["SKIPS", "GRIDS", "CONTINUOUS_GRIDS", "continuous_sigmas", "SIGMA_MAX", "subsequence", "respaced_for", "time_grid", "sigma_grid",
            "karras_sigmas", "check_grid", "bounded"]
 
 SKIPS = ("uniform", "quadratic", "linspace", "trailing", "logsnr")   # sub-sequences of training steps
 GRIDS = SKIPS + ("karras",)
+CONTINUOUS_GRIDS = ("uniform", "logsnr", "karras")   # for continuous-time processes
 SIGMA_MAX = 160.0
 """The highest noise level the ODE / SDE samplers start from on a discrete VP process (EDM's
 practice, Karras et al. 2022, Table 1 and app. C.3.3, which starts the cosine-schedule ADM models
@@ -159,3 +160,21 @@ def sigma_grid(process: GaussianDiffusion, steps: int, grid: str = "linspace", r
                sigma_max: float | None = None) -> np.ndarray:
     """The sigma grid of :func:`time_grid`, with the final 0 appended (float64, host)."""
     return np.append(process.sigma(time_grid(process, steps, grid, rho, sigma_max)), 0.0)
+
+
+def continuous_sigmas(process: Any, steps: int, grid: str = "karras", rho: float = 7.0) -> np.ndarray:
+    """The sigma grid of a continuous-time process, from ``sigma_max`` to ``sigma_min`` plus a final 0:
+    ``"uniform"`` in t from ``t_max`` to ``t_min`` (score_sde), ``"logsnr"`` uniform in log sigma
+    (log-SNR = -2 log sigma: the geometric NCSN / VE levels), ``"karras"`` (EDM eq. 5)."""
+    check_grid(grid, CONTINUOUS_GRIDS)
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
+    lo, hi = float(process.sigma_min), float(process.sigma_max)
+    if grid == "karras":
+        sigmas = karras_sigmas(lo, hi, int(steps), rho)
+    elif grid == "logsnr":
+        sigmas = np.exp(np.linspace(math.log(hi), math.log(lo), int(steps))) if steps > 1 else np.array([hi])
+    else:
+        t = np.linspace(float(process.t_max), float(process.t_min), int(steps)) if steps > 1 else np.array([process.t_max])
+        sigmas = np.asarray(process.sigma(t), dtype=np.float64)
+    return np.append(sigmas, 0.0)
