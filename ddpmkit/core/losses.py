@@ -130,11 +130,9 @@ def training_losses(
     t = process.check_t(t, x0) if validate else t.long()
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    else:
-        check_same_shape("noise", noise, "x0", x0)
-        if validate:
-            check_finite("noise", noise)
-    x_t = process._q_sample(x0, t, noise)
+    elif validate:
+        check_finite("noise", noise)
+    x_t = process.q_sample(x0, t, noise, validate=False)   # t and x0 checked above; q_sample checks the shape
     out = process._model_output(model, x_t, t, **cond)
     pred, var_values = process.split_output(out)
     dtype = _working_dtype(out)
