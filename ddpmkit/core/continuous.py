@@ -53,7 +53,7 @@ class ContinuousProcess:
     """The shared part of the continuous processes (subclasses supply the closed forms).
 
     Subclasses set ``prediction``, ``predictions`` (the ones they take), ``weightings``,
-    ``default_weighting``, ``t_min``, ``t_max``, ``prior_std`` and implement
+    ``default_weighting``, ``default_grid``, ``t_min``, ``t_max``, ``prior_std`` and implement
     ``_sigma(t, xp)``, ``_scale(t, xp)``, ``_t_of_sigma(sigma, xp)``, ``_dsigma2_dt(t, xp)``
     and ``preconditioning(sigma)``, where ``xp`` is ``numpy`` (host) or ``torch`` (device).
     """
@@ -62,6 +62,7 @@ class ContinuousProcess:
     predictions: tuple[str, ...] = ()
     weightings: tuple[str, ...] = ("ncsn", "likelihood", "min_snr")
     default_weighting: str = "ncsn"
+    default_grid: str = "karras"   # the sigma grid dk.sample uses when none is named
     t_min: float
     t_max: float
     prior_std: float

@@ -35,6 +35,7 @@ class EDM(ContinuousProcess):
     predictions = ("edm",)
     weightings = ("edm", "ncsn", "min_snr")
     default_weighting = "edm"
+    default_grid = "karras"
 
     def __init__(self, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0,
                  p_mean: float = EDM_P_MEAN, p_std: float = EDM_P_STD, prediction: str = "edm"):

@@ -37,6 +37,7 @@ class _LinearBeta(ContinuousProcess):
 
     t_max = 1.0
     prior_std = 1.0
+    default_grid = "uniform"   # uniform in t, as score_sde
     _name = ""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, prediction: str = "eps",

@@ -37,6 +37,7 @@ class VE(ContinuousProcess):
     """
 
     predictions = ("score", "eps", "x0")
+    default_grid = "logsnr"   # geometric levels, as NCSN / score_sde's VE
     t_min = 0.0
     t_max = 1.0
 
