@@ -29,7 +29,7 @@ at sigma_max = 80). The cosine schedule's last step has sigma = 20,291 and the s
 artefacts of clipping beta at 0.999: across the jump from there to the next grid level Heun's
 trapezoid and a multistep solver's extrapolation fail (Heun at 10 steps gave a sample sd of
 7.4 for a target of 0.5). Starting at sigma <= 160 leaves the linear schedule (157.4) and the
-continuous VP SDE (151.7) untouched, and costs at most a 1/160 relative shift of the data mean
+continuous VP SDE (152.2) untouched, and costs at most a 1/160 relative shift of the data mean
 in x_T ~ N(0, I)."""
 
 
