@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)" || $(PY) -m pip install torch
 	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install --no-deps "k-diffusion==0.1.1.post1" torchsde trampoline   # test peer, see README
 	touch $(STAMP)
 
 venv: $(STAMP)

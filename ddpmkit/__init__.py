@@ -7,6 +7,9 @@
 """
 from .core.schedules import Schedule, space_timesteps
 from .core.diffusion import GaussianDiffusion, ModelPrediction
+from .core.edm import EDM
+from .core.sde_vp import VP, SubVP
+from .core.ve import VE, ncsn_sigmas
 from .core.losses import ImportanceSampler, UniformSampler, training_losses, make_timestep_sampler
 from .likelihood.bound import VLBResult, vlb_bpd
 from .likelihood.ode import ODELikelihoodResult, ode_bpd
@@ -21,6 +24,11 @@ __all__ = [
     "Schedule",
     "space_timesteps",
     "GaussianDiffusion",
+    "VE",
+    "VP",
+    "SubVP",
+    "EDM",
+    "ncsn_sigmas",
     "ModelPrediction",
     "training_losses",
     "UniformSampler",

@@ -29,7 +29,7 @@ from ddpmkit.sampling import SIGMA_MAX, sigma_grid
 MU, SD, T = 0.3, 0.5, 1000
 SCHEDULES = ("linear", "cosine", "sigmoid")
 STEPS = (10, 20, 50)
-DETERMINISTIC = ("euler", "heun", "dpmpp2m", "dpmpp3m", "rk45")
+DETERMINISTIC = ("euler", "heun", "dpmpp2m", "dpmpp3m", "rk45", "heun_churn")   # heun_churn: s_churn = 0, karras grid
 pytestmark = pytest.mark.filterwarnings("ignore:grid=")   # DDIM's 'uniform' grid misses the top: it warns
 
 
@@ -113,7 +113,7 @@ def test_ancestral_samplers_follow_their_exact_law(schedule, sampler, params, bo
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("sampler,learned", [("dpmpp2m_sde", False), ("ddpm", True)])
+@pytest.mark.parametrize("sampler,learned", [("dpmpp2m_sde", False), ("dpmpp3m_sde", False), ("ddpm", True)])
 def test_second_order_and_learned_variance_samplers_match_the_data_at_50_steps(schedule, sampler, learned):
     process, oracle = setup(schedule, learned)
     assert_within_sampling_error(monte_carlo(process, oracle, sampler, 50), (MU, SD))

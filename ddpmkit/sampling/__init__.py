@@ -15,12 +15,17 @@ from .ddim import invert
 from .dpm_solver import dpmpp2m, dpmpp3m, dpmpp_multistep, dpmpp_update
 from .grids import GRIDS, SIGMA_MAX, SKIPS, karras_sigmas, respaced_for, sigma_grid, subsequence, time_grid
 from .loop import SampleOptions, StepInfo, run_steps
-from .ode import euler, heun, rk45
+from .edm import dpmpp3m_sde, euler_churn, heun_churn
+from .ode import euler, euler_step, heun, heun_step, rk45
+from .score_sde import ald, ancestral_ve, euler_maruyama, predictor_corrector, reverse_diffusion
 from .registry import SAMPLERS, Sampler, register
-from .stochastic import ancestral_split, ddim, dpmpp2m_sde, euler_ancestral, langevin_step, pc, sde
+from .stochastic import (ancestral_split, ddim, dpmpp2m_sde, euler_ancestral, langevin_step, pc, posterior_step,
+                         sde)
 
 __all__ = ["sample", "invert", "SampleOptions", "StepInfo", "SAMPLERS", "Sampler", "register", "SKIPS", "GRIDS", "SIGMA_MAX",
            "make_generator", "model_device", "subsequence", "respaced_for", "time_grid", "sigma_grid",
            "karras_sigmas", "run_steps", "euler", "heun", "rk45", "euler_ancestral", "ancestral_split", "ddim",
            "sde", "pc", "langevin_step", "dpmpp2m", "dpmpp3m", "dpmpp_multistep", "dpmpp_update",
-           "dpmpp2m_sde", "ancestral_step", "ddpm"]
+           "dpmpp2m_sde", "ancestral_step", "ddpm", "dpmpp3m_sde", "heun_churn", "euler_churn", "ald",
+           "reverse_diffusion", "euler_maruyama", "ancestral_ve", "predictor_corrector", "posterior_step",
+           "euler_step", "heun_step"]

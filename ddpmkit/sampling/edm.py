@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
-from .ode import check_positive
+from .ode import check_positive, euler_step, heun_step
 from .stochastic import check_eta
 
-__all__ = ["heun_churn", "euler_churn", "dpmpp3m_sde", "churn_gammas", "heun_step", "euler_step"]
+__all__ = ["heun_churn", "euler_churn", "dpmpp3m_sde", "churn_gammas"]
 
 GAMMA_MAX = math.sqrt(2.0) - 1.0
 """EDM's cap on gamma_i (Alg. 2): sigma_hat is at most sqrt(2) sigma_i, i.e. at most as much new
@@ -40,26 +40,6 @@ def churn_gammas(grid: np.ndarray, s_churn: Any, s_tmin: Any, s_tmax: Any) -> np
     levels = grid[:-1]
     gamma = min(float(s_churn) / levels.size, GAMMA_MAX)
     return np.where((levels >= s_tmin) & (levels <= s_tmax), gamma, 0.0)
-
-
-def euler_step(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float,
-               opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Euler step of the probability-flow ODE from ``sigma`` to ``sigma_next`` (EDM eq. 3)."""
-    denoised = D(x, sigma, **opts.cond)
-    return x + ((sigma_next - sigma) / sigma) * (x - denoised), denoised
-
-
-def heun_step(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float,
-              opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Heun step of the probability-flow ODE (EDM Alg. 1 lines 4-8 / Alg. 2 lines 7-10);
-    Euler when ``sigma_next`` is 0. Written with the operations of :func:`ddpmkit.sampling.heun`."""
-    denoised = D(x, sigma, **opts.cond)
-    d = (x - denoised) / sigma
-    x_euler = x + (sigma_next - sigma) * d
-    if sigma_next == 0.0:
-        return x_euler, denoised
-    d_next = (x_euler - D(x_euler, sigma_next, **opts.cond)) / sigma_next
-    return x + (sigma_next - sigma) * 0.5 * (d + d_next), denoised
 
 
 def _churn(name: str, ode_step: Any, D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None,

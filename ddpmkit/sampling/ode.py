@@ -22,7 +22,7 @@ import torch
 
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 
-__all__ = ["euler", "heun", "rk45", "check_positive"]
+__all__ = ["euler", "heun", "rk45", "euler_step", "heun_step", "check_positive"]
 
 
 def check_positive(name: str, value: Any, integer: bool = False, allow_zero: bool = False) -> None:
@@ -34,6 +34,26 @@ def check_positive(name: str, value: Any, integer: bool = False, allow_zero: boo
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {name}={value!r}")
 
 
+def euler_step(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float,
+               opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler step of the probability-flow ODE from ``sigma`` to ``sigma_next`` (EDM eq. 3)."""
+    denoised = D(x, sigma, **opts.cond)
+    return x + ((sigma_next - sigma) / sigma) * (x - denoised), denoised
+
+
+def heun_step(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float,
+              opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Heun step of the probability-flow ODE (EDM Alg. 1 lines 4-8 / Alg. 2 lines 7-10);
+    Euler when ``sigma_next`` is 0."""
+    denoised = D(x, sigma, **opts.cond)
+    d = (x - denoised) / sigma
+    x_euler = x + (sigma_next - sigma) * d
+    if sigma_next == 0.0:
+        return x_euler, denoised
+    d_next = (x_euler - D(x_euler, sigma_next, **opts.cond)) / sigma_next
+    return x + (sigma_next - sigma) * 0.5 * (d + d_next), denoised
+
+
 @torch.no_grad()
 def euler(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None) -> torch.Tensor:
     """Euler on the probability-flow ODE (EDM Alg. 1 without the correction; DDIM eta = 0).
@@ -43,13 +63,7 @@ def euler(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None 
     """
     opts = opts or SampleOptions()
     grid = host_sigmas(sigmas)
-
-    def step(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, sigma_next = grid[i], grid[i + 1]
-        denoised = D(x, sigma, **opts.cond)
-        return x + ((sigma_next - sigma) / sigma) * (x - denoised), denoised
-
-    return run_steps("euler", step, x, grid, opts)
+    return run_steps("euler", lambda i, x: euler_step(D, x, grid[i], grid[i + 1], opts), x, grid, opts)
 
 
 @torch.no_grad()
@@ -60,18 +74,7 @@ def heun(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None =
     """
     opts = opts or SampleOptions()
     grid = host_sigmas(sigmas)
-
-    def step(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, sigma_next = grid[i], grid[i + 1]
-        denoised = D(x, sigma, **opts.cond)
-        d = (x - denoised) / sigma
-        x_euler = x + (sigma_next - sigma) * d
-        if sigma_next == 0.0:
-            return x_euler, denoised
-        d_next = (x_euler - D(x_euler, sigma_next, **opts.cond)) / sigma_next
-        return x + (sigma_next - sigma) * 0.5 * (d + d_next), denoised
-
-    return run_steps("heun", step, x, grid, opts)
+    return run_steps("heun", lambda i, x: heun_step(D, x, grid[i], grid[i + 1], opts), x, grid, opts)
 
 
 @torch.no_grad()

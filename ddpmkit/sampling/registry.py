@@ -13,8 +13,10 @@ from typing import Any, Callable
 
 from .ancestral import ddpm
 from .dpm_solver import dpmpp2m, dpmpp3m
+from .edm import dpmpp3m_sde, euler_churn, heun_churn
 from .grids import GRIDS, SKIPS
 from .ode import euler, heun, rk45
+from .score_sde import ald, ancestral_ve, euler_maruyama, predictor_corrector, reverse_diffusion
 from .stochastic import ddim, dpmpp2m_sde, pc, sde
 
 __all__ = ["Sampler", "SAMPLERS", "register", "check_params"]
@@ -81,3 +83,11 @@ register("pc", pc)
 register("dpmpp2m", dpmpp2m, "logsnr")
 register("dpmpp3m", dpmpp3m, "logsnr")
 register("dpmpp2m_sde", dpmpp2m_sde, "logsnr")
+register("dpmpp3m_sde", dpmpp3m_sde, "logsnr")
+register("heun_churn", heun_churn, "karras")      # EDM Alg. 2
+register("euler_churn", euler_churn, "karras")
+register("ald", ald, "logsnr")                    # annealed Langevin (NCSN)
+register("reverse_diffusion", reverse_diffusion)  # score_sde's predictors, and PC over any of them
+register("euler_maruyama", euler_maruyama)        # the same step as reverse_diffusion in x_hat (see its docstring)
+register("ancestral_ve", ancestral_ve)
+register("predictor_corrector", predictor_corrector)

@@ -33,7 +33,7 @@ import torch
 
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 from .ode import check_positive
-from .stochastic import _ancestral, langevin_step
+from .stochastic import langevin_step, posterior_step
 
 __all__ = ["ald", "reverse_diffusion", "euler_maruyama", "ancestral_ve", "predictor_corrector",
            "reverse_diffusion_step", "ancestral_ve_step", "PREDICTORS"]
@@ -56,7 +56,7 @@ def ancestral_ve_step(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: fl
                       opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """score_sde's ancestral-sampling predictor for VE (Song et al. 2021, eq. 45): the exact
     posterior step of :mod:`ddpmkit.sampling.stochastic` (its formula, reused)."""
-    return _ancestral(D, x, sigma, sigma_next, 1.0, opts)
+    return posterior_step(D, x, sigma, sigma_next, 1.0, opts)
 
 
 PREDICTORS: dict[str, PredictorStep] = {

@@ -24,7 +24,7 @@ import torch
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 from .ode import check_positive
 
-__all__ = ["ancestral_split", "euler_ancestral", "sde", "pc", "langevin_step", "check_eta",
+__all__ = ["ancestral_split", "posterior_step", "euler_ancestral", "sde", "pc", "langevin_step", "check_eta",
            "dpmpp2m_sde", "ddim"]
 
 
@@ -43,8 +43,10 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[
     return math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0)), sigma_up
 
 
-def _ancestral(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float, eta: float,
-               opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
+def posterior_step(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float, eta: float,
+                   opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral step from ``sigma`` to ``sigma_next``: the exact Gaussian step of the frozen
+    denoiser with DDIM's ``eta`` (module docstring); returns (x', D(x, sigma))."""
     denoised = D(x, sigma, **opts.cond)
     sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
     x = denoised + (sigma_down / sigma) * (x - denoised)
@@ -63,7 +65,7 @@ def euler_ancestral(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptio
     eta = check_eta(eta)
     opts = opts or SampleOptions()
     grid = host_sigmas(sigmas)
-    return run_steps("ancestral", lambda i, x: _ancestral(D, x, grid[i], grid[i + 1], eta, opts), x, grid, opts)
+    return run_steps("ancestral", lambda i, x: posterior_step(D, x, grid[i], grid[i + 1], eta, opts), x, grid, opts)
 
 
 @torch.no_grad()
@@ -85,7 +87,7 @@ def sde(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = 
     """
     opts = opts or SampleOptions()
     grid = host_sigmas(sigmas)
-    return run_steps("sde", lambda i, x: _ancestral(D, x, grid[i], grid[i + 1], 1.0, opts), x, grid, opts)
+    return run_steps("sde", lambda i, x: posterior_step(D, x, grid[i], grid[i + 1], 1.0, opts), x, grid, opts)
 
 
 def langevin_step(D: Denoiser, x: torch.Tensor, sigma: float, snr: float, alpha: float,
@@ -130,7 +132,7 @@ def pc(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = N
         raise ValueError(f"alphas must have one entry per grid level {grid.shape}, got {level_alpha.shape}")
 
     def step(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, denoised = _ancestral(D, x, grid[i], grid[i + 1], 1.0, opts)
+        x, denoised = posterior_step(D, x, grid[i], grid[i + 1], 1.0, opts)
         if grid[i + 1] > 0.0:
             for _ in range(corrector_steps):
                 x = langevin_step(D, x, grid[i + 1], snr, float(level_alpha[i + 1]), opts)
