@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .predictions import check_choice
+from .predictions import batch_sigma, check_choice, time_dtype
 from .score_losses import (MIN_SNR_GAMMA, denoising_loss, edm_weight, likelihood_weight, min_snr_weight,
                            ncsn_weight)
 
@@ -42,11 +42,6 @@ def check_number(name: str, value: Any, positive: bool = True) -> float:
     if not ok or not math.isfinite(float(value)) or (positive and not float(value) > 0):
         raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {name}={value!r}")
     return float(value)
-
-
-def time_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for every data dtype but float64 (kept when the caller computes in it)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class ContinuousProcess:
@@ -228,11 +223,7 @@ class ProcessDenoiser:
         batch = x_hat.shape[0]
         work = time_dtype(x_hat.dtype)
         if isinstance(sigma, torch.Tensor):
-            sigma_b = sigma.to(device=x_hat.device, dtype=work).reshape(-1)
-            if sigma_b.numel() not in (1, batch):
-                raise ValueError(f"sigma must be a float or a tensor of shape () or ({batch},), "
-                                 f"got shape {tuple(sigma.shape)}")
-            sigma_b = sigma_b.expand(batch) if sigma_b.numel() == 1 else sigma_b
+            sigma_b = batch_sigma(sigma, x_hat)
             c_in, c_skip, c_out, c_noise = self.process.preconditioning(sigma_b)
             shape = (-1,) + (1,) * (x_hat.dim() - 1)
             c_in, c_skip, c_out = (_column(c, shape) for c in (c_in, c_skip, c_out))

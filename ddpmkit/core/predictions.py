@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PREDICTIONS", "check_choice", "check_finite", "check_same_shape", "x0_from_eps_at",
+__all__ = ["PREDICTIONS", "time_dtype", "batch_sigma", "check_choice", "check_finite", "check_same_shape", "x0_from_eps_at",
            "eps_from_x0_at", "v_from_at", "x0_from_v_at", "eps_from_v_at", "x0_eps_from_prediction_at"]
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -67,3 +67,19 @@ def x0_eps_from_prediction_at(prediction: str, x_t: torch.Tensor, pred: torch.Te
     if prediction == "v":
         return x0_from_v_at(x_t, pred, a, s), eps_from_v_at(x_t, pred, a, s)
     raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got prediction={prediction!r}")
+
+
+# ---------------------------------------------------------------------- what every denoiser shares
+def time_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of noise levels and network times for data of ``dtype``: float32, or float64 for
+    float64 data, never a half precision (t = 937.3 would be 936 in bfloat16)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def batch_sigma(sigma: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """A tensor ``sigma`` of shape () or (B,) as (B,) on x_hat's device in :func:`time_dtype`."""
+    batch = x_hat.shape[0]
+    sigma_b = sigma.to(device=x_hat.device, dtype=time_dtype(x_hat.dtype)).reshape(-1)
+    if sigma_b.numel() not in (1, batch):
+        raise ValueError(f"sigma must be a float or a tensor of shape () or ({batch},), got shape {tuple(sigma.shape)}")
+    return sigma_b.expand(batch) if sigma_b.numel() == 1 else sigma_b

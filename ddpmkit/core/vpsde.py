@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .predictions import x0_eps_from_prediction_at
+from .predictions import batch_sigma, time_dtype, x0_eps_from_prediction_at
 
 if TYPE_CHECKING:   # the process is only used through its attributes (no import cycle)
     from .diffusion import GaussianDiffusion
@@ -148,10 +148,7 @@ class ContinuousVP:
             self._tables[key] = (u, t)
         return self._tables[key]
 
-    @staticmethod
-    def _time_dtype(dtype: torch.dtype) -> torch.dtype:
-        """float32 for every data dtype but float64 (kept when the caller computes in it)."""
-        return torch.float64 if dtype == torch.float64 else torch.float32
+    _time_dtype = staticmethod(time_dtype)
 
     def _interp_on(self, u: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Piecewise-linear interpolation of (xs, ys) at u, clamped at the ends, on u's device."""
@@ -251,9 +248,7 @@ class VPDenoiser:
 
     def __call__(self, x_hat: torch.Tensor, sigma: float | torch.Tensor, **cond: Any) -> torch.Tensor:
         if isinstance(sigma, torch.Tensor):
-            work = x_hat.dtype if x_hat.dtype in (torch.float32, torch.float64) else torch.float32
-            sigma_b = sigma.to(device=x_hat.device, dtype=work).reshape(-1)
-            sigma_b = sigma_b.expand(x_hat.shape[0]) if sigma_b.numel() == 1 else sigma_b
+            sigma_b = batch_sigma(sigma, x_hat)
             shape = (-1,) + (1,) * (x_hat.dim() - 1)
             a = torch.rsqrt(1.0 + sigma_b**2).reshape(shape)            # sqrt(alpha_bar)
             s = (sigma_b.reshape(shape) * a)                             # sqrt(1 - alpha_bar)

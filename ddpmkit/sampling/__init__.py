@@ -17,10 +17,9 @@ from .grids import GRIDS, SIGMA_MAX, SKIPS, karras_sigmas, respaced_for, sigma_g
 from .loop import SampleOptions, StepInfo, run_steps
 from .edm import dpmpp3m_sde, euler_churn, heun_churn
 from .ode import euler, euler_step, heun, heun_step, rk45
-from .score_sde import ald, ancestral_ve, euler_maruyama, predictor_corrector, reverse_diffusion
+from .score_sde import ald, ancestral_ve, euler_maruyama, pc, predictor_corrector, reverse_diffusion
 from .registry import SAMPLERS, Sampler, register
-from .stochastic import (ancestral_split, ddim, dpmpp2m_sde, euler_ancestral, langevin_step, pc, posterior_step,
-                         sde)
+from .stochastic import ancestral_split, ddim, dpmpp2m_sde, euler_ancestral, langevin_step, posterior_step, sde
 
 __all__ = ["sample", "invert", "SampleOptions", "StepInfo", "SAMPLERS", "Sampler", "register", "SKIPS", "GRIDS", "SIGMA_MAX",
            "make_generator", "model_device", "subsequence", "respaced_for", "time_grid", "sigma_grid",

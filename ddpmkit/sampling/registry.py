@@ -16,8 +16,8 @@ from .dpm_solver import dpmpp2m, dpmpp3m
 from .edm import dpmpp3m_sde, euler_churn, heun_churn
 from .grids import GRIDS, SKIPS
 from .ode import euler, heun, rk45
-from .score_sde import ald, ancestral_ve, euler_maruyama, predictor_corrector, reverse_diffusion
-from .stochastic import ddim, dpmpp2m_sde, pc, sde
+from .score_sde import ald, ancestral_ve, euler_maruyama, pc, predictor_corrector, reverse_diffusion
+from .stochastic import ddim, dpmpp2m_sde, sde
 
 __all__ = ["Sampler", "SAMPLERS", "register", "check_params"]
 

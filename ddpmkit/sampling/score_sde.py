@@ -35,7 +35,7 @@ from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 from .ode import check_positive
 from .stochastic import langevin_step, posterior_step
 
-__all__ = ["ald", "reverse_diffusion", "euler_maruyama", "ancestral_ve", "predictor_corrector",
+__all__ = ["pc", "ald", "reverse_diffusion", "euler_maruyama", "ancestral_ve", "predictor_corrector",
            "reverse_diffusion_step", "ancestral_ve_step", "PREDICTORS"]
 
 PredictorStep = Callable[[Denoiser, torch.Tensor, float, float, SampleOptions], "tuple[torch.Tensor, torch.Tensor]"]
@@ -87,6 +87,21 @@ def _run_pc(name: str, D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOp
         return x, denoised
 
     return run_steps(name, step, x, grid, opts)
+
+
+@torch.no_grad()
+def pc(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
+       snr: float = 0.16, corrector_steps: int = 1,
+       alphas: Sequence[float] | np.ndarray | None = None) -> torch.Tensor:
+    """Predictor-corrector sampling (Song et al. 2021, Alg. 1 and 5): the exact reverse-SDE step
+    (``ancestral_ve``, the posterior of :mod:`.stochastic`) as predictor, then
+    ``corrector_steps`` Langevin steps at each new level but the last.
+
+    ``snr``: the corrector's signal-to-noise ratio r (0.16 is score_sde's CIFAR-10 default);
+    ``alphas``: the alpha_i of Alg. 5 for each grid level (the discrete VP's 1 - beta_i;
+    1 for VE, the default). Calls: n + corrector_steps (n - 1).
+    """
+    return _run_pc("pc", D, x, sigmas, opts, "ancestral_ve", snr, corrector_steps, alphas)
 
 
 @torch.no_grad()

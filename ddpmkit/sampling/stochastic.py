@@ -1,4 +1,5 @@
-"""Stochastic samplers over a denoiser and a sigma grid: ancestral (DDIM eta), reverse SDE, PC.
+"""Stochastic samplers over a denoiser and a sigma grid: ancestral (DDIM eta), reverse SDE, the
+Langevin corrector (its sampler ``pc`` lives with score_sde's predictors, :mod:`.score_sde`).
 
 Every stochastic step here uses the *exact* Gaussian step of the frozen denoiser: from sigma to
 sigma' < sigma with x_0 estimated by D, the process's own posterior is
@@ -16,15 +17,14 @@ grids, where Euler-Maruyama's increment sqrt(sigma^2 - sigma'^2) is not.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
-from .ode import check_positive
 
-__all__ = ["ancestral_split", "posterior_step", "euler_ancestral", "sde", "pc", "langevin_step", "check_eta",
+__all__ = ["ancestral_split", "posterior_step", "euler_ancestral", "sde", "langevin_step", "check_eta",
            "dpmpp2m_sde", "ddim"]
 
 
@@ -110,35 +110,6 @@ def langevin_step(D: Denoiser, x: torch.Tensor, sigma: float, snr: float, alpha:
     ratio = snr * noise_norm / score_norm.clamp_min(torch.finfo(score_norm.dtype).tiny)
     step = torch.where(informative, 2.0 * alpha * ratio**2, torch.zeros_like(ratio))
     return x + step * score + torch.sqrt(2.0 * step) * noise
-
-
-@torch.no_grad()
-def pc(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None,
-                        snr: float = 0.16, corrector_steps: int = 1,
-                        alphas: Sequence[float] | np.ndarray | None = None) -> torch.Tensor:
-    """Predictor-corrector sampling (Song et al. 2021, Alg. 1 and 5): the exact reverse-SDE step
-    as predictor, then ``corrector_steps`` Langevin steps at each new level but the last.
-
-    ``snr``: the corrector's signal-to-noise ratio r (0.16 is score_sde's CIFAR-10 default);
-    ``alphas``: the alpha_i of Alg. 5 for each grid level (the discrete VP's 1 - beta_i;
-    1 for VE, the default). Calls: n + corrector_steps (n - 1).
-    """
-    check_positive("snr", snr)
-    check_positive("corrector_steps", corrector_steps, integer=True, allow_zero=True)
-    opts = opts or SampleOptions()
-    grid = host_sigmas(sigmas)
-    level_alpha = np.ones(grid.size) if alphas is None else np.asarray(alphas, dtype=np.float64)
-    if level_alpha.shape != grid.shape:
-        raise ValueError(f"alphas must have one entry per grid level {grid.shape}, got {level_alpha.shape}")
-
-    def step(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, denoised = posterior_step(D, x, grid[i], grid[i + 1], 1.0, opts)
-        if grid[i + 1] > 0.0:
-            for _ in range(corrector_steps):
-                x = langevin_step(D, x, grid[i + 1], snr, float(level_alpha[i + 1]), opts)
-        return x, denoised
-
-    return run_steps("pc", step, x, grid, opts)
 
 
 @torch.no_grad()

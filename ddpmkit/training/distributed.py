@@ -68,7 +68,6 @@ class DistInfo:
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group that torchrun's environment describes (if any)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     target = resolve_device(device, local_rank)
     if world <= 1:
