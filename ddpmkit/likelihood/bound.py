@@ -29,7 +29,8 @@ class VLBResult:
     """Per-example bound in bits/dim and its breakdown.
 
     ``total[b] = prior[b] + terms[b].sum()``; ``terms[:, 0]`` is the decoder -log p(x_0|x_1) and
-    ``terms[:, t]`` for t > 0 the KL at step t. ``mse[b, t]`` is the eps-prediction error.
+    ``terms[:, t]`` for t > 0 the KL at step t. ``mse[b, t]`` is the eps-prediction error. All are
+    float64 CPU tensors, whatever the device of the data.
     ``discrete`` says whether the decoder was discretized (then ``total`` bounds the
     negative log-probability of the quantised data) or a continuous density.
     """
@@ -87,8 +88,9 @@ def vlb_bpd(
     if isinstance(t_batch, bool) or not isinstance(t_batch, int) or t_batch < 1:
         raise ValueError(f"t_batch must be an integer >= 1, got t_batch={t_batch!r}")
     B, T = x0.shape[0], process.T
-    terms = torch.zeros(B, T, dtype=torch.float64, device=x0.device)
-    mse = torch.zeros(B, T, dtype=torch.float64, device=x0.device)
+    # the float64 tables stay on the host (some devices have no float64): one copy per chunk
+    terms = torch.zeros(B, T, dtype=torch.float64)
+    mse = torch.zeros(B, T, dtype=torch.float64)
     starts = range(T - 1, -1, -t_batch)
     for start in tqdm(starts, desc="vlb", disable=not progress, leave=False):
         ts = list(range(start, max(start - t_batch, -1), -1))
@@ -100,10 +102,10 @@ def vlb_bpd(
         c = {n: (v.repeat((k,) + (1,) * (v.dim() - 1)) if isinstance(v, torch.Tensor) else v)
              for n, v in cond.items()}
         p = process._p_from_output(process._model_output(model, x_t, t, **c), x_t, t, clip_x0)
-        values = vlb_from_prediction(process, p.mean, p.log_variance, x_rep, x_t, t, levels)
-        err = mean_flat((p.pred_eps - noise) ** 2)
+        values = vlb_from_prediction(process, p.mean, p.log_variance, x_rep, x_t, t, levels).detach().cpu()
+        err = mean_flat((p.pred_eps - noise) ** 2).detach().cpu()
         for j, tj in enumerate(ts):
             terms[:, tj] = values[j * B:(j + 1) * B].double()
             mse[:, tj] = err[j * B:(j + 1) * B].double()
-    prior = prior_bpd(process, x0).double()
+    prior = prior_bpd(process, x0).detach().cpu().double()
     return VLBResult(total=prior + terms.sum(dim=1), prior=prior, terms=terms, mse=mse, levels=levels)
