@@ -1,7 +1,7 @@
 """From a config to objects: the network and the process, and the network's size-dependent fields.
 
     network = build_network(config.network)        # a U-Net comes channels-last
-    process = build_process(config.diffusion)      # a GaussianDiffusion
+    process = build_process(config.diffusion)      # a GaussianDiffusion, or a VE / VP / SubVP / EDM
     attention = attention_at_size((4,), old_size=8, new_size=28, levels=2)   # (14,)
 
 The network kinds ("unet", "mlp") are those of :data:`ddpmkit.nets.NETWORK_KINDS`, the one
@@ -14,13 +14,39 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..core.diffusion import GaussianDiffusion
+from ..core.diffusion import PREDICTIONS, GaussianDiffusion
+from ..core.edm import EDM
 from ..core.schedules import Schedule
+from ..core.sde_vp import VP, SubVP
+from ..core.ve import VE
 from ..nets import NETWORK_KINDS
 from ..nets import build_network as _build_module
 
 __all__ = ["network_kinds", "network_kind", "build_network", "build_process", "level_sides",
-           "attention_at_size"]
+           "attention_at_size", "PROCESSES", "PROCESS_KEYS", "CONTINUOUS_KEYS", "continuous_class",
+           "check_process_keys", "describe_process"]
+
+CONTINUOUS_PROCESSES: dict[str, type] = {"ve": VE, "vp": VP, "subvp": SubVP, "edm": EDM}
+PROCESSES = ("discrete",) + tuple(CONTINUOUS_PROCESSES)
+"""The values of ``diffusion.process``."""
+
+_LOSS_KEYS = ("weighting", "snr_gamma")
+PROCESS_KEYS: dict[str, tuple[str, ...]] = {
+    "discrete": (),
+    "ve": _LOSS_KEYS + ("sigma_min", "sigma_max", "score_scaling", "time_scale"),
+    "vp": _LOSS_KEYS + ("beta_min", "beta_max", "t_min", "time_scale"),
+    "subvp": _LOSS_KEYS + ("beta_min", "beta_max", "t_min", "time_scale"),
+    "edm": _LOSS_KEYS + ("sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std"),
+}
+"""The ``diffusion`` keys each process uses beyond ``prediction`` (None in a config: the process's default)."""
+CONTINUOUS_KEYS = tuple(dict.fromkeys(k for keys in PROCESS_KEYS.values() for k in keys))
+
+
+def continuous_class(process: str) -> type:
+    """The class of a continuous ``diffusion.process`` ("ve", "vp", "subvp", "edm")."""
+    if process not in CONTINUOUS_PROCESSES:
+        raise ValueError(f"process must be one of {list(CONTINUOUS_PROCESSES)}, got process={process!r}")
+    return CONTINUOUS_PROCESSES[process]
 
 
 def network_kinds() -> Mapping[str, type]:
@@ -45,10 +71,68 @@ def build_network(network: Any) -> nn.Module:
     return module
 
 
-def build_process(diffusion: Any) -> GaussianDiffusion:
-    """The :class:`GaussianDiffusion` a ``DiffusionConfig`` describes."""
-    return GaussianDiffusion(Schedule.named(diffusion.schedule, diffusion.T), diffusion.prediction,
-                             diffusion.variance)
+def _fail(key: str, value: Any, why: str) -> None:
+    raise ValueError(f"diffusion.{key} {why}, got {key}={value!r}")
+
+
+def check_process_keys(diffusion: Any) -> None:
+    """One-line ValueErrors, naming the key, for what a ``DiffusionConfig``'s process cannot take.
+
+    The discrete process: its ``prediction``; ``objective`` "simple" with a learned variance.
+    Every process: a key of :data:`CONTINUOUS_KEYS` set (not None) that it does not use. A
+    continuous process: ``variance``, ``objective`` or ``timestep_sampler`` away from their
+    defaults (``schedule``, ``T``, ``hybrid_lambda`` are ignored), a ``prediction`` or
+    ``weighting`` it does not take, ``snr_gamma`` <= 0, and the process's own checks
+    (sigma_min < sigma_max, ...).
+    """
+    if diffusion.process == "discrete":
+        if diffusion.prediction not in PREDICTIONS:
+            _fail("prediction", diffusion.prediction, f"must be one of {list(PREDICTIONS)}")
+        if diffusion.variance == "learned_range" and diffusion.objective == "simple":
+            # L_simple has no gradient for the variance half (improved-diffusion switches to hybrid silently)
+            _fail("objective", diffusion.objective, "leaves a learned_range variance untrained: use hybrid or vlb")
+    used = PROCESS_KEYS[diffusion.process]
+    for key in CONTINUOUS_KEYS:
+        if getattr(diffusion, key) is not None and key not in used:
+            _fail(key, getattr(diffusion, key), f"is not used by process={diffusion.process!r} (it takes {list(used)})")
+    if diffusion.process == "discrete":
+        return
+    for key, default in (("variance", "fixed_small"), ("objective", "simple"), ("timestep_sampler", "uniform")):
+        if getattr(diffusion, key) != default:
+            _fail(key, getattr(diffusion, key), f"is for process='discrete' only (process={diffusion.process!r} "
+                  "trains with diffusion.weighting)")
+    cls = continuous_class(diffusion.process)
+    for key, options in (("prediction", cls.predictions), ("weighting", cls.weightings)):
+        value = getattr(diffusion, key)
+        if value is not None and value not in options:
+            _fail(key, value, f"must be one of {list(options)} for process={diffusion.process!r}")
+    if diffusion.snr_gamma is not None and not diffusion.snr_gamma > 0:
+        _fail("snr_gamma", diffusion.snr_gamma, "must be a number > 0")
+    try:
+        build_process(diffusion)
+    except ValueError as err:   # the process's own message starts with the argument's name
+        raise ValueError(f"diffusion.{err}") from None
+
+
+def describe_process(diffusion: Any) -> str:
+    """``cosine/v/fixed_small/simple`` (discrete) or ``ve/score/ncsn`` (process/prediction/weighting)."""
+    d = diffusion
+    if d.process == "discrete":
+        return f"{d.schedule}/{d.prediction}/{d.variance}/{d.objective}"
+    return f"{d.process}/{d.prediction}/{d.weighting or continuous_class(d.process).default_weighting}"
+
+
+def build_process(diffusion: Any) -> Any:
+    """The process a ``DiffusionConfig`` describes: :class:`GaussianDiffusion` for "discrete",
+    else ``VE`` / ``VP`` / ``SubVP`` / ``EDM`` with the keys of :data:`PROCESS_KEYS` that are set
+    (the loss keys ``weighting`` and ``snr_gamma`` are the trainer's, not the process's)."""
+    if diffusion.process == "discrete":
+        return GaussianDiffusion(Schedule.named(diffusion.schedule, diffusion.T), diffusion.prediction,
+                                 diffusion.variance)
+    cls = continuous_class(diffusion.process)
+    kwargs = {k: getattr(diffusion, k) for k in PROCESS_KEYS[diffusion.process]
+              if k not in _LOSS_KEYS and getattr(diffusion, k) is not None}
+    return cls(prediction=diffusion.prediction, **kwargs)
 
 
 def level_sides(image_size: int, levels: int) -> tuple[int, ...]:

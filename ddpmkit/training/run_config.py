@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config_base import DictConfig, coerce   # the one type check of every config field
-from ..core.diffusion import PREDICTIONS, VARIANCES, GaussianDiffusion
+from ..core.diffusion import VARIANCES
 from ..core.losses import OBJECTIVES
 from ..data.config import DataConfig
 from ..io.files import write_json
 from ..nets import network_config_from_dict, network_config_to_dict
 from ..sampling import SAMPLERS
-from .build import build_network, build_process, network_kind, network_kinds
+from .build import (PROCESSES, build_network, build_process, check_process_keys, network_kind, network_kinds)
 
 __all__ = ["DiffusionConfig", "OptimConfig", "TrainConfig", "check_resumable", "SECTIONS", "PRECISIONS",
-           "SCHEDULES", "TIMESTEP_SAMPLERS", "LR_DECAYS"]
+           "SCHEDULES", "TIMESTEP_SAMPLERS", "LR_DECAYS", "PROCESSES"]
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
 TIMESTEP_SAMPLERS = ("uniform", "importance")
@@ -52,33 +52,50 @@ def _at_least(owner: str, name: str, value: Any, low: float) -> None:
 
 @dataclass(frozen=True)
 class DiffusionConfig(DictConfig):
-    """The process and the objective (DDPM sec. 3-4; iDDPM sec. 3)."""
+    """The process and its objective: "discrete" (the default; DDPM sec. 3-4, iDDPM sec. 3) or a
+    continuous "ve" | "vp" | "subvp" | "edm" trained by weighted denoising score matching. A key left
+    None takes the process's default; :func:`build.check_process_keys` says which process uses which."""
 
     schedule: str = "cosine"          # linear (DDPM) | cosine (iDDPM eq. 17) | sigmoid
     T: int = 1000
-    prediction: str = "eps"           # eps | x0 | v
+    prediction: str = "eps"           # eps | x0 | v (discrete, vp); score (ve); edm (edm)
     variance: str = "fixed_small"     # fixed_small | fixed_large | learned_range (iDDPM eq. 15)
     objective: str = "simple"         # simple (DDPM eq. 14) | vlb | hybrid (iDDPM eq. 16)
     timestep_sampler: str = "uniform"  # uniform | importance (iDDPM eq. 18)
     hybrid_lambda: float = 0.001
+    process: str = "discrete"         # discrete | ve | vp | subvp | edm
+    weighting: str | None = None      # ncsn | likelihood | min_snr | edm (continuous only)
+    snr_gamma: float | None = None    # gamma of min_snr (Hang et al. 2023; 5)
+    sigma_min: float | None = None    # ve (0.01), edm (0.002)
+    sigma_max: float | None = None    # ve (50), edm (80)
+    score_scaling: bool | None = None  # ve: NCSNv2 technique 3, score = F / sigma
+    time_scale: float | None = None   # ve (1), vp / subvp (999): the network sees time_scale * t
+    beta_min: float | None = None     # vp / subvp (0.1)
+    beta_max: float | None = None     # vp / subvp (20)
+    t_min: float | None = None        # vp / subvp (1e-5)
+    sigma_data: float | None = None   # edm (0.5)
+    p_mean: float | None = None       # edm (-1.2)
+    p_std: float | None = None        # edm (1.2)
 
     def __post_init__(self) -> None:
         owner = "diffusion"
+        _choice(owner, "process", self.process, PROCESSES)
         _choice(owner, "schedule", self.schedule, SCHEDULES)
         if not isinstance(self.T, int) or isinstance(self.T, bool) or self.T < 1:
             _fail(owner, "T", self.T, "must be an integer >= 1")
-        _choice(owner, "prediction", self.prediction, PREDICTIONS)
         _choice(owner, "variance", self.variance, VARIANCES)
         _choice(owner, "objective", self.objective, OBJECTIVES)
         _choice(owner, "timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         _at_least(owner, "hybrid_lambda", self.hybrid_lambda, 0.0)
-        if self.variance == "learned_range" and self.objective == "simple":
-            # L_simple has no gradient for the variance half (improved-diffusion switches to hybrid silently)
-            _fail(owner, "objective", self.objective, "leaves a learned_range variance untrained: use hybrid or vlb")
+        check_process_keys(self)   # prediction, variance vs objective, and the keys of each process
 
-    def build(self) -> GaussianDiffusion:
-        """The :class:`GaussianDiffusion` this config describes (see :func:`build.build_process`)."""
+    def build(self) -> Any:
+        """The process: a GaussianDiffusion, or a VE / VP / SubVP / EDM (:func:`build.build_process`)."""
         return build_process(self)
+
+    @property
+    def continuous(self) -> bool:   # a continuous-time process, not the discrete GaussianDiffusion
+        return self.process != "discrete"
 
 
 @dataclass(frozen=True)
@@ -211,6 +228,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 _fail(owner, name, getattr(self, name), "must be a non-empty string")
         _choice(owner, "sample_sampler", self.sample_sampler, sorted(SAMPLERS))   # not only at the first preview
+        if self.diffusion.continuous and SAMPLERS[self.sample_sampler].discrete:
+            _fail(owner, "sample_sampler", self.sample_sampler, f"needs process='discrete', not {self.diffusion.process!r}")
 
     # ------------------------------------------------------------------ dict / JSON
     def to_dict(self) -> dict[str, Any]:
