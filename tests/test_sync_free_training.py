@@ -124,3 +124,21 @@ def test_the_count_catches_a_per_step_read(tmp_path, monkeypatch):
 def test_autocast_training_is_sync_free(tmp_path, precision):
     short, long = (reads_of_a_loop(diffusion_trainer(tmp_path, f"precision={precision}"), n) for n in (N, 2 * N))
     assert short == long, (short, long)
+
+
+@pytest.mark.parametrize("preset, overrides", [
+    ("digits-ncsn", ["diffusion.weighting=likelihood"]),   # the likelihood weight reads d sigma^2 / dt on the device
+    ("digits-edm", ["network.num_classes=10", "class_dropout=0.2"]),
+])
+def test_continuous_process_training_is_sync_free(tmp_path, preset, overrides):
+    """The weighted denoising score matching step (VE, EDM) reads the host no more than the discrete one."""
+    def make(steps: int) -> Trainer:
+        cfg = load_config(preset, [f"out={tmp_path / f'run{steps}'}", "num_threads=1", "network.channels=8",
+                                   "network.channel_mult=[1]", "network.attention_resolutions=[]",
+                                   "network.mid_attention=false", "network.norm_groups=4", "optim.batch_size=12",
+                                   "optim.micro_batch=6", "log_every=1000", "checkpoint_every=0", "sample_every=0",
+                                   f"optim.steps={steps}", *overrides])
+        return Trainer(cfg, progress=False)
+
+    short, long = (reads_of_a_loop(make, n) for n in (N, 2 * N))
+    assert short == long, (short, long)

@@ -8,7 +8,8 @@ importance-sampled timesteps, DDP, previews, exact resume.
 
 Determinism: every random number comes from an explicit stream whose state is checkpointed:
 the data order is a seeded permutation per epoch (a function of the step), timesteps, flips and
-label dropout come from ``data_gen``, the noise from ``noise_gen``, and dropout from torch's
+label dropout come from ``data_gen``, the noise from ``noise_gen`` (for a continuous process
+also its training times, drawn first: the draws of ``process.loss``), and dropout from torch's
 global generator (seeded per rank, saved per rank). Every rank draws the whole global batch's
 randomness and keeps its own slice, so N processes compute what one process computes with the
 same global batch. Resuming from a checkpoint continues bit for bit (on the CPU).
@@ -27,6 +28,7 @@ from torch import nn
 
 from ..core.diffusion import GaussianDiffusion, check_finite
 from ..core.losses import check_levels, make_timestep_sampler, training_losses
+from ..core.score_losses import MIN_SNR_GAMMA, denoising_loss
 from ..data import ArrayDataset, load_dataset
 from ..io.checkpoint import (encode_bytes, load_optimizer_state, optimizer_state_tensors, read_checkpoint,
                              rng_state_tensor)
@@ -50,7 +52,7 @@ class TrainResult:
     checkpoint: Path | None          # the last checkpoint written
     model: nn.Module
     ema_model: nn.Module             # the average at config.ema_rates[0]
-    process: GaussianDiffusion
+    process: Any                     # GaussianDiffusion, or a continuous VE / VP / SubVP / EDM
     metrics: dict[str, Any]          # the last logged line
     stopped_by: str | None           # "SIGTERM" / "SIGINT" if a signal ended the run
     seconds: float
@@ -128,9 +130,11 @@ class Trainer(TrainLoop):
         self.local_batch = B // W
         self.on_step = on_step
         finite = ("loss",) if config.precision == "fp16" else ("loss", "grad_norm")   # GradScaler skips inf steps
+        self.continuous = config.diffusion.continuous
+        names = ("loss", "grad_norm") if self.continuous else ("loss", "mse", "vlb", "grad_norm")
         super().__init__(LoopSettings(Path(config.out), config.log_every, config.checkpoint_every, config.keep_last,
                                       B, config.optim.lr_at, f"train {config.name}", progress, tensorboard=True,
-                                      finite=finite), dist, ("loss", "mse", "vlb", "grad_norm"))
+                                      finite=finite), dist, names)
 
         torch.manual_seed(config.seed)   # the same initial weights on every rank
         self.model = config.build_network().to(self.device)
@@ -140,7 +144,8 @@ class Trainer(TrainLoop):
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas),
                                            eps=opt.eps, weight_decay=opt.weight_decay, foreach=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
-        self.timestep_sampler = make_timestep_sampler(config.diffusion.timestep_sampler, self.process.T)
+        self.timestep_sampler = (None if self.continuous else
+                                 make_timestep_sampler(config.diffusion.timestep_sampler, self.process.T))
         self.data_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
         torch.manual_seed(config.seed + 1 + dist.rank)   # dropout masks differ per rank
@@ -165,15 +170,28 @@ class Trainer(TrainLoop):
             self._order = (epoch, _epoch_order(self.config.seed, epoch, n))
         index = self._order[1][k * B:(k + 1) * B]
         batch = {"x0": self.dataset.augment(self.dataset.x[index], self.data_gen)}
-        batch["t"], batch["weights"] = self.timestep_sampler.sample(B, generator=self.data_gen)
+        if self.timestep_sampler is not None:
+            batch["t"], batch["weights"] = self.timestep_sampler.sample(B, generator=self.data_gen)
         if getattr(self.config.network, "num_classes", None) is not None:
             y = self.dataset.y[index]
             if self.config.class_dropout > 0:
                 drop = torch.rand(B, generator=self.data_gen) < self.config.class_dropout
                 y = torch.where(drop, torch.full_like(y, self.config.network.num_classes), y)
             batch["y"] = y
+        if self.continuous:   # t (or EDM's sigma) first, then the noise: the order of process.loss
+            batch["t"], batch["sigma"] = self.process.training_sigmas(B, self.noise_gen, self.device, torch.float32)
         batch["noise"] = torch.randn((B,) + self.dataset.shape, generator=self.noise_gen, device=self.device)
         return batch
+
+    def _continuous_loss(self, part: dict[str, torch.Tensor], **cond: Any) -> torch.Tensor:
+        """Per-example weighted denoising score matching, ``process.loss`` on the batch's own draws
+        (the same numbers for one process and one micro-batch; see :mod:`ddpmkit.core.score_losses`)."""
+        d = self.config.diffusion
+        gamma = MIN_SNR_GAMMA if d.snr_gamma is None else d.snr_gamma
+        weight = self.process.loss_weight(d.weighting or self.process.default_weighting, part["sigma"], part["t"],
+                                          gamma)
+        return denoising_loss(self.process.denoiser(self._forward), part["x0"], part["sigma"], part["noise"],
+                              weight, **cond)
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         """The network under autocast (bf16 / fp16), its output back in float32."""
@@ -201,15 +219,19 @@ class Trainer(TrainLoop):
             sync = contextlib.nullcontext() if last or not self.dist.distributed else self.ddp_model.no_sync()
             with sync:
                 cond = {"y": part["y"]} if "y" in part else {}
-                terms = training_losses(self.process, self._forward, part["x0"], cfg.diffusion.objective,
-                                        t=part["t"], noise=part["noise"], levels=self.dataset.levels,
-                                        hybrid_lambda=cfg.diffusion.hybrid_lambda, validate=False, **cond)
-                loss = (terms["loss"] * part["weights"]).sum() / b
+                if self.continuous:
+                    loss = self._continuous_loss(part, **cond).sum() / b
+                else:
+                    terms = training_losses(self.process, self._forward, part["x0"], cfg.diffusion.objective,
+                                            t=part["t"], noise=part["noise"], levels=self.dataset.levels,
+                                            hybrid_lambda=cfg.diffusion.hybrid_lambda, validate=False, **cond)
+                    loss = (terms["loss"] * part["weights"]).sum() / b
                 self.scaler.scale(loss).backward()
             loss_sum = loss_sum + loss.detach()
-            mse_sum = mse_sum + terms["mse"].detach().sum() / b
-            vlb_sum = vlb_sum + terms["vlb"].detach().sum() / b
-            vlbs.append(terms["vlb"].detach())
+            if not self.continuous:
+                mse_sum = mse_sum + terms["mse"].detach().sum() / b
+                vlb_sum = vlb_sum + terms["vlb"].detach().sum() / b
+                vlbs.append(terms["vlb"].detach())
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip or math.inf)
         set_lr(self.optimizer, opt.lr_at(self.step))
@@ -219,7 +241,10 @@ class Trainer(TrainLoop):
         self.ema.update()
         if cfg.diffusion.timestep_sampler != "uniform":
             self.timestep_sampler.update(batch["t"], all_gather_cat(torch.cat(vlbs), self.dist))   # its one read
-        self.stats.add(loss=loss_sum, mse=mse_sum, vlb=vlb_sum, grad_norm=grad_norm.to(self.device))
+        if self.continuous:
+            self.stats.add(loss=loss_sum, grad_norm=grad_norm.to(self.device))
+        else:
+            self.stats.add(loss=loss_sum, mse=mse_sum, vlb=vlb_sum, grad_norm=grad_norm.to(self.device))
         self.step += 1
 
     def after_step(self) -> None:
@@ -247,7 +272,7 @@ class Trainer(TrainLoop):
             "ema_updates": self.ema.num_updates,
             "optimizer_scalars": scalars,
             "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "timestep_sampler": self.timestep_sampler.state_dict(),
+            "timestep_sampler": {} if self.timestep_sampler is None else self.timestep_sampler.state_dict(),
             "rng": {"data": encode_bytes(self.data_gen.get_state().numpy().tobytes()),
                     "noise": encode_bytes(self.noise_gen.get_state().cpu().numpy().tobytes()),
                     "global": [encode_bytes(s) for s in global_rng],
@@ -266,7 +291,8 @@ class Trainer(TrainLoop):
         load_optimizer_state(self.optimizer, tensors, state["optimizer_scalars"])
         if state["grad_scaler"]:
             self.scaler.load_state_dict(state["grad_scaler"])
-        self.timestep_sampler.load_state_dict(state["timestep_sampler"])
+        if self.timestep_sampler is not None:
+            self.timestep_sampler.load_state_dict(state["timestep_sampler"])
         rng = state["rng"]
         self.data_gen.set_state(rng_state_tensor(rng["data"]))
         self.noise_gen.set_state(rng_state_tensor(rng["noise"]))
@@ -294,7 +320,7 @@ class Trainer(TrainLoop):
         if classes is not None:
             cond = {"y": torch.arange(first, first + share, device=self.device) % classes}
         gen = torch.Generator(self.device).manual_seed(cfg.seed + rank)
-        steps = min(cfg.sample_steps, self.process.T)
+        steps = cfg.sample_steps if self.continuous else min(cfg.sample_steps, self.process.T)
         x = sample(self.process, self.ema.model(), (share,) + self.dataset.shape, sampler=cfg.sample_sampler,
                    steps=steps, generator=gen, device=self.device, progress=False, cond=cond,
                    clip_x0=self.dataset.levels is not None)
