@@ -52,16 +52,18 @@ class AutocastNetwork(torch.nn.Module):
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
+    from ..training.build import describe_process
     from ..training.config import list_presets, load_config
 
     for name in list_presets():
         cfg = load_config(name)
-        net = cfg.network
+        net, d = cfg.network, cfg.diffusion
         size = getattr(net, "image_size", None)
-        print(f"{name:14s} data={cfg.data.name:10s} network={cfg.network_kind}"
-              f"{'' if size is None else f' {size}x{size}'} T={cfg.diffusion.T} "
-              f"{cfg.diffusion.schedule}/{cfg.diffusion.prediction}/{cfg.diffusion.variance}/"
-              f"{cfg.diffusion.objective} steps={cfg.optim.steps} batch={cfg.optim.batch_size}")
+        weighting = d.weighting or (d.build().default_weighting if d.continuous else "")
+        process = f"T={d.T} {describe_process(d)}" if not d.continuous else f"{d.build()!r} weighting={weighting}"
+        print(f"{name:14s} process={d.process:8s} data={cfg.data.name:10s} network={cfg.network_kind}"
+              f"{'' if size is None else f' {size}x{size}'} {process} "
+              f"sampler={cfg.sample_sampler}/{cfg.sample_steps} steps={cfg.optim.steps} batch={cfg.optim.batch_size}")
     return 0
 
 
@@ -96,6 +98,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.precision == "bf16":
         model = AutocastNetwork(model, device)
     data_shape, levels = _data_shape_levels(ckpt.config)
+    _default_sampler_steps(args, ckpt.config)
     params: dict[str, Any] = {}
     if args.eta is not None:
         params["eta"] = args.eta
@@ -128,6 +131,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         print(f"wrote the reverse process of {min(guided.n, TRAJECTORY_SAMPLES)} samples at "
               f"{len(recorder.snapshots)} steps to {path}")
     return 0
+
+
+def _default_sampler_steps(args: argparse.Namespace, config: Any) -> None:
+    """Fill ``--sampler`` / ``--steps`` left out: ddim and 50 for the discrete process, the run's
+    preview ``sample_sampler`` / ``sample_steps`` for a continuous one (which has no T to default to)."""
+    continuous = config.diffusion.continuous
+    if args.sampler is None:
+        args.sampler = config.sample_sampler if continuous else "ddim"
+    if args.steps is None:
+        args.steps = config.sample_steps if continuous else 50
 
 
 def _data_shape_levels(config: Any) -> tuple[tuple[int, ...], int | None]:
@@ -179,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint")
     p.add_argument("checkpoint", help="a run directory or a checkpoint .json")
-    p.add_argument("--sampler", default="ddim", help=f"the sampler, one of: {samplers} (default ddim)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps, at most the process's T (default 50)")
+    p.add_argument("--sampler", default=None, help=f"the sampler, one of: {samplers} (default ddim; for a "
+                   "continuous process the run's sample_sampler)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps, at most the process's T (default 50; "
+                   "for a continuous process the run's sample_steps)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
     p.add_argument("--n", type=int, default=64, help="number of samples, >= 1 (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
@@ -215,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default="", help="e.g. 10,20,50,100,1000")
     p.add_argument("--num-samples", type=int, default=1000, help="samples per sampler x steps")
     p.add_argument("--no-ode", action="store_true", help="skip the probability-flow ODE likelihood")
-    p.add_argument("--no-bound", action="store_true", help="skip the variational bound")
+    p.add_argument("--no-bound", action="store_true", help="skip the variational bound (discrete process only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling and likelihood noise (default 0)")
     p.add_argument("--out", default=None, help="directory for eval.json / eval.md / the plot")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")

@@ -199,7 +199,7 @@ class LoadedCheckpoint(NamedTuple):
     config: Any            # TrainConfig
     model: Any             # nn.Module with the raw weights, in eval mode
     ema_model: Any         # nn.Module with the averaged weights of the chosen rate
-    process: Any           # GaussianDiffusion
+    process: Any           # GaussianDiffusion, or a continuous VE / VP / SubVP / EDM (config.diffusion.process)
     state: dict[str, Any]  # the trainer state (step, ...), plus "path"
 
 
