@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .predictions import batch_sigma, check_choice, time_dtype
+from .predictions import DenoiserBase, batch_sigma, check_choice, time_dtype
 from .score_losses import (MIN_SNR_GAMMA, denoising_loss, edm_weight, likelihood_weight, min_snr_weight,
                            ncsn_weight)
 
@@ -199,7 +199,7 @@ def _column(c: Any, shape: tuple[int, ...]) -> Any:
     return c.reshape(shape) if isinstance(c, torch.Tensor) else c
 
 
-class ProcessDenoiser:
+class ProcessDenoiser(DenoiserBase):
     """``D(x_hat, sigma, **cond) = c_skip x_hat + c_out F(c_in x_hat, c_noise)`` for a process.
 
     ``sigma``: a Python float (host path: float64 coefficients, no tensor read) or a tensor of
@@ -207,17 +207,6 @@ class ProcessDenoiser:
     ``c_noise`` as a tensor of shape (B,) in float32 (float64 for float64 data). ``clip_x0``
     clips the estimate to [-1, 1] (images).
     """
-
-    def __init__(self, process: ContinuousProcess, model: Model, clip_x0: bool = False):
-        self.process, self.model, self.clip_x0 = process, model, bool(clip_x0)
-
-    @property
-    def sigma_min(self) -> float:
-        return self.process.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.process.sigma_max
 
     def __call__(self, x_hat: torch.Tensor, sigma: float | torch.Tensor, **cond: Any) -> torch.Tensor:
         batch = x_hat.shape[0]
@@ -237,4 +226,4 @@ class ProcessDenoiser:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"model output must have shape {tuple(x_hat.shape)}, got {got}")
         x0 = (c_skip * x_hat.to(work) + c_out * out.to(work)).to(x_hat.dtype)
-        return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
+        return self.finish(x0)

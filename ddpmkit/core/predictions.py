@@ -7,9 +7,11 @@ denoiser (values at any noise level).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["PREDICTIONS", "time_dtype", "batch_sigma", "check_choice", "check_finite", "check_same_shape", "x0_from_eps_at",
+__all__ = ["PREDICTIONS", "DenoiserBase", "time_dtype", "batch_sigma", "check_choice", "check_finite", "check_same_shape", "x0_from_eps_at",
            "eps_from_x0_at", "v_from_at", "x0_from_v_at", "eps_from_v_at", "x0_eps_from_prediction_at"]
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -83,3 +85,22 @@ def batch_sigma(sigma: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     if sigma_b.numel() not in (1, batch):
         raise ValueError(f"sigma must be a float or a tensor of shape () or ({batch},), got shape {tuple(sigma.shape)}")
     return sigma_b.expand(batch) if sigma_b.numel() == 1 else sigma_b
+
+
+class DenoiserBase:
+    """What every denoiser ``D(x_hat, sigma, **cond)`` shares: its process (for the noise-level
+    range), the network, and the optional clip of the x_0 estimate to [-1, 1] (images)."""
+
+    def __init__(self, process: Any, model: Any, clip_x0: bool = False):
+        self.process, self.model, self.clip_x0 = process, model, bool(clip_x0)
+
+    @property
+    def sigma_min(self) -> float:
+        return self.process.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.process.sigma_max
+
+    def finish(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .predictions import batch_sigma, time_dtype, x0_eps_from_prediction_at
+from .predictions import DenoiserBase, batch_sigma, time_dtype, x0_eps_from_prediction_at
 
 if TYPE_CHECKING:   # the process is only used through its attributes (no import cycle)
     from .diffusion import GaussianDiffusion
@@ -225,7 +225,7 @@ class ContinuousVP:
         return VPDenoiser(self, model, clip_x0)
 
 
-class VPDenoiser:
+class VPDenoiser(DenoiserBase):
     """``D(x_hat, sigma, **cond)``: the x_0 estimate for ``x_hat = x_0 + sigma eps`` (EDM Table 1, VP).
 
     The network sees ``x = x_hat / sqrt(1 + sigma^2)`` at the time ``t_of_sigma(sigma)``, and its
@@ -235,30 +235,19 @@ class VPDenoiser:
     precision). ``clip_x0`` clips the estimate to [-1, 1] (images).
     """
 
-    def __init__(self, vp: ContinuousVP, model: Model, clip_x0: bool = False):
-        self.vp, self.model, self.clip_x0 = vp, model, bool(clip_x0)
-
-    @property
-    def sigma_min(self) -> float:
-        return self.vp.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.vp.sigma_max
-
     def __call__(self, x_hat: torch.Tensor, sigma: float | torch.Tensor, **cond: Any) -> torch.Tensor:
         if isinstance(sigma, torch.Tensor):
             sigma_b = batch_sigma(sigma, x_hat)
             shape = (-1,) + (1,) * (x_hat.dim() - 1)
             a = torch.rsqrt(1.0 + sigma_b**2).reshape(shape)            # sqrt(alpha_bar)
             s = (sigma_b.reshape(shape) * a)                             # sqrt(1 - alpha_bar)
-            t: float | torch.Tensor = self.vp.t_of_sigma_on(sigma_b)
+            t: float | torch.Tensor = self.process.t_of_sigma_on(sigma_b)
         else:
             sigma = float(sigma)
             a = 1.0 / math.sqrt(1.0 + sigma * sigma)
             s = sigma * a
-            t = float(self.vp.t_of_sigma(sigma))
+            t = float(self.process.t_of_sigma(sigma))
         x = (x_hat * a).to(x_hat.dtype)
-        pred = self.vp.raw_output(self.model, x, t, cond)
-        x0 = x0_eps_from_prediction_at(self.vp.prediction, x, pred, a, s)[0].to(x_hat.dtype)
-        return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
+        pred = self.process.raw_output(self.model, x, t, cond)
+        x0 = x0_eps_from_prediction_at(self.process.prediction, x, pred, a, s)[0].to(x_hat.dtype)
+        return self.finish(x0)
