@@ -16,7 +16,7 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0 zipp==4.1.2
+#       -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0 zipp==4.1.2 torchdiffeq==0.2.5
 # and names .whl in the device tool's carry: when diffusers does not import, this script installs
 # $WHEELS/*.whl (default .whl) with pip --no-index into /tmp/ddpmkit-site and puts it on PYTHONPATH.
 # A module still missing is named in one line, and the script ends with status 3 before the tests.
@@ -51,7 +51,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDON
 
 WHEELS="${WHEELS:-.whl}"
 : > "$OUT/gpu_check.log"
-if ! "$PYTHON" -c "import diffusers" 2>/dev/null && compgen -G "$WHEELS/*.whl" >/dev/null; then
+if ! "$PYTHON" -c "import diffusers, torchdiffeq" 2>/dev/null && compgen -G "$WHEELS/*.whl" >/dev/null; then
     echo "== installing the carried wheels: $(cd "$WHEELS" && echo *.whl)" | tee -a "$OUT/gpu_check.log"
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/ddpmkit-site "$WHEELS"/*.whl 2>&1 | tee -a "$OUT/gpu_check.log"
@@ -77,7 +77,7 @@ if torch.cuda.is_available():
     print(f"device 0: {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, capability {p.major}.{p.minor}")
 missing = []
 for module in ("numpy", "scipy", "safetensors", "tqdm", "PIL", "matplotlib", "sklearn", "pytest", "hypothesis",
-               "diffusers", "ddpmkit"):
+               "torchdiffeq", "diffusers", "ddpmkit"):
     try:
         print(f"  {module} {getattr(importlib.import_module(module), '__version__', '?')}")
     except Exception as exc:  # an ImportError, or a dependency's own failure at import
