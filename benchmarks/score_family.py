@@ -267,7 +267,7 @@ def run_family(fam: Family, ev: Evaluator, args: argparse.Namespace, phases: lis
             net = model if step == args.train_steps else ema_at(config, step)
             r = ev.fd(cache, process, net, SPEED_ROW, SPEED_CALLS, 0, "speed", tag=f"step {step}")
             if r:
-                entry["speed"].append({"step": step, "seconds": seconds.get(step), **r})
+                entry["speed"].append({**r, "step": step, "train_seconds": seconds.get(step)})
     entry["costs"] = cache.costs()
     return entry
 
@@ -415,10 +415,10 @@ def render(report: dict[str, Any]) -> str:
                   "|---|" + "---:|" * len(st["speed_steps"]) + "---|"]
         for name, pts in speed.items():
             by = {p["step"]: p for p in pts}
-            cells = [f"{_fd(by[s])} ({by[s]['seconds']:.0f} s)" if s in by and by[s]["seconds"] is not None
+            cells = [f"{_fd(by[s])} ({by[s]['train_seconds']:.0f} s)" if s in by and by[s]["train_seconds"] is not None
                      else "-" for s in st["speed_steps"]]
             hit = [p for p in pts if p["fd"] <= fl["fd"]]
-            first = f"step {hit[0]['step']} ({hit[0]['seconds']:.0f} s)" if hit else "not reached"
+            first = f"step {hit[0]['step']} ({hit[0]['train_seconds']:.0f} s)" if hit else "not reached"
             lines.append(f"| {fams[name]['label']} | " + " | ".join(cells) + f" | {first} |")
     lines += ["", f"JSON with every number: `benchmarks/out/score_family.json`.", ""]
     return "\n".join(lines)
