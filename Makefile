@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-samplers bench-guidance reproduce clean
+.PHONY: demo test venv bench bench-samplers bench-guidance reproduce reproduce-score clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-guidance: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproduce.py
+
+reproduce-score: $(STAMP)
+	$(PY) benchmarks/score_family.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -264,6 +264,9 @@ def paired_bpd(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
     return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
 
 
+OTHER_SECTIONS = "## Score-based processes on the digits"   # benchmarks/score_family.py's, kept on rewrite
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.render_only:
@@ -585,7 +588,9 @@ def write_outputs(report: dict[str, Any], json_path: Path, doc_path: Path, plot_
     for path in (json_path, doc_path, plot_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=1) + "\n")
-    doc_path.write_text(render_markdown(report))
+    old = doc_path.read_text() if doc_path.is_file() else ""   # keep the sections other scripts own
+    kept = old[old.index(OTHER_SECTIONS):] if OTHER_SECTIONS in old else ""
+    doc_path.write_text(render_markdown(report).rstrip("\n") + ("\n\n" + kept if kept else "\n"))
     plot_quality({"rows": [r for r in report["sweep"] if r["seed"] == 0], "floor": report["floor"]}, plot_path)
 
 

@@ -129,7 +129,8 @@ def sample(
         device: where to sample; default: x_T's device, else the model's parameters', else CPU.
         params: ``grid`` (discrete: a step sub-sequence or ``"karras"``, each sampler has its
             default; continuous: ``"uniform"`` in t, ``"logsnr"`` (geometric in sigma) or
-            ``"karras"``, the process's ``default_grid`` by default),
+            ``"karras"``: the sampler's own where it is one of these, else the process's
+            ``default_grid``),
             ``rho`` (karras), and the sampler's own parameters, e.g. ``eta`` for DDIM.
     """
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
@@ -149,7 +150,10 @@ def sample(
     if discrete:
         grid = check_grid(params.pop("grid", entry.grid), entry.grids)
     else:
-        grid = check_grid(params.pop("grid", getattr(process, "default_grid", "karras")), CONTINUOUS_GRIDS)
+        # the sampler's own grid where it is a continuous one (DPM-Solver's logsnr, EDM's karras),
+        # else the process's (score_sde's uniform t for VP / sub-VP, geometric for VE)
+        own = entry.grid if entry.grid in CONTINUOUS_GRIDS else getattr(process, "default_grid", "karras")
+        grid = check_grid(params.pop("grid", own), CONTINUOUS_GRIDS)
     rho = params.pop("rho", 7.0)
     if device is None:
         device = x_T.device if x_T is not None else (model_device(model) or torch.device("cpu"))
