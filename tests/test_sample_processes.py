@@ -41,3 +41,26 @@ def test_continuous_processes_need_steps_and_take_only_their_grids():
         dk.sample(process, net, (2, 1), "heun", 5, grid="linspace", progress=False)
     with pytest.raises(ValueError, match="discrete process"):
         dk.sample(process, net, (2, 1), "ddpm", 5, progress=False)
+
+
+def test_classifier_free_guidance_on_a_continuous_process():
+    """cfg combines the network outputs, affine in D at fixed input for every process: w = 1 is the
+    conditional model and w = 0 the unconditional one, exactly; classifier guidance is refused."""
+    from ddpmkit.sampling.guidance import ClassifierGuidance, Guidance, guided_sample
+
+    process = dk.EDM()
+    exact = exact_network(process)
+
+    def net(x, t, y=None):   # class 0 at MU, class 1 at -MU, the null class 2 at 0 (a toy shift)
+        shift = (torch.tensor([1.0, -1.0, 0.0], dtype=x.dtype)[y] if y is not None else torch.zeros(len(x)))
+        return exact(x, t) + 0.1 * shift.reshape(-1, 1)
+
+    y = torch.tensor([0, 1, 0, 1])
+    for scale, labels in ((1.0, y), (0.0, torch.full_like(y, 2))):
+        got = guided_sample(process, net, (4, 1), y, Guidance("cfg", scale, 2), "heun", 10, seed=0, progress=False,
+                            x_T=80.0 * torch.ones(4, 1, dtype=torch.float64))
+        ref = dk.sample(process, net, (4, 1), "heun", 10, seed=0, progress=False, cond={"y": labels},
+                        x_T=80.0 * torch.ones(4, 1, dtype=torch.float64))
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="discrete process"):
+        ClassifierGuidance(process, net, lambda x, t: x, 1.0, 2)

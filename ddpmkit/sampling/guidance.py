@@ -123,6 +123,13 @@ def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(device=like.device, dtype=like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def _split(process: Any, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prediction, learned-variance half or None): only the discrete process has the second half;
+    a continuous process's network output is affine in D at fixed x, so it is combined whole."""
+    split = getattr(process, "split_output", None)
+    return split(out) if split is not None else (out, None)
+
+
 def _join(pred: torch.Tensor, var_values: torch.Tensor | None) -> torch.Tensor:
     return pred if var_values is None else torch.cat([pred, var_values], dim=1)
 
@@ -152,6 +159,9 @@ class ClassifierGuidance:
 
     def __init__(self, process: GaussianDiffusion, model: Model, classifier: Model, scale: float,
                  num_classes: int | None = None, model_label: bool = False):
+        if not isinstance(process, GaussianDiffusion):
+            raise ValueError(f"classifier guidance needs the discrete process (its classifier is trained on its "
+                             f"timesteps), got process={type(process).__name__}; use guidance='cfg'")
         self.process, self.model, self.classifier = process, model, classifier
         self.scale = _check_scale(scale)
         self.num_classes, self.model_label = num_classes, bool(model_label)
@@ -243,8 +253,8 @@ class ClassifierFreeGuidance:
         both = self.model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]),
                           **{k: _doubled(v, batch) for k, v in cond.items()})
         out_c, out_u = both[:batch], both[batch:]
-        pred_c, var_values = self.process.split_output(out_c)
-        pred_u, _ = self.process.split_output(out_u)
+        pred_c, var_values = _split(self.process, out_c)
+        pred_u, _ = _split(self.process, out_u)
         return _join(torch.lerp(pred_u, pred_c, self.scale), var_values)
 
 
