@@ -45,6 +45,11 @@ def _check_T(T: int) -> int:
     return int(T)
 
 
+def _check_endpoints(beta_start: float, beta_end: float) -> None:
+    if not 0.0 < beta_start <= beta_end < 1.0:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start!r}, beta_end={beta_end!r}")
+
+
 def _check_max_beta(max_beta: float) -> None:
     if not 0.0 < max_beta <= 1.0:
         raise ValueError(f"max_beta must lie in (0, 1], got max_beta={max_beta!r}")
@@ -60,7 +65,8 @@ def _betas_from_alpha_bar(alpha_bar: np.ndarray, max_beta: float) -> np.ndarray:
 class Schedule:
     """A discrete variance schedule beta_1..beta_T, stored in float64.
 
-    Build one with :meth:`linear`, :meth:`cosine`, :meth:`sigmoid` or :meth:`from_betas`.
+    Build one with :meth:`linear`, :meth:`scaled_linear`, :meth:`cosine`, :meth:`sigmoid` or
+    :meth:`from_betas`.
     ``timesteps[i]`` is the index of the original (training) schedule that step ``i`` stands
     for; it is ``arange(T)`` unless the schedule was respaced.
     """
@@ -92,18 +98,29 @@ class Schedule:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, *,
+               rescale: bool = True) -> "Schedule":
         """DDPM's linear schedule (Ho et al. 2020, section 4): beta from 1e-4 to 0.02 at T=1000.
 
         For other T the endpoints are scaled by 1000 / T, as in improved-diffusion, so that the
-        process ends at the same noise level.
+        process ends at the same noise level; ``rescale=False`` takes them as given (diffusers'
+        ``beta_schedule="linear"``).
         """
         T = _check_T(T)
-        if not 0.0 < beta_start <= beta_end < 1.0:
-            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start!r}, beta_end={beta_end!r}")
-        scale = 1000.0 / T
+        _check_endpoints(beta_start, beta_end)
+        scale = 1000.0 / T if rescale else 1.0
         betas = np.linspace(scale * beta_start, scale * beta_end, T, dtype=np.float64)
         return cls(np.minimum(betas, 0.999), name="linear")
+
+    @classmethod
+    def scaled_linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
+        """sqrt(beta) linear from sqrt(beta_start) to sqrt(beta_end) (diffusers'
+        ``beta_schedule="scaled_linear"``, the latent-diffusion schedule of Rombach et al. 2022);
+        the endpoints are taken as given."""
+        T = _check_T(T)
+        _check_endpoints(beta_start, beta_end)
+        betas = np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=np.float64) ** 2
+        return cls(betas, name="scaled_linear")
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "Schedule":
@@ -155,12 +172,28 @@ class Schedule:
         return cls(np.asarray(betas, dtype=np.float64), name=name)
 
     @classmethod
-    def named(cls, name: str, T: int) -> "Schedule":
-        """Build a schedule by name: ``linear``, ``cosine`` or ``sigmoid``."""
-        makers = {"linear": cls.linear, "cosine": cls.cosine, "sigmoid": cls.sigmoid}
+    def named(cls, name: str, T: int, beta_start: float | None = None,
+              beta_end: float | None = None) -> "Schedule":
+        """Build a schedule by name: ``linear``, ``scaled_linear``, ``cosine`` or ``sigmoid``.
+
+        ``beta_start`` / ``beta_end`` (both or neither, linear and scaled_linear only) are the
+        exact first and last betas; without them linear is DDPM's 1e-4 to 0.02 scaled by 1000 / T
+        and scaled_linear runs from 1e-4 to 0.02 (diffusers' defaults).
+        """
+        makers = {"linear": cls.linear, "scaled_linear": cls.scaled_linear, "cosine": cls.cosine,
+                  "sigmoid": cls.sigmoid}
         if name not in makers:
             raise ValueError(f"schedule must be one of {sorted(makers)}, got schedule={name!r}")
-        return makers[name](T)
+        if (beta_start is None) != (beta_end is None):
+            raise ValueError(f"give both beta_start and beta_end or neither, got beta_start={beta_start!r}, "
+                             f"beta_end={beta_end!r}")
+        if beta_start is None:
+            return makers[name](T)
+        if name == "linear":
+            return cls.linear(T, beta_start, beta_end, rescale=False)
+        if name == "scaled_linear":
+            return cls.scaled_linear(T, beta_start, beta_end)
+        raise ValueError(f"beta_start / beta_end apply to the linear and scaled_linear schedules, got schedule={name!r}")
 
     # ------------------------------------------------------------------ derived (float64)
     @property

@@ -27,27 +27,31 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- time embedding
-def sinusoidal_frequencies(dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def sinusoidal_frequencies(dim: int, max_period: float = 10000.0, shift: int = 1) -> torch.Tensor:
     """The ``dim // 2`` angular frequencies of the DDPM time embedding, float64.
 
-    ``omega_i = max_period ** (-i / (half - 1))`` for ``i = 0 .. half - 1`` (Ho et al. 2020,
-    their ``get_timestep_embedding``; the tensor2tensor form of Vaswani et al. 2017, sec. 3.5):
-    the periods run geometrically from ``2 pi`` to ``2 pi * max_period``.
+    ``omega_i = max_period ** (-i / (half - shift))`` for ``i = 0 .. half - 1`` (Ho et al. 2020,
+    their ``get_timestep_embedding``, has ``shift = 1``; the tensor2tensor form of Vaswani et al.
+    2017, sec. 3.5): with ``shift = 1`` the periods run geometrically from ``2 pi`` to
+    ``2 pi * max_period``. diffusers calls ``shift`` ``freq_shift`` (its default is 0).
     """
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
         raise ValueError(f"dim must be an integer >= 2, got dim={dim!r}")
     half = dim // 2
-    exponent = torch.arange(half, dtype=torch.float64) / max(half - 1, 1)
+    exponent = torch.arange(half, dtype=torch.float64) / max(half - shift, 1)
     return torch.exp(-math.log(max_period) * exponent)
 
 
-def timestep_embedding(t: torch.Tensor, frequencies: torch.Tensor, dim: int) -> torch.Tensor:
-    """``[sin(t omega), cos(t omega)]`` of shape ``(B, dim)`` (an odd ``dim`` gets a zero column).
+def timestep_embedding(t: torch.Tensor, frequencies: torch.Tensor, dim: int,
+                       flip_sin_to_cos: bool = False) -> torch.Tensor:
+    """``[sin(t omega), cos(t omega)]`` of shape ``(B, dim)`` (an odd ``dim`` gets a zero column);
+    ``[cos, sin]`` with ``flip_sin_to_cos`` (diffusers' option of that name).
 
     ``t`` may be integer or fractional; it is used as given, in the units the caller trains with.
     """
     args = t.to(torch.float32)[:, None] * frequencies.to(torch.float32)[None, :]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    parts = [torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)]
+    emb = torch.cat(parts, dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
@@ -56,13 +60,14 @@ def timestep_embedding(t: torch.Tensor, frequencies: torch.Tensor, dim: int) -> 
 class SinusoidalEmbedding(nn.Module):
     """:func:`timestep_embedding` with the frequency table computed once (a non-saved buffer)."""
 
-    def __init__(self, dim: int, max_period: float = 10000.0) -> None:
+    def __init__(self, dim: int, max_period: float = 10000.0, shift: int = 1, flip_sin_to_cos: bool = False) -> None:
         super().__init__()
         self.dim = dim
-        self.register_buffer("frequencies", sinusoidal_frequencies(dim, max_period).float(), persistent=False)
+        self.flip_sin_to_cos = flip_sin_to_cos
+        self.register_buffer("frequencies", sinusoidal_frequencies(dim, max_period, shift).float(), persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return timestep_embedding(t, self.frequencies, self.dim)
+        return timestep_embedding(t, self.frequencies, self.dim, self.flip_sin_to_cos)
 
 
 class ConditionEmbedding(nn.Module):
@@ -71,11 +76,13 @@ class ConditionEmbedding(nn.Module):
     The MLP is ``Linear(dim, out) -> SiLU -> Linear(out, out)`` as in DDPM. With ``num_classes``
     set, the class table has ``num_classes + 1`` rows; row ``num_classes`` is the *null* class
     used for classifier-free guidance (Ho & Salimans 2022), and ``y=None`` means null for all.
+    ``shift`` and ``flip_sin_to_cos`` shape the sinusoid (:func:`sinusoidal_frequencies`).
     """
 
-    def __init__(self, sinusoid_dim: int, out_dim: int, num_classes: int | None) -> None:
+    def __init__(self, sinusoid_dim: int, out_dim: int, num_classes: int | None, *, shift: int = 1,
+                 flip_sin_to_cos: bool = False) -> None:
         super().__init__()
-        self.sinusoid = SinusoidalEmbedding(sinusoid_dim)
+        self.sinusoid = SinusoidalEmbedding(sinusoid_dim, shift=shift, flip_sin_to_cos=flip_sin_to_cos)
         self.mlp = nn.Sequential(nn.Linear(sinusoid_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         self.num_classes = num_classes
         self.class_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes is not None else None

@@ -45,6 +45,13 @@ class UNetConfig(DictConfig):
         resblock_updown: resample inside residual blocks (ADM) instead of strided / upsample convs.
         num_classes: class-conditional with ``num_classes + 1`` rows, the last one the null class.
         mid_attention: self-attention in the middle block.
+        mid_attention_norm: GroupNorm before the middle attention (diffusers' UNet2DModel has none
+            there when it scale-shifts and ``attn_norm_num_groups`` is unset).
+        downsample_padding: 1 pads the stride-2 downsampling conv on every side; 0 pads one row
+            and column at the bottom and right only (DDPM's TensorFlow code; diffusers' option).
+        freq_shift, flip_sin_to_cos: the sinusoidal time embedding: frequencies
+            ``10000 ** (-i / (C/2 - freq_shift))`` and ``[sin, cos]`` (or ``[cos, sin]``), as in
+            diffusers; the defaults (1, False) are DDPM's.
         zero_init: zero the last conv of every block and of the output (DDPM, ADM).
         grad_checkpoint: recompute blocks in backward to save memory (training only).
     """
@@ -67,6 +74,10 @@ class UNetConfig(DictConfig):
     mid_attention: bool = True
     zero_init: bool = True
     grad_checkpoint: bool = False
+    mid_attention_norm: bool = True
+    downsample_padding: int = 1
+    freq_shift: int = 1
+    flip_sin_to_cos: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads"):
@@ -93,6 +104,10 @@ class UNetConfig(DictConfig):
             _fail("num_classes", self.num_classes, "must be None or >= 1")
         if self.head_channels is not None and self.head_channels < 1:
             _fail("head_channels", self.head_channels, "must be None or >= 1")
+        if self.downsample_padding not in (0, 1):
+            _fail("downsample_padding", self.downsample_padding, "must be 0 or 1")
+        if not isinstance(self.freq_shift, int) or isinstance(self.freq_shift, bool):
+            _fail("freq_shift", self.freq_shift, "must be an integer")
         widths = [self.channels] + [self.channels * m for m in mult]
         for width in widths:
             checked_groups(width, self.norm_groups)
@@ -198,10 +213,10 @@ class AttentionBlock(nn.Module):
     """Multi-head self-attention over the H*W positions, with a residual connection
     (DDPM's single-head block; ADM's multi-head one). One fused qkv projection, fused SDPA."""
 
-    def __init__(self, channels: int, heads: int, cfg: UNetConfig) -> None:
+    def __init__(self, channels: int, heads: int, cfg: UNetConfig, norm: bool = True) -> None:
         super().__init__()
         self.heads = heads
-        self.norm = group_norm(channels, cfg.norm_groups, cfg.norm_eps)
+        self.norm = group_norm(channels, cfg.norm_groups, cfg.norm_eps) if norm else nn.Identity()
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1), cfg.zero_init)
 
@@ -214,14 +229,17 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the side: a stride-2 3x3 conv (DDPM)."""
+    """Halve the side: a stride-2 3x3 conv (DDPM). ``padding`` 1 pads every side by one; 0 pads
+    only the bottom and right (DDPM's TensorFlow "SAME" padding for even sides, as diffusers'
+    ``downsample_padding=0``)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, padding: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.pad = padding == 0
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor, emb_act: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.pad else x)
 
 
 class Upsample(nn.Module):
@@ -273,7 +291,8 @@ class UNetEncoder(nn.Module):
         ch, emb_dim = cfg.channels, 4 * cfg.channels
         widths, sides = [ch * m for m in cfg.channel_mult], cfg.level_sizes()
         last = len(widths) - 1
-        self.embed = ConditionEmbedding(ch, emb_dim, cfg.num_classes)
+        self.embed = ConditionEmbedding(ch, emb_dim, cfg.num_classes, shift=cfg.freq_shift,
+                                        flip_sin_to_cos=cfg.flip_sin_to_cos)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
         self.skip_widths, width = [ch], ch
         self.down = nn.ModuleList()
@@ -286,7 +305,8 @@ class UNetEncoder(nn.Module):
             self.down.append(Level(stages, _resampler(cfg, width, "down") if i < last else None))
             if i < last:
                 self.skip_widths.append(width)
-        mid_attn = AttentionBlock(width, cfg.heads_for(width), cfg) if cfg.mid_attention else None
+        mid_attn = (AttentionBlock(width, cfg.heads_for(width), cfg, norm=cfg.mid_attention_norm)
+                    if cfg.mid_attention else None)
         self.mid = nn.ModuleList([Stage(ResBlock(width, width, emb_dim, cfg), mid_attn),
                                   Stage(ResBlock(width, width, emb_dim, cfg), None)])
         self.width = width
@@ -330,7 +350,7 @@ def _stage(cfg: UNetConfig, cin: int, cout: int, side: int) -> Stage:
 def _resampler(cfg: UNetConfig, width: int, mode: str) -> nn.Module:
     if cfg.resblock_updown:
         return ResBlock(width, width, 4 * cfg.channels, cfg, resample=mode)
-    return Downsample(width) if mode == "down" else Upsample(width)
+    return Downsample(width, cfg.downsample_padding) if mode == "down" else Upsample(width)
 
 
 class UNet(UNetEncoder):

@@ -4,7 +4,7 @@
     process = build_process(config.diffusion)      # a GaussianDiffusion, or a VE / VP / SubVP / EDM
     attention = attention_at_size((4,), old_size=8, new_size=28, levels=2)   # (14,)
 
-The network kinds ("unet", "mlp") are those of :data:`ddpmkit.nets.NETWORK_KINDS`, the one
+The network kinds ("unet", "mlp", "pointnet", "unet1d") are those of :data:`ddpmkit.nets.NETWORK_KINDS`, the one
 registry; :func:`network_kinds` returns it. Nothing here imports the config dataclasses (they call in).
 """
 from __future__ import annotations
@@ -24,11 +24,13 @@ from ..nets import build_network as _build_module
 
 __all__ = ["network_kinds", "network_kind", "build_network", "build_process", "level_sides",
            "attention_at_size", "PROCESSES", "PROCESS_KEYS", "CONTINUOUS_KEYS", "continuous_class",
-           "check_process_keys", "describe_process"]
+           "check_process_keys", "describe_process", "SCHEDULES", "discrete_schedule"]
 
 CONTINUOUS_PROCESSES: dict[str, type] = {"ve": VE, "vp": VP, "subvp": SubVP, "edm": EDM}
 PROCESSES = ("discrete",) + tuple(CONTINUOUS_PROCESSES)
 """The values of ``diffusion.process``."""
+SCHEDULES = ("linear", "cosine", "sigmoid", "scaled_linear")
+"""The values of ``diffusion.schedule`` (the discrete process's, :meth:`Schedule.named`)."""
 
 _LOSS_KEYS = ("weighting", "snr_gamma")
 PROCESS_KEYS: dict[str, tuple[str, ...]] = {
@@ -55,7 +57,7 @@ def network_kinds() -> Mapping[str, type]:
 
 
 def network_kind(network: Any) -> str:
-    """The kind of a network config ("unet", "mlp"), or a one-line ValueError for anything else."""
+    """The kind of a network config ("unet", "mlp", "pointnet", "unet1d"), or a one-line ValueError for anything else."""
     for kind, cls in network_kinds().items():
         if type(network) is cls:
             return kind
@@ -86,13 +88,14 @@ def check_process_keys(diffusion: Any) -> None:
     (sigma_min < sigma_max, ...).
     """
     if diffusion.process == "discrete":
+        discrete_schedule(diffusion, T=1)   # beta_range: two values, for the linear schedules only
         if diffusion.prediction not in PREDICTIONS:
             _fail("prediction", diffusion.prediction, f"must be one of {list(PREDICTIONS)}")
         if diffusion.variance == "learned_range" and diffusion.objective == "simple":
             # L_simple has no gradient for the variance half (improved-diffusion switches to hybrid silently)
             _fail("objective", diffusion.objective, "leaves a learned_range variance untrained: use hybrid or vlb")
     used = PROCESS_KEYS[diffusion.process]
-    for key in CONTINUOUS_KEYS:
+    for key in CONTINUOUS_KEYS + (() if diffusion.process == "discrete" else ("beta_range",)):
         if getattr(diffusion, key) is not None and key not in used:
             _fail(key, getattr(diffusion, key), f"is not used by process={diffusion.process!r} (it takes {list(used)})")
     if diffusion.process == "discrete":
@@ -122,12 +125,24 @@ def describe_process(diffusion: Any) -> str:
     return f"{d.process}/{d.prediction}/{d.weighting or continuous_class(d.process).default_weighting}"
 
 
+def discrete_schedule(diffusion: Any, T: int | None = None) -> Schedule:
+    """The :class:`Schedule` of a discrete ``DiffusionConfig`` (``T`` overrides its length): the named
+    schedule, with ``beta_range`` = (first, last) beta taken as given (diffusers' beta_start/end)."""
+    beta_range = diffusion.beta_range
+    if beta_range is not None and (len(beta_range) != 2 or diffusion.schedule not in ("linear", "scaled_linear")):
+        _fail("beta_range", beta_range, "must be two numbers (first and last beta) of a linear or scaled_linear schedule")
+    try:
+        return Schedule.named(diffusion.schedule, T or diffusion.T, *(beta_range or (None, None)))
+    except ValueError as err:
+        raise ValueError(f"diffusion.beta_range={beta_range!r}: {err}" if beta_range else f"diffusion.{err}") from None
+
+
 def build_process(diffusion: Any) -> Any:
     """The process a ``DiffusionConfig`` describes: :class:`GaussianDiffusion` for "discrete",
     else ``VE`` / ``VP`` / ``SubVP`` / ``EDM`` with the keys of :data:`PROCESS_KEYS` that are set
     (the loss keys ``weighting`` and ``snr_gamma`` are the trainer's, not the process's)."""
     if diffusion.process == "discrete":
-        return GaussianDiffusion(Schedule.named(diffusion.schedule, diffusion.T), diffusion.prediction,
+        return GaussianDiffusion(discrete_schedule(diffusion), diffusion.prediction,
                                  diffusion.variance)
     cls = continuous_class(diffusion.process)
     kwargs = {k: getattr(diffusion, k) for k in PROCESS_KEYS[diffusion.process]

@@ -25,12 +25,11 @@ from ..data.config import DataConfig
 from ..io.files import write_json
 from ..nets import network_config_from_dict, network_config_to_dict
 from ..sampling import SAMPLERS
-from .build import (PROCESSES, build_network, build_process, check_process_keys, network_kind, network_kinds)
+from .build import PROCESSES, SCHEDULES, build_network, build_process, check_process_keys, network_kind, network_kinds
 
 __all__ = ["DiffusionConfig", "OptimConfig", "TrainConfig", "check_resumable", "SECTIONS", "PRECISIONS",
            "SCHEDULES", "TIMESTEP_SAMPLERS", "LR_DECAYS", "PROCESSES"]
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
 TIMESTEP_SAMPLERS = ("uniform", "importance")
 LR_DECAYS = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -56,7 +55,7 @@ class DiffusionConfig(DictConfig):
     continuous "ve" | "vp" | "subvp" | "edm" trained by weighted denoising score matching. A key left
     None takes the process's default; :func:`build.check_process_keys` says which process uses which."""
 
-    schedule: str = "cosine"          # linear (DDPM) | cosine (iDDPM eq. 17) | sigmoid
+    schedule: str = "cosine"          # linear (DDPM) | cosine (iDDPM eq. 17) | sigmoid | scaled_linear
     T: int = 1000
     prediction: str = "eps"           # eps | x0 | v (discrete, vp); score (ve); edm (edm)
     variance: str = "fixed_small"     # fixed_small | fixed_large | learned_range (iDDPM eq. 15)
@@ -76,6 +75,7 @@ class DiffusionConfig(DictConfig):
     sigma_data: float | None = None   # edm (0.5)
     p_mean: float | None = None       # edm (-1.2)
     p_std: float | None = None        # edm (1.2)
+    beta_range: tuple[float, ...] | None = None   # linear, scaled_linear: (first, last) beta as given
 
     def __post_init__(self) -> None:
         owner = "diffusion"
