@@ -17,6 +17,7 @@ oracle is affine in x_t, so
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -149,9 +150,19 @@ def test_linear_schedule_grids_are_unbounded():
 
 def test_a_grid_below_the_top_warns_and_is_biased():
     process, oracle = setup("cosine")
-    with pytest.warns(UserWarning, match="keeps"):
-        mean, _ = affine_law(process, oracle, "ddim", 20, grid="quadratic")
+    with pytest.warns(UserWarning, match="keeps"):   # x_T drawn from N(0, I) at a level below the top
+        dk.sample(process, oracle, (2, 1), "ddim", 20, grid="quadratic", seed=0, progress=False)
+    mean, _ = affine_law(process, oracle, "ddim", 20, grid="quadratic")
     assert mean < MU - 0.03   # the bias the warning is about
+
+
+def test_a_given_x_T_does_not_warn():
+    """An x_T handed in (e.g. from DDIM inversion, which stops where the grid starts) is at its level."""
+    process, oracle = setup("cosine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dk.sample(process, oracle, None, "ddim", 20, grid="quadratic", x_T=torch.zeros(2, 1, dtype=torch.float64),
+                  progress=False)
 
 
 if __name__ == "__main__":   # the table: mean / sd of each sampler's output (data: 0.3 / 0.5)

@@ -159,7 +159,8 @@ def sample(
         device = x_T.device if x_T is not None else (model_device(model) or torch.device("cpu"))
     if generator is None and seed is not None:
         generator = make_generator(seed, device)
-    if x_T is None:   # the prior N(0, prior_std^2 I) in the process's own scaling
+    drawn = x_T is None   # only a drawn x_T can be at the wrong level (an inverted one is not)
+    if drawn:   # the prior N(0, prior_std^2 I) in the process's own scaling
         x_T = float(getattr(process, "prior_std", 1.0)) * torch.randn(tuple(shape), generator=generator, device=device)
     elif tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x_T.shape)}")
@@ -170,12 +171,14 @@ def sample(
                          callback=_process_callback(process, callback, rescale=not entry.discrete))
     if entry.discrete:
         sub = respaced_for(process, steps, grid)
-        _warn_if_not_at_the_top(process, sub.sigma_max, grid)
+        if drawn:
+            _warn_if_not_at_the_top(process, sub.sigma_max, grid)
         return entry.fn(sub, model, x_T, opts, **kwargs)
     n = 2 if entry.endpoints else steps
     if discrete:
         sigmas = sigma_grid(process, n, grid, rho, SIGMA_MAX if entry.bounded else None)
-        _warn_if_not_at_the_top(process, float(sigmas[0]), grid)
+        if drawn:
+            _warn_if_not_at_the_top(process, float(sigmas[0]), grid)
         if "alphas" in entry.parameters():   # the corrector's alpha_i: the discrete VP's 1 - beta_i
             kwargs.setdefault("alphas", [process.continuous.alpha_at(float(t)) for t in process.t_of_sigma(sigmas)])
     else:
