@@ -1,5 +1,6 @@
-"""Networks: the DDPM/iDDPM/ADM U-Net and a residual MLP. They know nothing about diffusion:
-each is ``model(x, t, y=None) -> tensor``.
+"""Networks: the DDPM/iDDPM/ADM U-Net, a residual MLP, a 1-D U-Net for sequences and a point
+network for point clouds. They know nothing about diffusion: each is ``model(x, t, **cond) -> tensor``
+(``y=None`` class labels; ``partial=None`` for a conditional point network).
 
     from ddpmkit.nets import UNetConfig, build_network
     net = build_network(UNetConfig.iddpm_cifar10())           # 52.5M parameters, 6 channels out
@@ -15,13 +16,19 @@ from torch import nn
 
 from .layers import SinusoidalEmbedding, sinusoidal_frequencies, timestep_embedding
 from .mlp import MLP, MLPConfig
+from .pointnet import PointNet, PointNetConfig
 from .unet import UNet, UNetConfig
+from .unet1d import UNet1D, UNet1DConfig
 
 __all__ = [
     "UNet",
     "UNetConfig",
     "MLP",
     "MLPConfig",
+    "PointNet",
+    "PointNetConfig",
+    "UNet1D",
+    "UNet1DConfig",
     "NetworkConfig",
     "NETWORK_KINDS",
     "build_network",
@@ -33,26 +40,31 @@ __all__ = [
     "timestep_embedding",
 ]
 
-NetworkConfig = UNetConfig | MLPConfig
-NETWORK_KINDS: Mapping[str, type] = MappingProxyType({"unet": UNetConfig, "mlp": MLPConfig})
+NetworkConfig = UNetConfig | MLPConfig | PointNetConfig | UNet1DConfig
+NETWORK_KINDS: Mapping[str, type] = MappingProxyType(
+    {"unet": UNetConfig, "mlp": MLPConfig, "pointnet": PointNetConfig, "unet1d": UNet1DConfig})
 """The one registry of network kinds: ``{kind: config class}``, the ``kind`` a saved config carries."""
-_NETWORKS: dict[type, type[nn.Module]] = {UNetConfig: UNet, MLPConfig: MLP}
+_NETWORKS: dict[type, type[nn.Module]] = {UNetConfig: UNet, MLPConfig: MLP, PointNetConfig: PointNet,
+                                         UNet1DConfig: UNet1D}
 
 
 def build_network(config: NetworkConfig) -> nn.Module:
-    """The network a config describes: :class:`UNet` for a UNetConfig, :class:`MLP` for an MLPConfig."""
+    """The network a config describes: :class:`UNet` for a UNetConfig, :class:`MLP` for an MLPConfig,
+    :class:`PointNet` for a PointNetConfig, :class:`UNet1D` for a UNet1DConfig."""
     network = _NETWORKS.get(type(config))
     if network is None:
-        raise ValueError(f"config must be a UNetConfig or MLPConfig, got {type(config).__name__}")
+        names = [cls.__name__ for cls in NETWORK_KINDS.values()]
+        raise ValueError(f"config must be one of {names}, got {type(config).__name__}")
     return network(config)
 
 
 def network_config_to_dict(config: NetworkConfig) -> dict[str, Any]:
-    """``{"kind": "unet" | "mlp", **config.to_dict()}``: plain JSON values."""
+    """``{"kind": "unet" | "mlp" | "pointnet" | "unet1d", **config.to_dict()}``: plain JSON values."""
     for kind, cls in NETWORK_KINDS.items():
         if type(config) is cls:
             return {"kind": kind, **config.to_dict()}
-    raise ValueError(f"config must be a UNetConfig or MLPConfig, got {type(config).__name__}")
+    names = [cls.__name__ for cls in NETWORK_KINDS.values()]
+    raise ValueError(f"config must be one of {names}, got {type(config).__name__}")
 
 
 def network_config_from_dict(d: Mapping[str, Any]) -> NetworkConfig:
