@@ -8,16 +8,18 @@ out from their formulas as oracles.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ddpmkit.io.openai_format import (flags_for, openai_diffusion, openai_flags, openai_network_config,
                                       openai_process, openai_state_dict, parse_flags, read_openai)
-from ddpmkit.nets.unet import UNet
+from ddpmkit.nets.unet import UNet, UNetConfig
 
 SMALL = dict(image_size=16, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="16,8",
              dropout=0.0, diffusion_steps=20, repo="guided-diffusion")
@@ -28,6 +30,9 @@ CONFIGS = {
     # new attention order, num_head_channels, plain conv resampling, additive embedding, 2 res blocks
     "new-order": dict(SMALL, num_res_blocks=2, attention_resolutions="8", use_scale_shift_norm=False,
                       num_head_channels=16, use_new_attention_order=True),
+    # improved-diffusion's T = 4000 models: rescale_timesteps on (their default), learned sigmas, cosine
+    "rescaled": dict(SMALL, diffusion_steps=4000, repo="improved-diffusion", learn_sigma=True, noise_schedule="cosine",
+                     use_scale_shift_norm=True, use_new_attention_order=False),
 }
 
 
@@ -192,13 +197,88 @@ def test_time_embedding_and_label_table_are_theirs():
     net = _random_unet(flags)
     theirs = openai_state_dict(net.config, net.state_dict())
     t = torch.tensor([0.0, 5.0, 999.0])
-    half = 16
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-    expected = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], dim=1)
-    torch.testing.assert_close(net.embed.sinusoid(t), expected)
+    torch.testing.assert_close(net.embed.sinusoid(t), _their_embedding(t, 32))
     # label_emb has num_classes rows; ddpmkit's extra null row is dropped on export, zeros on import
     assert theirs["label_emb.weight"].shape[0] == 5
     assert torch.equal(theirs["label_emb.weight"], net.state_dict()["embed.class_embed.weight"][:5])
+
+
+def _their_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """improved-/guided-diffusion nn.py timestep_embedding (even dim): [cos, sin] of t * 10000^(-i/half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def test_rescaled_timesteps_are_their_t_times_1000_over_T(tmp_path):
+    """improved-diffusion, T = 4000: their network sees t * 1000 / T (_scale_timesteps)."""
+    flags = CONFIGS["rescaled"]
+    net = _random_unet(flags)
+    assert net.config.time_scale == 0.25
+    theirs = openai_state_dict(net.config, net.state_dict())
+    torch.save(theirs, tmp_path / "m.pt")
+    imported = read_openai(tmp_path / "m.pt", flags)
+    assert imported.network.time_scale == 0.25 and imported.diffusion.T == 4000
+    again = UNet(imported.network).eval()
+    again.load_state_dict(imported.state_dict, strict=True)
+    t = torch.tensor([0, 1, 1234, 3999])
+    scaled = t.float() * (1000.0 / 4000)   # their _scale_timesteps, float32
+    # the time embedding: their sinusoid of t * 1000 / T, then time_embed = Linear, SiLU, Linear
+    emb = _their_embedding(scaled, 32)
+    emb = F.linear(F.silu(F.linear(emb, theirs["time_embed.0.weight"], theirs["time_embed.0.bias"])),
+                   theirs["time_embed.2.weight"], theirs["time_embed.2.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(again.embed(t, 4, None), emb)
+        assert not torch.allclose(again.embed(t, 4, None), again.embed(scaled, 4, None))   # the scale matters
+        # the whole network at t is the unscaled network at t * 1000 / T, bit for bit
+        plain = UNet(dataclasses.replace(imported.network, time_scale=1.0)).eval()
+        plain.load_state_dict(imported.state_dict, strict=True)
+        x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(again(x, t), plain(x, scaled))
+    # the export writes rescale_timesteps back, and nothing else maps the scale
+    back = flags_for(imported.network, imported.diffusion)
+    assert back["rescale_timesteps"] is True and back["diffusion_steps"] == 4000
+    assert openai_network_config(openai_flags(back)) == imported.network
+    with pytest.raises(ValueError, match="time_scale"):
+        flags_for(imported.network)   # without the process T is unknown
+    with pytest.raises(ValueError, match="time_scale") as err:
+        flags_for(dataclasses.replace(imported.network, time_scale=0.5), imported.diffusion)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.25, float("inf"), float("nan"), True, "0.25"])
+def test_time_scale_is_validated_and_old_configs_default_to_one(bad):
+    with pytest.raises(ValueError, match="time_scale") as err:
+        UNetConfig(time_scale=bad)
+    assert "\n" not in str(err.value)
+    cfg = UNetConfig(channels=32, time_scale=0.25)
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k != "time_scale"}   # a run saved before the field
+    assert UNetConfig.from_dict(old).time_scale == 1.0
+
+
+def test_t4000_flags_give_their_respaced_process_and_network_time():
+    """Their SpacedDiffusion + _WrappedModel: a respaced index i runs the network at
+    timesteps[i] * 1000 / T (the original step, then rescaled); ddpmkit's process hands the U-Net the
+    original step and the U-Net scales it."""
+    flags = dict(CONFIGS["rescaled"], timestep_respacing="50")
+    process = openai_process(flags)
+    steps = _their_spacing(4000, [50])
+    assert list(process.schedule.timesteps) == steps
+    full = openai_process(CONFIGS["rescaled"])
+    np.testing.assert_allclose(process.schedule.alpha_bar, full.schedule.alpha_bar[steps], rtol=1e-12, atol=1e-15)
+    net = _random_unet(flags)
+    seen = []
+    net.embed.sinusoid.register_forward_hook(lambda module, args, out: seen.append(out))
+    idx = torch.tensor([0, 7, 49])
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = process.model_output(net, x, idx)
+    assert out.shape == (3, 6, 16, 16)
+    their_t = torch.tensor(steps)[idx].float() * (1000.0 / 4000)
+    torch.testing.assert_close(seen[0], _their_embedding(their_t, 32))
+    assert not torch.allclose(seen[0], _their_embedding(idx.float() * (1000.0 / 4000), 32))
 
 
 def test_null_row_is_zero_so_no_label_gives_the_time_embedding(tmp_path):
@@ -280,7 +360,6 @@ def test_command_line_flag_forms():
 
 
 @pytest.mark.parametrize("flags, word", [
-    ({"image_size": 32, "repo": "improved-diffusion", "diffusion_steps": 4000}, "rescale_timesteps"),
     ({"image_size": 512}, "channel_mult"),
     ({"num_heads_upsample": 2, "num_heads": 4}, "num_heads_upsample"),
     ({"noise_schedule": "sqrt"}, "noise_schedule"),

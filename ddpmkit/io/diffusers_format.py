@@ -176,6 +176,9 @@ def diffusers_unet_config(cfg: UNetConfig) -> dict[str, Any]:
     if not cfg.mid_attention_norm and cfg.mid_attention and not cfg.scale_shift:
         raise ValueError("UNetConfig.mid_attention_norm=False without scale_shift: diffusers' UNet2DModel "
                          "always normalises there")
+    if cfg.time_scale != 1.0:
+        raise ValueError(f"UNetConfig.time_scale={cfg.time_scale} has no diffusers equivalent (UNet2DModel embeds "
+                         "the step as given; an improved-diffusion rescale_timesteps model exports only as openai)")
     kind = "resnet" if cfg.resblock_updown else "conv"
     last = len(widths) - 1
     down = ["AttnDownBlock2D" if a else ("ResnetDownsampleBlock2D" if cfg.resblock_updown else "DownBlock2D")

@@ -20,7 +20,7 @@ from ..nets.unet import UNetConfig
 from ..training.run_config import DiffusionConfig
 
 __all__ = ["parse_flags", "openai_flags", "openai_network_config", "openai_diffusion", "openai_process", "flags_for",
-           "FLAG_DEFAULTS", "IGNORED_FLAGS", "REPOS", "EMBEDDING", "LAYOUT"]
+           "openai_time_scale", "FLAG_DEFAULTS", "IGNORED_FLAGS", "REPOS", "EMBEDDING", "LAYOUT"]
 
 FLAG_DEFAULTS: dict[str, Any] = {
     "image_size": 64, "num_channels": 128, "num_res_blocks": 2, "num_heads": 4, "num_heads_upsample": -1,
@@ -169,15 +169,14 @@ def _unet_fields() -> set[str]:
 
 
 def openai_network_config(flags: Mapping[str, Any]) -> UNetConfig:
-    """The ddpmkit U-Net equal to their ``create_model(**flags)`` (flags as :func:`openai_flags` returns)."""
+    """The ddpmkit U-Net equal to their ``create_model(**flags)`` (flags as :func:`openai_flags` returns),
+    wrapped as their diffusion calls it: with ``rescale_timesteps`` the network is fed ``t * 1000 / T``
+    (their ``_scale_timesteps`` / ``_WrappedModel``), so the U-Net gets ``time_scale = 1000 / T``."""
     f = flags
     missing = [k for k in EMBEDDING if k not in _unet_fields()]
     if missing:
         raise ValueError(f"ddpmkit's U-Net cannot express OpenAI's timestep embedding ([cos, sin], frequencies "
                          f"10000^(-i/half)): UNetConfig has no {missing[0]}")
-    if f["rescale_timesteps"] and f["diffusion_steps"] != 1000:
-        _fail("rescale_timesteps", True, f"with diffusion_steps={f['diffusion_steps']} feeds the network t*1000/T; "
-              "ddpmkit's U-Net sees the integer step (it would need a time scale)")
     mult = _channel_mult(f)
     levels = len(mult)
     ds = set()
@@ -201,7 +200,13 @@ def openai_network_config(flags: Mapping[str, Any]) -> UNetConfig:
         channel_mult=mult, num_res_blocks=f["num_res_blocks"], attention_resolutions=sides, num_heads=heads,
         head_channels=head_channels, dropout=f["dropout"], scale_shift=f["use_scale_shift_norm"],
         resblock_updown=f["resblock_updown"], num_classes=f["num_classes"] if f["class_cond"] else None,
-        **LAYOUT, **EMBEDDING)
+        time_scale=openai_time_scale(f), **LAYOUT, **EMBEDDING)
+
+
+def openai_time_scale(flags: Mapping[str, Any]) -> float:
+    """What their process multiplies the step by before the network: ``1000 / T`` with
+    ``rescale_timesteps`` (1 when T = 1000), else 1."""
+    return 1000.0 / flags["diffusion_steps"] if flags["rescale_timesteps"] else 1.0
 
 
 def openai_diffusion(flags: Mapping[str, Any]) -> DiffusionConfig:
@@ -222,7 +227,8 @@ def openai_diffusion(flags: Mapping[str, Any]) -> DiffusionConfig:
 
 def openai_process(flags: Mapping[str, Any] | None) -> GaussianDiffusion:
     """Their sampling process: the training process respaced by ``timestep_respacing`` (iDDPM sec. 4);
-    the network still sees the original step indices."""
+    the network still sees the original step indices (times ``time_scale`` inside the U-Net, as
+    their ``_WrappedModel`` maps a respaced index to the original step, then rescales it)."""
     f = openai_flags(flags)
     process = openai_diffusion(f).build()
     spec = f["timestep_respacing"]
@@ -232,7 +238,8 @@ def openai_process(flags: Mapping[str, Any] | None) -> GaussianDiffusion:
 def flags_for(cfg: UNetConfig, diffusion: DiffusionConfig | None = None, *,
               new_attention_order: bool = False) -> dict[str, Any]:
     """The OpenAI flags describing a ddpmkit U-Net (and process): :func:`openai_network_config`
-    and :func:`openai_diffusion` of them give ``cfg`` and ``diffusion`` back."""
+    and :func:`openai_diffusion` of them give ``cfg`` and ``diffusion`` back. ``rescale_timesteps``
+    is on when ``cfg.time_scale`` is ``1000 / T`` (!= 1); any other time scale is a ValueError."""
     flags: dict[str, Any] = {
         "image_size": cfg.image_size, "in_channels": cfg.in_channels, "num_channels": cfg.channels,
         "channel_mult": ",".join(map(str, cfg.channel_mult)), "num_res_blocks": cfg.num_res_blocks,
@@ -241,7 +248,11 @@ def flags_for(cfg: UNetConfig, diffusion: DiffusionConfig | None = None, *,
         "learn_sigma": cfg.out_channels == 2 * cfg.in_channels, "class_cond": cfg.num_classes is not None,
         "num_classes": cfg.num_classes or 1000, "use_scale_shift_norm": cfg.scale_shift,
         "resblock_updown": cfg.resblock_updown, "use_new_attention_order": new_attention_order,
-        "rescale_timesteps": False}   # ddpmkit's U-Net sees the integer step
+        "rescale_timesteps": cfg.time_scale != 1.0}
+    if cfg.time_scale != 1.0 and (diffusion is None or cfg.time_scale != 1000.0 / diffusion.T):
+        raise ValueError(f"UNetConfig.time_scale={cfg.time_scale} has no OpenAI flag: rescale_timesteps gives "
+                         f"1000/T" + (f" = {1000.0 / diffusion.T} for T={diffusion.T}" if diffusion else
+                                      " (pass the process so that T is known)"))
     if diffusion is not None:
         d = diffusion
         if d.process != "discrete" or d.schedule not in ("linear", "cosine") or d.prediction == "v":

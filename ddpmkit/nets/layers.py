@@ -43,13 +43,18 @@ def sinusoidal_frequencies(dim: int, max_period: float = 10000.0, shift: int = 1
 
 
 def timestep_embedding(t: torch.Tensor, frequencies: torch.Tensor, dim: int,
-                       flip_sin_to_cos: bool = False) -> torch.Tensor:
-    """``[sin(t omega), cos(t omega)]`` of shape ``(B, dim)`` (an odd ``dim`` gets a zero column);
-    ``[cos, sin]`` with ``flip_sin_to_cos`` (diffusers' option of that name).
+                       flip_sin_to_cos: bool = False, time_scale: float = 1.0) -> torch.Tensor:
+    """``[sin(s t omega), cos(s t omega)]`` of shape ``(B, dim)`` (an odd ``dim`` gets a zero
+    column); ``[cos, sin]`` with ``flip_sin_to_cos`` (diffusers' option of that name).
 
-    ``t`` may be integer or fractional; it is used as given, in the units the caller trains with.
+    ``t`` may be integer or fractional, in the units the caller trains with; ``s = time_scale``
+    (1 by default) multiplies it in float32 first, as improved-diffusion's ``rescale_timesteps``
+    feeds its network ``t * 1000 / T`` (Nichol & Dhariwal 2021, their ``_scale_timesteps``).
     """
-    args = t.to(torch.float32)[:, None] * frequencies.to(torch.float32)[None, :]
+    t = t.to(torch.float32)
+    if time_scale != 1.0:
+        t = t * time_scale
+    args = t[:, None] * frequencies.to(torch.float32)[None, :]
     parts = [torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)]
     emb = torch.cat(parts, dim=1)
     if dim % 2:
@@ -60,14 +65,19 @@ def timestep_embedding(t: torch.Tensor, frequencies: torch.Tensor, dim: int,
 class SinusoidalEmbedding(nn.Module):
     """:func:`timestep_embedding` with the frequency table computed once (a non-saved buffer)."""
 
-    def __init__(self, dim: int, max_period: float = 10000.0, shift: int = 1, flip_sin_to_cos: bool = False) -> None:
+    def __init__(self, dim: int, max_period: float = 10000.0, shift: int = 1, flip_sin_to_cos: bool = False,
+                 time_scale: float = 1.0) -> None:
         super().__init__()
+        if not (isinstance(time_scale, (int, float)) and not isinstance(time_scale, bool)
+                and math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale must be a finite number > 0, got time_scale={time_scale!r}")
         self.dim = dim
         self.flip_sin_to_cos = flip_sin_to_cos
+        self.time_scale = float(time_scale)
         self.register_buffer("frequencies", sinusoidal_frequencies(dim, max_period, shift).float(), persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return timestep_embedding(t, self.frequencies, self.dim, self.flip_sin_to_cos)
+        return timestep_embedding(t, self.frequencies, self.dim, self.flip_sin_to_cos, self.time_scale)
 
 
 class ConditionEmbedding(nn.Module):
@@ -76,13 +86,15 @@ class ConditionEmbedding(nn.Module):
     The MLP is ``Linear(dim, out) -> SiLU -> Linear(out, out)`` as in DDPM. With ``num_classes``
     set, the class table has ``num_classes + 1`` rows; row ``num_classes`` is the *null* class
     used for classifier-free guidance (Ho & Salimans 2022), and ``y=None`` means null for all.
-    ``shift`` and ``flip_sin_to_cos`` shape the sinusoid (:func:`sinusoidal_frequencies`).
+    ``shift`` and ``flip_sin_to_cos`` shape the sinusoid (:func:`sinusoidal_frequencies`);
+    ``time_scale`` multiplies ``t`` before it (:func:`timestep_embedding`).
     """
 
     def __init__(self, sinusoid_dim: int, out_dim: int, num_classes: int | None, *, shift: int = 1,
-                 flip_sin_to_cos: bool = False) -> None:
+                 flip_sin_to_cos: bool = False, time_scale: float = 1.0) -> None:
         super().__init__()
-        self.sinusoid = SinusoidalEmbedding(sinusoid_dim, shift=shift, flip_sin_to_cos=flip_sin_to_cos)
+        self.sinusoid = SinusoidalEmbedding(sinusoid_dim, shift=shift, flip_sin_to_cos=flip_sin_to_cos,
+                                            time_scale=time_scale)
         self.mlp = nn.Sequential(nn.Linear(sinusoid_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         self.num_classes = num_classes
         self.class_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes is not None else None

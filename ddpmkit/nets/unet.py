@@ -10,6 +10,7 @@ sample (integer index or fractional).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,6 +53,8 @@ class UNetConfig(DictConfig):
         freq_shift, flip_sin_to_cos: the sinusoidal time embedding: frequencies
             ``10000 ** (-i / (C/2 - freq_shift))`` and ``[sin, cos]`` (or ``[cos, sin]``), as in
             diffusers; the defaults (1, False) are DDPM's.
+        time_scale: the network embeds ``time_scale * t`` (1 by default); improved-diffusion's
+            ``rescale_timesteps`` models see ``t * 1000 / T``, i.e. ``time_scale = 1000 / T``.
         zero_init: zero the last conv of every block and of the output (DDPM, ADM).
         grad_checkpoint: recompute blocks in backward to save memory (training only).
     """
@@ -78,6 +81,7 @@ class UNetConfig(DictConfig):
     downsample_padding: int = 1
     freq_shift: int = 1
     flip_sin_to_cos: bool = False
+    time_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads"):
@@ -108,6 +112,9 @@ class UNetConfig(DictConfig):
             _fail("downsample_padding", self.downsample_padding, "must be 0 or 1")
         if not isinstance(self.freq_shift, int) or isinstance(self.freq_shift, bool):
             _fail("freq_shift", self.freq_shift, "must be an integer")
+        scale = self.time_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            _fail("time_scale", scale, "must be a finite number > 0")
         widths = [self.channels] + [self.channels * m for m in mult]
         for width in widths:
             checked_groups(width, self.norm_groups)
@@ -292,7 +299,7 @@ class UNetEncoder(nn.Module):
         widths, sides = [ch * m for m in cfg.channel_mult], cfg.level_sizes()
         last = len(widths) - 1
         self.embed = ConditionEmbedding(ch, emb_dim, cfg.num_classes, shift=cfg.freq_shift,
-                                        flip_sin_to_cos=cfg.flip_sin_to_cos)
+                                        flip_sin_to_cos=cfg.flip_sin_to_cos, time_scale=cfg.time_scale)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
         self.skip_widths, width = [ch], ch
         self.down = nn.ModuleList()
