@@ -7,8 +7,8 @@ width of the discretized decoder (DDPM eq. 13). :func:`to_uint8_images` inverts 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -111,6 +111,9 @@ class ArrayDataset:
         num_classes: the number of classes when ``y`` is given.
         name: a label for reports.
         flip: whether :meth:`augment` applies random horizontal flips.
+        cond: per-example conditions the model takes as keyword arguments, each a tensor whose
+            first axis is aligned with ``x`` (e.g. ``{"partial": (N, M, 3)}``, the partial clouds
+            of point-cloud completion); batches slice them with ``x``.
     """
 
     x: torch.Tensor
@@ -119,6 +122,7 @@ class ArrayDataset:
     num_classes: int | None
     name: str
     flip: bool = False
+    cond: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or self.x.dtype != torch.float32 or self.x.ndim < 2:
@@ -134,6 +138,10 @@ class ArrayDataset:
             raise ValueError(f"levels must be in [2, 256] or None, got levels={self.levels!r}")
         if self.flip and not self.is_image:
             raise ValueError(f"flip applies to images (N, C, H, W) only, got x of shape {tuple(self.x.shape)}")
+        for key, value in self.cond.items():
+            if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != len(self.x):
+                raise ValueError(f"cond[{key!r}] must be a tensor with one row per example ({len(self.x)}), got "
+                                 f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -150,16 +158,22 @@ class ArrayDataset:
     def to(self, device: torch.device | str) -> "ArrayDataset":
         """A copy with the tensors on ``device``."""
         y = None if self.y is None else self.y.to(device)
-        return replace(self, x=self.x.to(device), y=y)
+        return replace(self, x=self.x.to(device), y=y, cond={k: v.to(device) for k, v in self.cond.items()})
+
+    def condition(self, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+        """The conditions of the examples ``index`` (the rows of ``x[index]``): ``{}`` without any."""
+        return {key: value[index] for key, value in self.cond.items()}
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None, shuffle: bool = True, drop_last: bool = True
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        self, batch_size: int, generator: torch.Generator | None, shuffle: bool = True, drop_last: bool = True,
+        with_cond: bool = False,
+    ) -> Iterator[tuple[Any, ...]]:
         """One pass over the data in batches ``(x, y)`` (``y`` is ``None`` without labels).
 
         The order is ``torch.randperm`` drawn from ``generator`` (required when shuffling), so
         a generator seeded the same way gives the same batches. With ``drop_last`` every batch
-        has exactly ``batch_size`` examples.
+        has exactly ``batch_size`` examples. With ``with_cond`` each batch is ``(x, y, cond)``,
+        ``cond`` the batch's rows of :attr:`cond`.
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got batch_size={batch_size!r}")
@@ -175,7 +189,8 @@ class ArrayDataset:
         stop = len(self) - len(self) % batch_size if drop_last else len(self)
         for start in range(0, stop, batch_size):
             index = order[start:start + batch_size]
-            yield self.x[index], (None if self.y is None else self.y[index])
+            y = None if self.y is None else self.y[index]
+            yield (self.x[index], y, self.condition(index)) if with_cond else (self.x[index], y)
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Flip each image of the batch left-right with probability 1/2 when ``flip`` is set;

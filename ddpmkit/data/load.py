@@ -6,9 +6,10 @@ import math
 import numpy as np
 import torch
 
-from .config import DataConfig, TOY_NAMES
+from .config import POINT_NAMES, DataConfig, TOY_NAMES
 from .dataset import ArrayDataset, codes_to_unit, resize_images, split_indices
 from .folder import load_folder
+from .series import load_series
 from .formats import Loaded, load_cifar10, load_mnist, load_npz
 from .toys import NUM_CLASSES, sample_toy
 
@@ -83,10 +84,19 @@ def load_dataset(config: DataConfig, split: str = "train") -> ArrayDataset:
         raise ValueError(f"config must be a DataConfig, got {type(config).__name__}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got split={split!r}")
+    if config.name == "none":   # an imported model (ddpmkit.io.convert) carries no data set
+        raise ValueError("data 'none' (an imported model) has no examples: name a data set, e.g. "
+                         "`ddpmkit eval RUN --data cifar10:/data/cifar-10-batches-py`")
+    if config.name in POINT_NAMES:   # point clouds (S, N, 3), with their completion condition
+        from .pointsets import load_pointset
+
+        return load_pointset(config, split)
     if config.name == "digits":
         loaded = _load_digits(config, split)
     elif config.name in TOY_NAMES:
         loaded = _load_toy(config, split)
+    elif config.name == "series":   # windows (S, 1, window) of a bundled real series, standardised
+        loaded = Loaded(load_series(config.window, split, config.test_fraction, config.seed), None, None, None)
     else:
         loaded = _load_files(config, split)
     return _to_dataset(loaded, config, split)
