@@ -15,8 +15,10 @@ from .likelihood.bound import VLBResult, vlb_bpd
 from .likelihood.ode import ODELikelihoodResult, ode_bpd
 from .sampling import SAMPLERS, SampleOptions, StepInfo, invert, sample
 from . import sampling as samplers   # dk.samplers.euler(D, x, sigmas), dk.samplers.heun, ...
+from .inverse import ddim_edit, inpaint, sdedit, solve_inverse
 from .data import ArrayDataset, DataConfig, load_dataset, to_uint8_images
 from .nets import MLP, MLPConfig, UNet, UNetConfig, build_network
+from .io.convert import export_checkpoint, import_checkpoint
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,10 @@ __all__ = [
     "sample",
     "samplers",
     "invert",
+    "inpaint",
+    "solve_inverse",
+    "sdedit",
+    "ddim_edit",
     "SAMPLERS",
     "SampleOptions",
     "StepInfo",
@@ -53,4 +59,6 @@ __all__ = [
     "MLP",
     "MLPConfig",
     "build_network",
+    "import_checkpoint",
+    "export_checkpoint",
 ]

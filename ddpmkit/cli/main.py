@@ -1,4 +1,6 @@
-"""The command line: ``ddpmkit train | sample | eval | presets | train-classifier``.
+"""The command line: train, sample, evaluate, solve inverse problems, import and export models.
+
+``ddpmkit train | sample | eval | presets | train-classifier | inpaint | solve | edit | denoise | import | export``:
 
     ddpmkit train digits optim.steps=3000 --resume
     ddpmkit sample runs/digits --sampler ddim --steps 50 --n 64 --seed 0 --out grid.png
@@ -8,6 +10,9 @@
     ddpmkit train-classifier digits --steps 800 && ddpmkit sample runs/digits --guidance classifier \
         --scale 4 --classifier runs/digits-classifier            # a grid with one row per class
     torchrun --nproc_per_node 2 -m ddpmkit train cifar10-ddpm data.path=/data/cifar-10-batches-bin
+    ddpmkit inpaint runs/digits --image digit.png --mask bottom --method repaint --out inpainted.png
+    ddpmkit import ddpm-cifar10-32 --format diffusers --out runs/ddpm-cifar10
+    ddpmkit train shapes && ddpmkit sample runs/shapes --n 16 --out shapes.png   # point clouds: picture + .npz
 
 Errors a user can cause (a bad key, value, path or file) print one line and exit with status 2.
 """
@@ -85,6 +90,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from ..data import to_uint8_images
     from ..training.monitor import save_sample_grid
     from ..sampling import sample
+    from .points import is_point_data, point_condition, save_point_samples
 
     _at_least_one("--n", args.n)
     device = resolve_device(args.device)
@@ -103,6 +109,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.eta is not None:
         params["eta"] = args.eta
     guided = prepare_sampling(args, ckpt, model, device)
+    points = is_point_data(data_shape)   # point clouds: the completion condition, picture + .npz
+    if points:
+        guided.cond.update(point_condition(args.partial_from, ckpt.config, guided.n, device))
+    elif args.partial_from is not None:
+        raise ValueError(f"--partial-from is for point-cloud models, got data of shape {data_shape}")
     recorder = None
     if args.trajectory is not None:
         from .trajectory import TrajectoryRecorder
@@ -114,7 +125,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                progress=not args.quiet, cond=guided.cond, callback=recorder, **guided.params, **params)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
+    if points:
+        out = " and ".join(map(str, save_point_samples(x, out, guided.cond.get("partial"), guided.nrow)))
+    elif out.suffix == ".npz":
         arrays: dict[str, np.ndarray] = {"x": x.cpu().numpy()}
         if levels is not None:
             arrays["images"] = to_uint8_images(x.cpu(), levels)
@@ -145,6 +158,9 @@ def _default_sampler_steps(args: argparse.Namespace, config: Any) -> None:
 
 def _data_shape_levels(config: Any) -> tuple[tuple[int, ...], int | None]:
     """The per-example shape and level count of a config's data (read from the test split)."""
+    if config.data.name == "none":   # an imported model: the network's images, 8-bit levels
+        net = config.network
+        return (net.in_channels, net.image_size, net.image_size), 256
     from ..data import load_dataset
 
     data = load_dataset(config.data, "test")
@@ -153,6 +169,7 @@ def _data_shape_levels(config: Any) -> tuple[tuple[int, ...], int | None]:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_checkpoint
+    from .convert import data_option
 
     _at_least_one("--n", args.n)
     _at_least_one("--num-samples", args.num_samples)
@@ -162,7 +179,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         samplers=[s for s in args.samplers.split(",") if s] if args.samplers else [],
         steps=[int(s) for s in args.steps.split(",")] if args.steps else [],
         num_samples=args.num_samples, ode=not args.no_ode, bound=not args.no_bound, seed=args.seed,
-        out=args.out, progress=not args.quiet,
+        out=args.out, progress=not args.quiet, data=data_option(args.data),
     )
     print(json.dumps(report["summary"], indent=1))
     return 0
@@ -171,7 +188,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``ddpmkit`` parser; ``--sampler`` lists the samplers registered when it is built."""
     from ..sampling import SAMPLERS
+    from .convert import add_convert_commands
     from .guidance import add_guidance_arguments, add_train_classifier_command
+    from .inverse import add_inverse_commands
+    from .points import add_points_commands
 
     samplers = ", ".join(sorted(SAMPLERS))
     parser = argparse.ArgumentParser(prog="ddpmkit", description=__doc__.splitlines()[0])
@@ -217,10 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forbid TensorFloat-32 matmuls and convolutions (on by default on CUDA)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--partial-from", default=None, metavar="test|FILE",
+                   help="completion models: the partial clouds, from the run's test split (default) or a point "
+                        "file (.npy/.npz/.ply, one cloud or a stack, in the training data's frame)")
     add_guidance_arguments(p)
     p.set_defaults(fn=_cmd_sample)
 
     add_train_classifier_command(sub)
+    add_points_commands(sub)    # denoise
+    add_inverse_commands(sub)   # inpaint, solve, edit
 
     p = sub.add_parser("eval", help="bits/dim (bound and ODE) and sample quality of a checkpoint")
     p.add_argument("checkpoint", help="a run directory or a checkpoint .json")
@@ -233,9 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bound", action="store_true", help="skip the variational bound (discrete process only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling and likelihood noise (default 0)")
     p.add_argument("--out", default=None, help="directory for eval.json / eval.md / the plot")
+    p.add_argument("--data", default=None, metavar="NAME[:PATH]",
+                   help="evaluate on this data set instead of the run's (an imported run has none), "
+                        "e.g. cifar10:/data/cifar-10-batches-py or npz:test.npz")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_eval)
+    add_convert_commands(sub)   # import, export
     return parser
 
 

@@ -194,8 +194,15 @@ def evaluate_model(config, process, model, *, split: str = "test", n: int | None
     report: dict[str, Any] = {"data": test.name, "split": split, "examples": len(x), "levels": test.levels}
     if bound or ode:
         report["bpd"] = bits_per_dim(process, model, x, test.levels, bound=bound, ode=ode,
-                                     ode_examples=ode_examples, generator=gen, progress=progress)
-    if samplers and steps:
+                                     ode_examples=ode_examples, generator=gen, progress=progress,
+                                     cond={k: v[:len(x)].to(device) for k, v in test.cond.items()})
+    if samplers and steps and test.x.ndim == 3 and test.shape[-1] == 3:   # point clouds: PointFlow's metrics
+        from .pointclouds import point_sample_quality
+
+        report["point_quality"] = point_sample_quality(process, model, load_dataset(config.data, "train"), test,
+                                                       samplers, steps, num_samples, seed, progress=progress,
+                                                       device=device)
+    elif samplers and steps:
         extractor = pick_extractor(test, inception_weights, device)
         if extractor is None:
             raise ValueError(f"no feature network for data {test.name!r}: give --inception-weights PATH")
@@ -218,6 +225,13 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     if "quality" in report:
         s["fd_floor"] = round(report["quality"]["floor"]["fd"], 4)
         s["fd"] = {f"{r['sampler']}@{r['steps']}": round(r["fd"], 4) for r in report["quality"]["rows"]}
+    if "point_quality" in report:
+        from .pointclouds import POINT_QUALITY_KEYS
+
+        quality = report["point_quality"]
+        s["floor"] = {k: round(quality["floor"][k], 4) for k in POINT_QUALITY_KEYS}
+        s["point_metrics"] = {f"{r['sampler']}@{r['steps']}": {k: round(r[k], 4) for k in POINT_QUALITY_KEYS}
+                              for r in quality["rows"]}
     return s
 
 
@@ -263,10 +277,12 @@ def plot_quality(quality: dict[str, Any], path: str | Path) -> Path:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path | None = None, device: Any = "cpu",
-                        **options: Any) -> dict[str, Any]:
-    """Load a checkpoint, run :func:`evaluate_model`, and write eval.json / eval.md / eval.png."""
+                        data: Any = None, **options: Any) -> dict[str, Any]:
+    """Load a checkpoint, run :func:`evaluate_model`, and write eval.json / eval.md / eval.png.
+    ``data`` (a DataConfig) replaces the run's data set (an imported model's is ``"none"``)."""
     ckpt = load_checkpoint(checkpoint, device=device)
-    report = evaluate_model(ckpt.config, ckpt.process, ckpt.ema_model, device=device, **options)
+    config = ckpt.config if data is None else ckpt.config.replace(data=data)
+    report = evaluate_model(config, ckpt.process, ckpt.ema_model, device=device, **options)
     report["checkpoint"] = ckpt.state["path"]
     out_dir = Path(out) if out is not None else Path(ckpt.state["path"]).parent.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,4 +290,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path | None = None
     if "quality" in report:
         (out_dir / "eval.md").write_text(quality_table(report["quality"]) + "\n")
         plot_quality(report["quality"], out_dir / "eval.png")
+    if "point_quality" in report:
+        from .pointclouds import point_quality_table
+
+        (out_dir / "eval.md").write_text(point_quality_table(report["point_quality"]) + "\n")
     return report

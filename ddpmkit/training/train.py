@@ -60,7 +60,8 @@ class TrainResult:
 
 def resolve_config(config: TrainConfig, dataset: ArrayDataset) -> TrainConfig:
     """Fill the network's data-dependent fields from the data (channels in and out, image size;
-    twice the output channels for learned-range variance) and check the labels. When the data's
+    a point network's coordinates per point, a 1-D U-Net's channels and length; twice the output
+    channels for learned-range variance) and check the labels. When the data's
     image size differs from the network's, a U-Net's ``attention_resolutions`` move to the same
     levels at the new size (:func:`~ddpmkit.training.build.attention_at_size`)."""
     net = config.network
@@ -77,6 +78,21 @@ def resolve_config(config: TrainConfig, dataset: ArrayDataset) -> TrainConfig:
                                  f"needs a side divisible by {2 ** (levels - 1)}; set data.image_size")
             moved = attention_at_size(net.attention_resolutions, net.image_size, size, levels)
             changes["attention_resolutions"] = net.attention_resolutions if moved is None else moved
+    elif config.network_kind == "pointnet":   # point sets (N, dim): per-point coordinates in and out
+        if len(dataset.shape) != 2:
+            raise ValueError(f"network.kind='pointnet' needs point sets (points, dim), got data of shape {dataset.shape}")
+        changes = {"in_dim": dataset.shape[1], "out_dim": factor * dataset.shape[1]}
+    elif config.network_kind == "unet1d":     # sequences (C, L)
+        if len(dataset.shape) != 2:
+            raise ValueError(f"network.kind='unet1d' needs sequences (channels, length), got data of shape {dataset.shape}")
+        length, levels = dataset.shape[1], len(net.channel_mult)
+        if length % 2 ** (levels - 1):
+            raise ValueError(f"the data {dataset.name!r} has sequences of length {length}, but the {levels}-level "
+                             f"1-D U-Net needs a length divisible by {2 ** (levels - 1)}; set data.window")
+        changes = {"in_channels": dataset.shape[0], "out_channels": factor * dataset.shape[0], "length": length}
+        if length != net.length:   # keep the attention at the same levels
+            old, new = net.level_lengths(), tuple(length // 2 ** k for k in range(levels))
+            changes["attention_lengths"] = tuple(new[old.index(a)] for a in net.attention_lengths)
     else:
         if dataset.is_image:
             raise ValueError(f"network.kind={config.network_kind!r} needs vector data, got shape {dataset.shape}")
@@ -170,6 +186,7 @@ class Trainer(TrainLoop):
             self._order = (epoch, _epoch_order(self.config.seed, epoch, n))
         index = self._order[1][k * B:(k + 1) * B]
         batch = {"x0": self.dataset.augment(self.dataset.x[index], self.data_gen)}
+        batch.update(self.dataset.condition(index))   # the data's own conditions, e.g. completion's "partial"
         if self.timestep_sampler is not None:
             batch["t"], batch["weights"] = self.timestep_sampler.sample(B, generator=self.data_gen)
         if getattr(self.config.network, "num_classes", None) is not None:
@@ -219,6 +236,7 @@ class Trainer(TrainLoop):
             sync = contextlib.nullcontext() if last or not self.dist.distributed else self.ddp_model.no_sync()
             with sync:
                 cond = {"y": part["y"]} if "y" in part else {}
+                cond.update({key: part[key] for key in self.dataset.cond})
                 if self.continuous:
                     loss = self._continuous_loss(part, **cond).sum() / b
                 else:
@@ -319,6 +337,9 @@ class Trainer(TrainLoop):
         classes = getattr(cfg.network, "num_classes", None)
         if classes is not None:
             cond = {"y": torch.arange(first, first + share, device=self.device) % classes}
+        # the data's own conditions (completion's partial clouds) of the first training examples
+        cond.update(self.dataset.condition(torch.arange(first, first + share) % len(self.dataset)))
+        cond = {key: value.to(self.device) for key, value in cond.items()}
         gen = torch.Generator(self.device).manual_seed(cfg.seed + rank)
         steps = cfg.sample_steps if self.continuous else min(cfg.sample_steps, self.process.T)
         x = sample(self.process, self.ema.model(), (share,) + self.dataset.shape, sampler=cfg.sample_sampler,
@@ -327,7 +348,9 @@ class Trainer(TrainLoop):
         x = all_gather_cat(x.contiguous(), self.dist)[:cfg.sample_count]
         if not self.dist.is_main:
             return None
-        return save_sample_grid(x, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.dataset.levels)
+        partial = self.dataset.condition(torch.arange(len(x)) % len(self.dataset)).get("partial")
+        return save_sample_grid(x, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.dataset.levels,
+                                partial=partial)
 
     # ------------------------------------------------------------------ the loop
     def run(self, max_steps: int | None = None) -> TrainResult:

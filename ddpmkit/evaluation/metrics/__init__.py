@@ -4,6 +4,7 @@ Frechet distance (FID when the features are Inception pool3), KID, improved prec
 recall, the Inception Score from class probabilities, sliced Wasserstein and RBF MMD (also on
 raw coordinates), the mean log-density under a known density, each score's floor, and a
 nearest-neighbour check for copied training data.
+Point clouds (pointcloud.py): Chamfer, exact EMD and PointFlow's MMD / COV / 1-NNA.
 """
 from .classifier_score import ClassifierScore, inception_score, inception_score_from_logits
 from .copies import copy_check, nearest_neighbour_distances
@@ -12,6 +13,8 @@ from .frechet import FeatureStats, frechet_distance, frechet_distance_from_featu
 from .kernel import (KIDResult, kernel_inception_distance, median_heuristic_bandwidth,
                      polynomial_kernel, rbf_mmd2)
 from .manifold import PrecisionRecall, fraction_in_manifold, knn_radii, precision_recall
+from .pointcloud import (chamfer, emd, generation_metrics, mmd_cov, one_nna, pairwise_chamfer,
+                         pairwise_emd)
 from .sliced import random_directions, sliced_wasserstein, wasserstein_1d
 from .summary import feature_metrics, metric_floor, point_metrics
 
@@ -42,4 +45,11 @@ __all__ = [
     "metric_floor",
     "copy_check",
     "nearest_neighbour_distances",
+    "chamfer",
+    "emd",
+    "pairwise_chamfer",
+    "pairwise_emd",
+    "mmd_cov",
+    "one_nna",
+    "generation_metrics",
 ]
