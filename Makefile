@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-samplers bench-guidance reproduce reproduce-score clean
+.PHONY: demo test venv bench bench-samplers bench-guidance bench-inverse bench-pointclouds reproduce reproduce-score clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ bench-samplers: $(STAMP)
 
 bench-guidance: $(STAMP)
 	$(PY) benchmarks/guidance.py
+
+bench-inverse: $(STAMP)   # the oracle table (both processes), then inpainting the digits of runs/digits (make demo)
+	$(PY) benchmarks/inverse_oracle.py --process discrete
+	$(PY) benchmarks/inverse_oracle.py --process edm --out benchmarks/out/inverse_oracle_edm.json
+	$(PY) benchmarks/inverse_digits.py --run runs/digits
+
+bench-pointclouds: $(STAMP)   # trains the three point-cloud presets where runs/ lacks them, then measures
+	test -d runs/shapes || $(PY) -m ddpmkit train shapes
+	test -d runs/shapes-completion || $(PY) -m ddpmkit train shapes-completion
+	test -d runs/shapes-denoise || $(PY) -m ddpmkit train shapes-denoise
+	$(PY) benchmarks/pointclouds.py
 
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproduce.py
