@@ -93,6 +93,26 @@ def test_guided_sampling_reads_do_not_grow_with_the_steps(kind, sampler):
     assert guided_reads(kind, sampler, 5) == guided_reads(kind, sampler, 10)
 
 
+def inverse_reads(method: str, steps: int, **params) -> int:
+    """Host reads of an inverse-problem solve (ddpmkit.inverse) on the tiny net, one coordinate known."""
+    from ddpmkit.inverse import Mask, solve_inverse
+
+    torch.manual_seed(0)
+    net = Net()
+    operator = Mask(torch.tensor([1.0, 0.0, 0.0]))
+    y = operator(torch.full((4, 3), 0.5))
+    with count_host_reads() as counts:
+        solve_inverse(PROCESS, net, y, operator, shape=(4, 3), method=method, steps=steps, seed=0,
+                      progress=False, **params)
+    return sum(counts.values())
+
+
+@pytest.mark.parametrize("method,params", [("replace", {}), ("repaint", {"jump_length": 2, "jump_n_sample": 2}),
+                                           ("dps", {}), ("smc", {"particles": 4})])
+def test_inverse_solvers_reads_do_not_grow_with_the_steps(method, params):
+    assert inverse_reads(method, 5, **params) == inverse_reads(method, 10, **params)
+
+
 def test_the_counter_sees_a_per_step_read():
     """The harness itself: a model that reads one value per call is caught."""
     net = Net()
