@@ -21,11 +21,65 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import ConditionEmbedding, DictConfig, InplaceDropout, checked_groups, group_norm
 
-__all__ = ["UNetConfig", "UNet", "UNetEncoder", "ResBlock", "AttentionBlock"]
+__all__ = ["UNetConfig", "UNet", "UNetEncoder", "ResBlock", "AttentionBlock", "check_unet_layout", "attention_heads",
+           "level_extents"]
 
 
 def _fail(name: str, value: Any, why: str) -> None:
     raise ValueError(f"UNetConfig.{name} {why}, got {name}={value!r}")
+
+
+def level_extents(extent: int, levels: int) -> tuple[int, ...]:
+    """The feature extent (image side, sequence length) at each of ``levels`` U-Net levels."""
+    return tuple(extent // 2**i for i in range(levels))
+
+
+def attention_heads(cfg: Any, owner: str, width: int) -> int:
+    """Attention heads for a layer of ``width`` channels: ``width // head_channels`` when that is
+    set, else ``num_heads``; a one-line ValueError naming ``owner``'s field when it does not divide."""
+    name = "head_channels" if cfg.head_channels is not None else "num_heads"
+    if width % getattr(cfg, name):
+        raise ValueError(f"{owner}.{name} must divide the attention width {width}, got {name}={getattr(cfg, name)!r}")
+    return width // cfg.head_channels if cfg.head_channels is not None else cfg.num_heads
+
+
+def check_unet_layout(cfg: Any, owner: str, extent: str, attention: str, noun: str, ints: tuple[str, ...] = ()) -> None:
+    """The checks every U-Net config shares (2-D :class:`UNetConfig`, 1-D ``UNet1DConfig``): positive
+    integer sizes, ``channel_mult``, an ``extent`` (image side or length) divisible by 2**(levels-1),
+    ``attention`` extents drawn from the levels, dropout, norms, classes and heads. Each failure is a
+    one-line ValueError ``{owner}.{field} ... got {field}=...``."""
+    def fail(name: str, value: Any, why: str) -> None:
+        raise ValueError(f"{owner}.{name} {why}, got {name}={value!r}")
+
+    for name in (extent, "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads") + ints:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            fail(name, value, "must be an integer >= 1")
+    mult = cfg.channel_mult
+    if not isinstance(mult, tuple) or not mult or any(not isinstance(m, int) or m < 1 for m in mult):
+        fail("channel_mult", mult, "must be a non-empty tuple of integers >= 1")
+    factor = 2 ** (len(mult) - 1)
+    if getattr(cfg, extent) % factor:
+        fail(extent, getattr(cfg, extent), f"must be divisible by 2**(levels-1)={factor}")
+    extents = level_extents(getattr(cfg, extent), len(mult))
+    chosen = getattr(cfg, attention)
+    if not isinstance(chosen, tuple) or any(a not in extents for a in chosen):
+        fail(attention, chosen, f"must be a tuple drawn from the level {noun} {extents}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        fail("dropout", cfg.dropout, "must lie in [0, 1)")
+    if cfg.norm_groups < 1:
+        fail("norm_groups", cfg.norm_groups, "must be >= 1")
+    if cfg.norm_eps <= 0:
+        fail("norm_eps", cfg.norm_eps, "must be > 0")
+    if cfg.num_classes is not None and cfg.num_classes < 1:
+        fail("num_classes", cfg.num_classes, "must be None or >= 1")
+    if cfg.head_channels is not None and cfg.head_channels < 1:
+        fail("head_channels", cfg.head_channels, "must be None or >= 1")
+    for width in [cfg.channels] + [cfg.channels * m for m in mult]:
+        checked_groups(width, cfg.norm_groups)
+    attn_widths = [cfg.channels * m for m, e in zip(mult, extents) if e in chosen]
+    for width in attn_widths + ([cfg.channels * mult[-1]] if cfg.mid_attention else []):
+        attention_heads(cfg, owner, width)
 
 
 @dataclass(frozen=True)
@@ -84,30 +138,7 @@ class UNetConfig(DictConfig):
     time_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                _fail(name, value, "must be an integer >= 1")
-        mult = self.channel_mult
-        if not isinstance(mult, tuple) or not mult or any(not isinstance(m, int) or m < 1 for m in mult):
-            _fail("channel_mult", mult, "must be a non-empty tuple of integers >= 1")
-        factor = 2 ** (len(mult) - 1)
-        if self.image_size % factor:
-            _fail("image_size", self.image_size, f"must be divisible by 2**(levels-1)={factor}")
-        sides = self.level_sizes()
-        res = self.attention_resolutions
-        if not isinstance(res, tuple) or any(r not in sides for r in res):
-            _fail("attention_resolutions", res, f"must be a tuple drawn from the level sizes {sides}")
-        if not 0.0 <= self.dropout < 1.0:
-            _fail("dropout", self.dropout, "must lie in [0, 1)")
-        if self.norm_groups < 1:
-            _fail("norm_groups", self.norm_groups, "must be >= 1")
-        if self.norm_eps <= 0:
-            _fail("norm_eps", self.norm_eps, "must be > 0")
-        if self.num_classes is not None and self.num_classes < 1:
-            _fail("num_classes", self.num_classes, "must be None or >= 1")
-        if self.head_channels is not None and self.head_channels < 1:
-            _fail("head_channels", self.head_channels, "must be None or >= 1")
+        check_unet_layout(self, "UNetConfig", "image_size", "attention_resolutions", "sizes")
         if self.downsample_padding not in (0, 1):
             _fail("downsample_padding", self.downsample_padding, "must be 0 or 1")
         if not isinstance(self.freq_shift, int) or isinstance(self.freq_shift, bool):
@@ -115,27 +146,14 @@ class UNetConfig(DictConfig):
         scale = self.time_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             _fail("time_scale", scale, "must be a finite number > 0")
-        widths = [self.channels] + [self.channels * m for m in mult]
-        for width in widths:
-            checked_groups(width, self.norm_groups)
-        attn_widths = [self.channels * m for m, s in zip(mult, sides) if s in res]
-        attn_widths += [self.channels * mult[-1]] if self.mid_attention else []
-        for width in attn_widths:
-            self.heads_for(width)
 
     def level_sizes(self) -> tuple[int, ...]:
         """Feature-map side at each level for ``image_size`` inputs."""
-        return tuple(self.image_size // 2**i for i in range(len(self.channel_mult)))
+        return level_extents(self.image_size, len(self.channel_mult))
 
     def heads_for(self, width: int) -> int:
         """Attention heads for a layer of ``width`` channels (validated)."""
-        if self.head_channels is not None:
-            if width % self.head_channels:
-                _fail("head_channels", self.head_channels, f"must divide the attention width {width}")
-            return width // self.head_channels
-        if width % self.num_heads:
-            _fail("num_heads", self.num_heads, f"must divide the attention width {width}")
-        return self.num_heads
+        return attention_heads(self, "UNetConfig", width)
 
     # ------------------------------------------------------------------ presets
     @classmethod

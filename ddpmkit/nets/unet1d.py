@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConditionEmbedding, DictConfig, InplaceDropout, checked_groups, group_norm
-from .unet import Level, Stage, _silu, _zero
+from .layers import ConditionEmbedding, DictConfig, InplaceDropout, group_norm
+from .unet import Level, Stage, _silu, _zero, attention_heads, check_unet_layout, level_extents
 
 __all__ = ["UNet1DConfig", "UNet1D"]
 
@@ -65,49 +65,17 @@ class UNet1DConfig(DictConfig):
     zero_init: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("length", "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads",
-                     "kernel_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                _fail(name, value, "must be an integer >= 1")
+        check_unet_layout(self, "UNet1DConfig", "length", "attention_lengths", "lengths", ints=("kernel_size",))
         if self.kernel_size % 2 == 0:
             _fail("kernel_size", self.kernel_size, "must be odd (the length is kept)")
-        mult = self.channel_mult
-        if not isinstance(mult, tuple) or not mult or any(not isinstance(m, int) or m < 1 for m in mult):
-            _fail("channel_mult", mult, "must be a non-empty tuple of integers >= 1")
-        factor = 2 ** (len(mult) - 1)
-        if self.length % factor:
-            _fail("length", self.length, f"must be divisible by 2**(levels-1)={factor}")
-        lengths = self.level_lengths()
-        if not isinstance(self.attention_lengths, tuple) or any(a not in lengths for a in self.attention_lengths):
-            _fail("attention_lengths", self.attention_lengths, f"must be a tuple drawn from the level lengths {lengths}")
-        if not 0.0 <= self.dropout < 1.0:
-            _fail("dropout", self.dropout, "must lie in [0, 1)")
-        if self.norm_eps <= 0:
-            _fail("norm_eps", self.norm_eps, "must be > 0")
-        if self.num_classes is not None and self.num_classes < 1:
-            _fail("num_classes", self.num_classes, "must be None or >= 1")
-        if self.head_channels is not None and self.head_channels < 1:
-            _fail("head_channels", self.head_channels, "must be None or >= 1")
-        if self.norm_groups < 1:
-            _fail("norm_groups", self.norm_groups, "must be >= 1")
-        for width in [self.channels] + [self.channels * m for m in mult]:
-            checked_groups(width, self.norm_groups)
-        attn = [self.channels * m for m, n in zip(mult, lengths) if n in self.attention_lengths]
-        for width in attn + ([self.channels * mult[-1]] if self.mid_attention else []):
-            self.heads_for(width)
 
     def level_lengths(self) -> tuple[int, ...]:
         """Feature length at each level for ``length`` inputs."""
-        return tuple(self.length // 2**i for i in range(len(self.channel_mult)))
+        return level_extents(self.length, len(self.channel_mult))
 
     def heads_for(self, width: int) -> int:
         """Attention heads for a layer of ``width`` channels (validated)."""
-        heads = width // self.head_channels if self.head_channels is not None else self.num_heads
-        if width % (self.head_channels or self.num_heads):
-            name = "head_channels" if self.head_channels is not None else "num_heads"
-            _fail(name, getattr(self, name), f"must divide the attention width {width}")
-        return heads
+        return attention_heads(self, "UNet1DConfig", width)
 
 
 def _resample(x: torch.Tensor, mode: str | None) -> torch.Tensor:
