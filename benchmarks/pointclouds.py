@@ -2,18 +2,20 @@
 
     .venv/bin/python benchmarks/pointclouds.py                 # uses runs/shapes, runs/shapes-completion, runs/shapes-denoise
     .venv/bin/python benchmarks/pointclouds.py --n 100 --denoise-n 50 --runs runs
+    .venv/bin/python benchmarks/pointclouds.py --parts generation,completion   # the other parts' results in the JSON stay
 
 Train the three presets first (``ddpmkit train shapes`` etc.). Everything is measured on the
 held-out (test) split of the presets' data (the same shapes in all three: ``data.n`` 1200, seed 0,
-512 points per shape, each normalised to zero mean and coordinate std 1).
+each normalised to zero mean and coordinate std 1; 256 points per shape for generation and
+completion, 512 for denoising: each part uses its run's ``data.points``).
 
 * Generation (PointFlow's protocol, Chamfer only: exact EMD costs O(N^3) per pair): 1-NNA-CD,
   COV-CD and MMD-CD of ``--n`` samples against ``--n`` test clouds; beside them the floor
   (``--n`` training clouds against the same test clouds) and the copying baseline (``--n`` random
-  training shapes with a fresh draw of their surface points: 512 of 1024 new area-uniform points).
+  training shapes with a fresh draw of their surface points: N of 2N new area-uniform points).
 * Completion: the mean squared Chamfer distance of each completion (the model conditioned on the
-  256 points on one side of a random plane) to the true complete cloud, beside the partial itself
-  and the partial with its point reflection through the centroid added (exact for centrally
+  ``data.partial_points`` points on one side of a random plane) to the true complete cloud, beside
+  the partial itself and the partial with its point reflection through the centroid added (exact for centrally
   symmetric shapes; the centroid of the complete shape is the origin of the normalised frame,
   which the model is given too).
 * Denoising (Luo & Hu 2021): Gaussian noise of std 1%, 2%, 3% of each shape's bounding-sphere
@@ -51,6 +53,7 @@ from ddpmkit.training.monitor import clouds_image
 
 NOISE_LEVELS = (0.01, 0.02, 0.03)
 GEN_KEYS = ("1-nna-cd", "cov-cd", "mmd-cd")
+PARTS = ("generation", "completion", "denoising")
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,7 +66,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/out/pointclouds.json")
     p.add_argument("--pictures", default="docs", help="folder for the picture grids (default docs)")
-    return p.parse_args()
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated parts to run, of {','.join(PARTS)} (default all); the JSON keeps the others")
+    args = p.parse_args()
+    parts = [part for part in args.parts.split(",") if part]
+    if not parts or set(parts) - set(PARTS):
+        p.error(f"--parts must name some of {','.join(PARTS)}, got --parts={args.parts!r}")
+    args.parts = parts
+    return args
 
 
 def _sample(ckpt: Any, n: int, shape: tuple[int, ...], args: argparse.Namespace, cond: dict | None = None) -> torch.Tensor:
@@ -74,8 +84,8 @@ def _sample(ckpt: Any, n: int, shape: tuple[int, ...], args: argparse.Namespace,
 
 def _resampled_train(config: Any, n: int, seed: int) -> torch.Tensor:
     """``n`` random training shapes with new surface points: shape i of make_shapes draws its size,
-    proportions and rotation before its points, so 1024 points instead of 512 give the same shape;
-    a random 512 of them, renormalised, is a fresh area-uniform draw."""
+    proportions and rotation before its points, so 2N points instead of N give the same shape;
+    a random N of them, renormalised, is a fresh area-uniform draw."""
     data = config.data
     train_index = split_indices(data.n, data.test_fraction, data.seed, "train")
     rng = np.random.default_rng(seed)
@@ -101,7 +111,7 @@ def generation(args: argparse.Namespace, out: dict) -> torch.Tensor:
             "floor: training clouds": generation_metrics(train.x[:n], refs, ("cd",)),
             "copying: training shapes re-sampled": generation_metrics(_resampled_train(ckpt.config, n, args.seed),
                                                                       refs, ("cd",))}
-    out["generation"] = {"n": n, "step": ckpt.state["step"], "rows": rows}
+    out["generation"] = {"n": n, "points": test.shape[0], "step": ckpt.state["step"], "rows": rows}
     return samples
 
 
@@ -119,7 +129,8 @@ def completion(args: argparse.Namespace, out: dict) -> tuple[torch.Tensor, torch
         d = chamfer(x.double(), truth.double())
         return {"chamfer": float(d.mean()), "chamfer_sem": float(d.std() / len(d) ** 0.5)}
 
-    out["completion"] = {"n": n, "step": ckpt.state["step"], "partial_points": partial.shape[1], "rows": {
+    out["completion"] = {"n": n, "points": test.shape[0], "step": ckpt.state["step"], "partial_points": partial.shape[1],
+                         "rows": {
         f"model ({args.sampler}, {args.steps} steps)": {**summary(completed), "seconds": seconds},
         "partial only": summary(partial),
         "partial + point reflection": summary(mirrored)}}
@@ -181,7 +192,7 @@ def tables(out: dict) -> str:
     lines = []
     g = out.get("generation")
     if g:
-        lines += [f"Generation ({g['n']} samples vs {g['n']} test clouds, 512 points, model at step {g['step']}):", "",
+        lines += [f"Generation ({g['n']} samples vs {g['n']} test clouds, {g.get('points', 512)} points, model at step {g['step']}):", "",
                   "| set | 1-NNA-CD | COV-CD | MMD-CD |", "|---|---:|---:|---:|"]
         lines += [f"| {k} | {v['1-nna-cd']:.3f} | {v['cov-cd']:.3f} | {v['mmd-cd']:.4f} |" for k, v in g["rows"].items()]
         lines.append("")
@@ -208,19 +219,31 @@ def tables(out: dict) -> str:
 
 def main() -> int:
     args = parse_args()
+    parts = args.parts
     torch.set_num_threads(1)
-    out: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "python": platform.python_version(),
-                           "torch": torch.__version__, "machine": platform.machine()}
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    out: dict[str, Any] = {k: previous[k] for k in PARTS if k in previous and k not in parts}
+    for kept in out.values():   # each part records the command that measured it
+        kept.setdefault("command", previous.get("command"))
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    out.update({"command": command, "python": platform.python_version(), "torch": torch.__version__,
+                "machine": platform.machine()})
     pictures = Path(args.pictures)
     pictures.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    samples = generation(args, out)
-    clouds_image(samples.numpy(), nrow=4, max_clouds=12).save(pictures / "pointclouds_generation.png")
-    completed, partial = completion(args, out)
-    clouds_image(completed.numpy(), partial.numpy(), nrow=4, max_clouds=12).save(pictures / "pointclouds_completion.png")
-    shown = denoising(args, out)
-    rows = [shown[k][:4] for k in ("noisy input", "score ascent, sigma -> sigma/4 (default)", "clean")]
-    clouds_image(torch.cat(rows).numpy(), nrow=4, max_clouds=12).save(pictures / "pointclouds_denoise.png")
+    if "generation" in parts:
+        samples = generation(args, out)
+        clouds_image(samples.numpy(), nrow=4, max_clouds=12).save(pictures / "pointclouds_generation.png")
+    if "completion" in parts:
+        completed, partial = completion(args, out)
+        clouds_image(completed.numpy(), partial.numpy(), nrow=4, max_clouds=12).save(
+            pictures / "pointclouds_completion.png")
+    if "denoising" in parts:
+        shown = denoising(args, out)
+        rows = [shown[k][:4] for k in ("noisy input", "score ascent, sigma -> sigma/4 (default)", "clean")]
+        clouds_image(torch.cat(rows).numpy(), nrow=4, max_clouds=12).save(pictures / "pointclouds_denoise.png")
+    for part in parts:
+        out[part]["command"] = command
     out["seconds"] = time.perf_counter() - start
     write_json(args.out, out)
     print(tables(out))

@@ -106,6 +106,66 @@ def test_partial_with_batch_one_broadcasts():
     torch.testing.assert_close(model(x, t, partial=partial), model(x, t, partial=partial.expand(3, -1, -1)))
 
 
+# ----------------------------------------------------------------------------- the attention option
+ATTENTION = {"full": dict(attention_layers=2, attention_width=16, attention_heads=2),
+             "anchors": dict(attention_layers=2, attention_width=16, attention_heads=4, anchors=5)}
+
+
+def attention_net(kind: str, conditional: bool = False) -> PointNet:
+    torch.manual_seed(0)
+    return PointNet(replace(SMALL, conditional=conditional, **ATTENTION[kind])).double().eval()
+
+
+@pytest.mark.parametrize("kind", list(ATTENTION))
+@pytest.mark.parametrize("conditional", [False, True])
+def test_attention_is_permutation_equivariant(kind, conditional):
+    model, x, t = attention_net(kind, conditional), cloud(3, 40, 3), torch.tensor([0, 10, 99])
+    partial = cloud(3, 11, 3, seed=2) if conditional else None
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
+    out = model(x, t, partial=partial)
+    torch.testing.assert_close(model(x[:, perm], t, partial=partial), out[:, perm], rtol=1e-12, atol=1e-12)
+    if conditional:   # invariant in the partial's order, yet it conditions the output
+        pperm = torch.randperm(11, generator=torch.Generator().manual_seed(4))
+        torch.testing.assert_close(model(x, t, partial=partial[:, pperm]), out, rtol=1e-12, atol=1e-12)
+        assert (model(x, t, partial=partial + 0.5) - out).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", list(ATTENTION))
+@pytest.mark.parametrize("n,m", [(1, 1), (6, 3), (130, 40)])
+def test_attention_works_for_any_number_of_points(kind, n, m):
+    model = attention_net(kind, conditional=True)
+    out = model(cloud(2, n, 3), torch.tensor([1.5, 70.25]), partial=cloud(2, m, 3, seed=2))
+    assert out.shape == (2, n, 3) and torch.isfinite(out).all()
+    # each cloud of a batch is processed on its own: the batch of two is two batches of one
+    one = model(cloud(2, n, 3)[1:], torch.tensor([70.25]), partial=cloud(2, m, 3, seed=2)[1:])
+    torch.testing.assert_close(out[1:], one, rtol=1e-10, atol=1e-10)
+
+
+def test_attention_lets_points_see_their_neighbours_beyond_the_pooled_feature():
+    # with full self-attention the output at point 1 depends on point 0 through the attention,
+    # not only through the pooled context: hold the context fixed and it still changes
+    model, x, t = attention_net("full"), cloud(1, 20, 3), torch.tensor([30])
+    moved = x.clone()
+    moved[0, 0] += 1.0
+    ctx = model.context(x, t, None)
+    feats = [model.lift(v) for v in (x, moved)]
+    for block in model.blocks:
+        feats = [block(f, ctx, None) for f in feats]
+    assert (feats[1][0, 1] - feats[0][0, 1]).abs().max() > 1e-4
+
+
+def test_attention_layers_zero_is_the_plain_network():
+    plain, explicit = PointNet(SMALL), PointNet(replace(SMALL, attention_layers=0, attention_width=32, anchors=8))
+    assert list(plain.state_dict()) == list(explicit.state_dict())
+    assert not any(k.startswith(("lift", "blocks")) for k in explicit.state_dict())
+
+
+def test_attention_starts_at_zero_with_zero_init():
+    config = replace(PointNetConfig(), **ATTENTION["anchors"])
+    out = PointNet(config)(torch.randn(2, 10, 3), torch.tensor([1, 2]))
+    assert out.shape == (2, 10, 3) and not out.any()
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("x,kwargs,conditional,match", [
     (torch.zeros(2, 10, 2), {}, False, r"x must be a tensor of shape \(B, N, 3\)"),
@@ -125,14 +185,16 @@ def test_bad_input_is_a_one_line_error(x, kwargs, conditional, match):
 
 
 @pytest.mark.parametrize("field,value", [("in_dim", 0), ("widths", ()), ("widths", (16, 0)), ("time_dim", 1),
-                                         ("conditional", 1), ("encoder_widths", [8])])
+                                         ("conditional", 1), ("encoder_widths", [8]), ("attention_layers", -1),
+                                         ("attention_layers", True), ("anchors", -2), ("attention_width", 0),
+                                         ("attention_heads", 3)])
 def test_bad_config_is_a_one_line_error(field, value):
     with pytest.raises(ValueError, match=f"PointNetConfig.{field}"):
         PointNetConfig(**{field: value})
 
 
 def test_config_json_round_trip():
-    config = PointNetConfig.luo_hu(conditional=True, out_dim=6)
+    config = PointNetConfig.luo_hu(conditional=True, out_dim=6, attention_layers=2, anchors=16)
     saved = json.loads(json.dumps(network_config_to_dict(config)))
     assert saved["kind"] == "pointnet" and NETWORK_KINDS["pointnet"] is PointNetConfig
     assert network_config_from_dict(saved) == config
