@@ -88,8 +88,9 @@ def test_load_dataset_gives_standardised_windows():
     (lambda: series_windows(np.arange(1000.0), 300, "train", 0.25, 0), r"window=300 leaves 1 block\(s\)"),
     (lambda: series_windows(np.arange(1000.0), 1, "train", 0.25, 0), "window must be an integer >= 2"),
     (lambda: series_windows(np.ones(1000), 16, "train", 0.25, 0), "constant"),
-    (lambda: DataConfig(name="digits", window=64), "DataConfig.window must be None, or an integer >= 2 with name='series'"),
+    (lambda: DataConfig(name="digits", window=64), "DataConfig.window must be None, or an integer >= 4 with name='series'"),
     (lambda: DataConfig(name="series", window=1), "DataConfig.window must be None"),
+    (lambda: DataConfig(name="series", window=3), "DataConfig.window must be None"),   # (C, 3) reads as a cloud
     (lambda: load_dataset(DataConfig(name="series", image_size=8)), "image_size=8 needs quantised images"),
     (lambda: load_dataset(DataConfig(name="series", window=6000)), "window=6000 leaves"),
 ])

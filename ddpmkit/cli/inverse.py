@@ -212,7 +212,14 @@ def _write(out: str | Path, grid: torch.Tensor, ncol: int, levels: int | None, a
 
         return atomic_write(out, write_npz)
     images = grid.cpu()
-    return atomic_write(out, lambda tmp: save_sample_grid(images, tmp.with_suffix(".png"), levels, ncol).replace(tmp))
+    def write_png(tmp: Path) -> None:
+        sibling = tmp.with_suffix(".png")   # save_sample_grid picks the format from the suffix
+        try:
+            save_sample_grid(images, sibling, levels, ncol).replace(tmp)
+        finally:
+            sibling.unlink(missing_ok=True)
+
+    return atomic_write(out, write_png)
 
 
 def _method_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -99,8 +99,9 @@ class DataConfig(DictConfig):
         if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0.0 < fraction < 1.0):
             raise ValueError(f"DataConfig.test_fraction must be a number in (0, 1), got test_fraction={fraction!r}")
         object.__setattr__(self, "test_fraction", float(fraction))
-        if self.window is not None and (self.name != "series" or not _is_int(self.window) or self.window < 2):
-            raise ValueError(f"DataConfig.window must be None, or an integer >= 2 with name='series', got "
+        # >= 4: examples of shape (C, 3) would read as point clouds (N, 3) in sample, eval and the previews
+        if self.window is not None and (self.name != "series" or not _is_int(self.window) or self.window < 4):
+            raise ValueError(f"DataConfig.window must be None, or an integer >= 4 with name='series', got "
                              f"window={self.window!r} with name={self.name!r}")
         self._check_points()
 

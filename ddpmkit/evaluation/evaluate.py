@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..core.diffusion import GaussianDiffusion
 from ..io.checkpoint import load_checkpoint
+from ..io.files import atomic_write
 from ..data import ArrayDataset, load_dataset
 from ..likelihood.bound import vlb_bpd
 from ..likelihood.ode import ode_bpd
@@ -286,12 +287,15 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path | None = None
     report["checkpoint"] = ckpt.state["path"]
     out_dir = Path(out) if out is not None else Path(ckpt.state["path"]).parent.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    text = json.dumps(report, indent=1, default=float) + "\n"
+    atomic_write(out_dir / "eval.json", lambda tmp: tmp.write_text(text))
     if "quality" in report:
-        (out_dir / "eval.md").write_text(quality_table(report["quality"]) + "\n")
+        table = quality_table(report["quality"]) + "\n"
+        atomic_write(out_dir / "eval.md", lambda tmp: tmp.write_text(table))
         plot_quality(report["quality"], out_dir / "eval.png")
     if "point_quality" in report:
         from .pointclouds import point_quality_table
 
-        (out_dir / "eval.md").write_text(point_quality_table(report["point_quality"]) + "\n")
+        points_table = point_quality_table(report["point_quality"]) + "\n"
+        atomic_write(out_dir / "eval.md", lambda tmp: tmp.write_text(points_table))
     return report

@@ -88,6 +88,7 @@ def smc(D: Denoiser, x: torch.Tensor, sigmas: np.ndarray, opts: SampleOptions, o
             target = per(state["y"])
             resid = flat(operator(mean) - target)
             log_w = log_w - (resid * resid).sum(dim=1).reshape(n, P) / (2.0 * sigma_up**2 * operator.gram)
+            log_w = log_w - log_w.logsumexp(dim=1, keepdim=True)   # normalised, so float32 keeps their differences
             log_w, mean = resample(log_w, mean)
             x_next = operator.project(mean + sigma_up * opts.randn(mean), target)
         elif sigma_next == 0.0 and sigma_y == 0.0:   # the last step: the observation exactly
