@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..sampling.loop import Denoiser, SampleOptions, run_steps
-from ..sampling.stochastic import ancestral_split
+from ..sampling.stochastic import ancestral_split, toward_denoised
 from .operators import LinearOperator
 
 __all__ = ["smc", "systematic_resample"]
@@ -79,7 +79,7 @@ def smc(D: Denoiser, x: torch.Tensor, sigmas: np.ndarray, opts: SampleOptions, o
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = D(x, sigma, **opts.cond)
         sigma_down, sigma_up = ancestral_split(sigma, sigma_next, 1.0)
-        mean = denoised + (sigma_down / sigma) * (x - denoised)
+        mean = toward_denoised(x, denoised, sigma, sigma_down)
         if sigma_next >= sigma_y and sigma_next > 0.0:
             # the observation one level down: its bridge pinned at (sigma_y, y), in variance time
             r = (sigma_next**2 - sigma_y**2) / (sigma**2 - sigma_y**2)

@@ -24,7 +24,7 @@ import torch
 
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 
-__all__ = ["ancestral_split", "posterior_step", "euler_ancestral", "sde", "langevin_step", "check_eta",
+__all__ = ["ancestral_split", "toward_denoised", "posterior_step", "euler_ancestral", "sde", "langevin_step", "check_eta",
            "dpmpp2m_sde", "ddim"]
 
 
@@ -43,13 +43,19 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[
     return math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0)), sigma_up
 
 
+def toward_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_down: float) -> torch.Tensor:
+    """The deterministic part of an ancestral step: x moved from level ``sigma`` to ``sigma_down`` along
+    the frozen denoiser's direction, ``D + (sigma_down / sigma) (x - D)`` (DDIM eq. 12's mean)."""
+    return denoised + (sigma_down / sigma) * (x - denoised)
+
+
 def posterior_step(D: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float, eta: float,
                    opts: SampleOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step from ``sigma`` to ``sigma_next``: the exact Gaussian step of the frozen
     denoiser with DDIM's ``eta`` (module docstring); returns (x', D(x, sigma))."""
     denoised = D(x, sigma, **opts.cond)
     sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
-    x = denoised + (sigma_down / sigma) * (x - denoised)
+    x = toward_denoised(x, denoised, sigma, sigma_down)
     if sigma_up > 0.0:
         x = x + sigma_up * opts.randn(x)
     return x, denoised
