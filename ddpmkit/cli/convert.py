@@ -11,8 +11,6 @@ Errors (a bad flag, a key that does not map, a file that holds code) are one lin
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 __all__ = ["add_convert_commands", "read_flags", "data_option"]
@@ -20,17 +18,10 @@ __all__ = ["add_convert_commands", "read_flags", "data_option"]
 
 def read_flags(path: str | None, items: list[str]) -> dict[str, Any]:
     """The OpenAI flags of ``--flags FILE.json`` overridden by ``key=value`` / ``--key value`` items."""
+    from ..io.files import read_json_object
     from ..io.openai_format import parse_flags
 
-    flags: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"--flags {path}: cannot read a JSON object ({err})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"--flags {path} must hold a JSON object of flags, got {type(loaded).__name__}")
-        flags.update(loaded)
+    flags: dict[str, Any] = {} if path is None else read_json_object(path, f"--flags {path}")
     flags.update(parse_flags(items))
     return flags
 

@@ -30,7 +30,8 @@ import torch
 
 from ..nets.unet import UNet, UNetConfig
 from .diffusers_scheduler import diffusion_from_scheduler, scheduler_config
-from .diffusers_weights import read_json, read_weights, write_weights
+from .diffusers_weights import read_weights, write_weights
+from .files import read_json_object
 from .files import write_json
 from .imported import ImportedModel
 
@@ -281,7 +282,7 @@ def _model_dir(path: Path) -> tuple[Path, Path | None]:
     """``(unet folder, scheduler_config.json or None)`` for a pipeline or a model folder."""
     index = path / "model_index.json"
     if index.is_file():
-        spec = read_json(index)
+        spec = read_json_object(index)
         for latent in ("vqvae", "vae"):   # an unused optional component is [null, null]
             if isinstance(spec.get(latent), list) and any(v is not None for v in spec[latent]):
                 raise _bad(str(index), latent, spec[latent], "is a latent-diffusion component (ddpmkit reads pixel-space pipelines)")
@@ -308,11 +309,11 @@ def read_diffusers(path: str | Path, *, scheduler: str | Path | None = None) -> 
     config_path = unet_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{config_path}: no such file (a UNet2DModel folder has config.json)")
-    network = unet_config_from_diffusers(read_json(config_path), str(config_path))
+    network = unet_config_from_diffusers(read_json_object(config_path), str(config_path))
     weights, weights_path = read_weights(unet_dir)
     state_dict = from_diffusers_state_dict(network, weights, str(weights_path))
     sched_path = Path(scheduler) if scheduler is not None else found
-    sched = read_json(sched_path) if sched_path is not None else {"_class_name": "DDPMScheduler"}
+    sched = read_json_object(sched_path) if sched_path is not None else {"_class_name": "DDPMScheduler"}
     diffusion, clip = diffusion_from_scheduler(sched, str(sched_path or "DDPMScheduler defaults"),
                                                learned=network.out_channels == 2 * network.in_channels)
     return ImportedModel(network=network, state_dict=state_dict, diffusion=diffusion, clip_x0=clip,

@@ -8,46 +8,29 @@ never executed. Every problem is a one-line ValueError naming the file.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write
+from .files import atomic_write, first_line, read_json_object
 
-__all__ = ["WEIGHT_NAMES", "read_json", "read_weights", "write_weights"]
+__all__ = ["WEIGHT_NAMES", "read_weights", "write_weights"]
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
                 "diffusion_pytorch_model.bin")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path`` (a one-line ValueError if it is missing, not JSON or not an object)."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read a JSON config ({_first_line(err)})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: a JSON object is expected, got {type(value).__name__}")
-    return value
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:   # safetensors raises its own error type for a bad or truncated file
-        raise ValueError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise ValueError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
 
 
 def _sharded(index: Path) -> dict[str, torch.Tensor]:
-    weight_map = read_json(index).get("weight_map")
+    weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index}: weight_map is missing or empty")
     tensors: dict[str, torch.Tensor] = {}

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_json"]
+__all__ = ["atomic_write", "write_json", "read_json_object", "first_line"]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -68,3 +68,22 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def first_line(err: BaseException) -> str:
+    """``"Type: first line"`` of an exception's message (160 characters at most), for one-line errors."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+
+
+def read_json_object(path: str | Path, label: str | None = None) -> dict[str, Any]:
+    """The JSON object in ``path``; a one-line ValueError starting with ``label`` (default: the path)
+    if the file is missing, not JSON, or holds something other than an object."""
+    label = str(path) if label is None else label
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{label}: cannot read a JSON object ({first_line(err)})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{label}: a JSON object is expected, got {type(value).__name__}")
+    return value
