@@ -34,6 +34,16 @@ settings.load_profile("ddpmkit")
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test, and the count it found restored after it (for tests that run
+    a benchmark script, which may set its own thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def generator() -> torch.Generator:
     """A CPU generator seeded with 0: every test draws its randomness from one of these."""
     return torch.Generator().manual_seed(0)

@@ -28,12 +28,7 @@ TINY = UNetConfig(image_size=8, in_channels=1, out_channels=1, channels=8, chann
                   attention_resolutions=(4,), num_heads=2, dropout=0.0, norm_groups=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_diffusers_twin_has_the_same_architecture_and_flops():
