@@ -33,7 +33,7 @@ from .diffusers_scheduler import diffusion_from_scheduler, scheduler_config
 from .diffusers_weights import read_weights, write_weights
 from .files import read_json_object
 from .files import write_json
-from .imported import ImportedModel
+from .imported import ImportedModel, check_same_keys
 
 __all__ = ["read_diffusers", "write_diffusers", "diffusers_unet_config", "unet_config_from_diffusers",
            "to_diffusers_state_dict", "from_diffusers_state_dict", "UNET_DEFAULTS"]
@@ -332,10 +332,7 @@ def write_diffusers(network_config: UNetConfig, state_dict: Mapping[str, torch.T
     if diffusion.variance == "learned_range" and network_config.out_channels != 2 * network_config.in_channels:
         raise ValueError(f"diffusion.variance='learned_range' needs out_channels = 2 x in_channels, got "
                          f"out_channels={network_config.out_channels}")
-    expected = _our_keys(network_config)
-    if set(state_dict) != set(expected):
-        extra = sorted(set(state_dict) ^ set(expected))[0]
-        raise ValueError(f"state_dict does not fit the UNetConfig: key {extra!r} is missing or extra")
+    check_same_keys(_our_keys(network_config), state_dict, "UNetConfig")
     tensors = to_diffusers_state_dict(network_config, state_dict)
     unet_dir = out / "unet" if pipeline else out
     write_weights(unet_dir / "diffusion_pytorch_model.safetensors", tensors)

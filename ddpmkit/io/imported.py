@@ -11,7 +11,7 @@ writes it as an ordinary ddpmkit run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 if TYPE_CHECKING:   # annotations only: keeps this module free of heavy imports and import cycles
     import torch
@@ -19,7 +19,7 @@ if TYPE_CHECKING:   # annotations only: keeps this module free of heavy imports 
     from ..nets.unet import UNetConfig
     from ..training.run_config import DiffusionConfig
 
-__all__ = ["ImportedModel"]
+__all__ = ["ImportedModel", "check_same_keys"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +40,11 @@ class ImportedModel:
     diffusion: DiffusionConfig
     clip_x0: bool
     source: str
+
+
+def check_same_keys(expected: Iterable[str], state_dict: Mapping[str, Any], owner: str) -> None:
+    """A one-line ValueError naming the first key that is in one of ``expected`` and ``state_dict``
+    but not the other (an exporter's check that the weights fit the network ``owner`` describes)."""
+    odd = sorted(set(expected) ^ set(state_dict))
+    if odd:
+        raise ValueError(f"state_dict does not fit the {owner}: key {odd[0]!r} is missing or extra")

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import torch
 
 from ..nets.unet import UNet, UNetConfig
-from .imported import ImportedModel
+from .imported import ImportedModel, check_same_keys
 from .openai_flags import (EMBEDDING, FLAG_DEFAULTS, IGNORED_FLAGS, LAYOUT, flags_for, openai_diffusion, openai_flags,
                            openai_network_config, openai_process, parse_flags)
 
@@ -189,9 +189,7 @@ def openai_state_dict(network_config: UNetConfig, state_dict: Mapping[str, torch
         raise ValueError(f"UNetConfig.out_channels={cfg.out_channels} has no OpenAI equivalent "
                          f"(needs in_channels or twice it)")
     keys = _key_map(cfg)
-    if set(keys) != set(state_dict):
-        odd = sorted(set(keys) ^ set(state_dict))[0]
-        raise ValueError(f"state_dict does not fit the network config (key {odd!r})")
+    check_same_keys(keys, state_dict, "network config")
     out = {}
     for ours, key in keys.items():
         value = state_dict[ours].detach()
