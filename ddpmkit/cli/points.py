@@ -114,7 +114,7 @@ def bounding_radius(clouds: np.ndarray) -> np.ndarray:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    from ..data.pointsets import normalize_clouds
+    from ..data.shapes import normalize_clouds
     from ..io.checkpoint import load_checkpoint
     from ..sampling.point_denoise import denoise_points
     from ..training.distributed import resolve_device

@@ -21,24 +21,11 @@ import torch
 
 from .config import DataConfig
 from .dataset import ArrayDataset, split_indices
+from .shapes import normalize_clouds
 
-__all__ = ["load_pointset", "DEFAULT_SHAPE_POINTS", "normalize_clouds", "knn_patches"]
+__all__ = ["load_pointset", "DEFAULT_SHAPE_POINTS", "knn_patches"]
 
 DEFAULT_SHAPE_POINTS = 2048   # PointFlow / Luo & Hu train on 2048 points per shape
-
-
-def normalize_clouds(clouds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PointFlow's per-shape normalisation, the one of ``make_shapes(normalize="shape")``: each
-    cloud ``(S, N, 3)`` minus its mean (``shift``, (S, 1, 3)), divided by one scalar (``scale``,
-    (S, 1, 1)), the standard deviation of its 3N centred coordinates. Returns
-    ``(normalised, shift, scale)``; ``normalised * scale + shift`` gives the clouds back."""
-    clouds = np.asarray(clouds, dtype=np.float64)
-    shift = clouds.mean(axis=1, keepdims=True)
-    scale = (clouds - shift).reshape(len(clouds), -1).std(axis=1)[:, None, None]
-    if not (scale > 0).all():
-        raise ValueError(f"cloud {int(np.flatnonzero(scale.ravel() <= 0)[0])} has all its points at one place "
-                         "(no scale to normalise by)")
-    return (clouds - shift) / scale, shift, scale
 
 
 def knn_patches(x: torch.Tensor, k: int, seeds: torch.Tensor | None = None

@@ -46,7 +46,7 @@ import numpy as np
 from scipy.special import elliprg
 
 __all__ = ["SHAPE_FAMILIES", "ShapeSet", "make_shapes", "point_to_surface", "cut_by_plane",
-           "resample", "surface_area", "random_rotation"]
+           "resample", "surface_area", "random_rotation", "normalize_clouds"]
 
 SHAPE_FAMILIES: tuple[str, ...] = ("sphere", "torus", "cylinder", "cone", "box", "ellipsoid",
                                    "capsule", "dumbbell", "mushroom", "lamp", "table")
@@ -345,8 +345,7 @@ def make_shapes(count: int, points: int = 2048, *, families: Sequence[str] | Non
         clouds[i] = _sample_parts(rng, parts, points) @ rotation.T
         params.append({"family": name, "parts": parts, "rotation": rotation.tolist()})
     if normalize == "shape":
-        shift = clouds.mean(axis=1, keepdims=True)
-        scale = (clouds - shift).reshape(count, -1).std(axis=1)[:, None, None]
+        _, shift, scale = normalize_clouds(clouds)
     elif normalize == "dataset":
         if stats is None:
             shift = clouds.reshape(-1, 3).mean(axis=0)[None, None]
@@ -362,6 +361,20 @@ def make_shapes(count: int, points: int = 2048, *, families: Sequence[str] | Non
         p["shift"], p["scale"] = shift[i, 0].tolist(), float(scale[i, 0, 0])
     family = np.array([SHAPE_FAMILIES.index(p["family"]) for p in params], dtype=np.int64)
     return ShapeSet(clouds.astype(np.float32), family, params)
+
+
+def normalize_clouds(clouds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PointFlow's per-shape normalisation (``make_shapes(normalize="shape")``, and a user's clouds): each
+    cloud ``(S, N, 3)`` minus its mean (``shift``, (S, 1, 3)), divided by one scalar (``scale``,
+    (S, 1, 1)), the standard deviation of its 3N centred coordinates. Returns
+    ``(normalised, shift, scale)``; ``normalised * scale + shift`` gives the clouds back."""
+    clouds = np.asarray(clouds, dtype=np.float64)
+    shift = clouds.mean(axis=1, keepdims=True)
+    scale = (clouds - shift).reshape(len(clouds), -1).std(axis=1)[:, None, None]
+    if not (scale > 0).all():
+        raise ValueError(f"cloud {int(np.flatnonzero(scale.ravel() <= 0)[0])} has all its points at one place "
+                         "(no scale to normalise by)")
+    return (clouds - shift) / scale, shift, scale
 
 
 def _scale_part(part: dict, size: float) -> dict:
