@@ -197,7 +197,7 @@ def _guided(args: argparse.Namespace, ckpt: Any, model: Any, device: torch.devic
 def _write(out: str | Path, grid: torch.Tensor, ncol: int, levels: int | None, arrays: dict[str, Any]) -> Path:
     """A PNG of the images ``grid`` (``ncol`` a row), or an .npz of ``arrays``, written atomically."""
     from ..data import to_uint8_images
-    from ..io.files import atomic_write
+    from ..io.files import atomic_write, write_npz
     from ..training.monitor import save_sample_grid
 
     out = Path(out)
@@ -205,13 +205,9 @@ def _write(out: str | Path, grid: torch.Tensor, ncol: int, levels: int | None, a
         if levels is not None:
             arrays["images"] = to_uint8_images(arrays["x"], levels)
         arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}
-
-        def write_npz(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        return atomic_write(out, write_npz)
+        return write_npz(out, arrays)
     images = grid.cpu()
+
     def write_png(tmp: Path) -> None:
         sibling = tmp.with_suffix(".png")   # save_sample_grid picks the format from the suffix
         try:

@@ -86,6 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from ..io.checkpoint import load_checkpoint
+    from ..io.files import write_npz
     from .guidance import prepare_sampling
     from ..data import to_uint8_images
     from ..training.monitor import save_sample_grid
@@ -133,7 +134,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             arrays["images"] = to_uint8_images(x.cpu(), levels)
         if "y" in guided.cond:
             arrays["y"] = guided.cond["y"].cpu().numpy()
-        np.savez(out, **arrays)
+        write_npz(out, arrays)
     else:
         save_sample_grid(x.cpu(), out, levels, guided.nrow)
     print(f"wrote {guided.n} samples ({args.sampler}, {args.steps} steps) to {out}")

@@ -20,23 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["add_points_commands", "is_point_data", "point_condition", "save_point_samples", "write_npz",
+from ..io.files import write_npz
+
+__all__ = ["add_points_commands", "is_point_data", "point_condition", "save_point_samples",
            "bounding_radius", "PARTIAL_SOURCES"]
 
 PARTIAL_SOURCES = ("test",)   # besides a file: the partial clouds of the run's own test split
 MIN_POINTS = 4                # fewer points give no meaningful scale and bounding sphere
-
-
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """``np.savez`` to ``path``, atomically (through a file object: savez would append ``.npz`` to
-    the temporary name)."""
-    from ..io.files import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-
-    return atomic_write(path, write)
 
 
 def is_point_data(shape: tuple[int, ...]) -> bool:

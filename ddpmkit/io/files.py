@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_json", "read_json_object", "first_line"]
+__all__ = ["atomic_write", "write_json", "write_npz", "read_json_object", "first_line"]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -87,3 +87,15 @@ def read_json_object(path: str | Path, label: str | None = None) -> dict[str, An
     if not isinstance(value, dict):
         raise ValueError(f"{label}: a JSON object is expected, got {type(value).__name__}")
     return value
+
+
+def write_npz(path: str | Path, arrays: dict[str, Any]) -> Path:
+    """``np.savez`` of ``arrays`` to ``path``, atomically (through a file object: savez would append
+    ``.npz`` to the temporary name)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    return atomic_write(path, write)
