@@ -315,9 +315,19 @@ def _sync_debug_error() -> Any:
     return cuda_sync_debug("cuda", "error")
 
 
+_LIBRARY_DIR = Path(dk.__file__).resolve().parent
+
+
+def _in_library(filename: str) -> bool:
+    """Whether a traceback frame's file lies inside the installed ddpmkit package itself (decided by
+    the package's own directory, not by a substring of the path: a clone in a folder named
+    ``ddpmkit`` puts that word in the path of every test and benchmark file too)."""
+    return Path(filename).resolve().is_relative_to(_LIBRARY_DIR)
+
+
 def _where(exc: BaseException) -> str | None:
     """The innermost ddpmkit frame of the traceback, as ``path:line in function``."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "ddpmkit" in f.filename]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _in_library(f.filename)]
     if not frames:
         return None
     f = frames[-1]
