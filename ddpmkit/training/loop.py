@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io.checkpoint import CheckpointError, find_checkpoint, save_checkpoint
-from .distributed import DistInfo, StopSignals, all_reduce_sum, barrier, broadcast_object
+from .distributed import DistInfo, StopSignals, all_reduce_sum, broadcast_object
 from .monitor import MetricsLog
 
 __all__ = ["TrainLoop", "LoopSettings", "LoopOutcome", "DeviceStats", "TrainingDiverged", "set_lr"]
@@ -207,7 +207,10 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ the loop
     def loop(self, stop_at: int) -> LoopOutcome:
-        """Train until ``stop_at`` steps or a stop signal; save at ``checkpoint_every`` and at the end."""
+        """Train until ``stop_at`` steps or a stop signal; save at ``checkpoint_every`` and at the end.
+
+        Every rank returns with its own files closed (rank 0: the metrics log) and without waiting for
+        the others: the caller ends a distributed run (:meth:`ddpmkit.training.train.Trainer.run`)."""
         s, main = self.settings, self.dist.is_main
         if main:
             self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.run_dir / "tensorboard" if s.tensorboard else None)
@@ -242,7 +245,6 @@ class TrainLoop:
                     break
             if self.step != saved_step:
                 self.save()
-            barrier(self.dist)
         finally:
             bar.close()
             stop.restore()

@@ -17,6 +17,7 @@ same global batch. Resuming from a checkpoint continues bit for bit (on the CPU)
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..io.checkpoint import (encode_bytes, load_optimizer_state, optimizer_state
                              rng_state_tensor)
 from .build import attention_at_size
 from .config import TrainConfig, check_resumable
-from .distributed import DistInfo, all_gather_cat, gather_bytes, init_distributed, set_tf32, shutdown
+from .distributed import DistInfo, all_gather_cat, barrier, gather_bytes, init_distributed, set_tf32, shutdown
 from .ema import EMA
 from .loop import LoopSettings, TrainingDiverged, TrainLoop, set_lr
 from .monitor import save_sample_grid
@@ -353,6 +354,13 @@ class Trainer(TrainLoop):
                                 partial=partial)
 
     # ------------------------------------------------------------------ the loop
+    def _drop_ddp(self) -> None:
+        """Free the DDP wrapper (its reducer holds the process group) before the group is destroyed,
+        so that no rank tears down gloo's sockets under a live reducer; a no-op for one process."""
+        if self.ddp_model is not self.model:
+            self.ddp_model = self.forward_model = self.model
+            gc.collect()   # the wrapper's hooks form reference cycles: free it now, not at exit
+
     def run(self, max_steps: int | None = None) -> TrainResult:
         """Train until ``optim.steps`` (or ``max_steps``, if smaller), a signal, or divergence."""
         cfg = self.config
@@ -360,8 +368,11 @@ class Trainer(TrainLoop):
         if self.dist.is_main:
             cfg.save(self.run_dir / "config.json")
         try:
-            outcome = self.loop(stop_at)
+            outcome = self.loop(stop_at)   # every rank returns with its own files closed
+            self._drop_ddp()
+            barrier(self.dist)             # no rank leaves while another still uses the group
         finally:
+            self._drop_ddp()
             shutdown(self.dist)
         return TrainResult(cfg, self.step, self.run_dir, self.last_checkpoint, self.model, self.ema.model(),
                            self.process, outcome.metrics, outcome.stopped_by, outcome.seconds)
