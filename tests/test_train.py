@@ -95,26 +95,26 @@ def test_bf16_autocast_on_cpu_learns(tmp_path):
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path):
     """A subprocess is SIGKILLed mid-run (maybe mid-write); resuming from its latest checkpoint
-    must give the uninterrupted run's tensors exactly."""
+    must give the uninterrupted run's tensors exactly. No clock decides the outcome: the child
+    cannot finish (from step 40 on it waits to be killed), and the parent waits for checkpoint 14
+    however long a loaded machine takes to get there, so the kill lands anywhere in steps 14-40."""
     cfg = tiny_config(tmp_path / "run", *FULL_STATE, "optim.steps=50", "checkpoint_every=7")
     cfg_path = cfg.save(tmp_path / "cfg.json")
     code = ("import time; from ddpmkit.training.config import load_config; from ddpmkit.training.train import train; "
-            f"train(load_config({str(cfg_path)!r}), progress=False, on_step=lambda tr: time.sleep(0.02))")
+            f"train(load_config({str(cfg_path)!r}), progress=False, "
+            "on_step=lambda tr: time.sleep(0.02 if tr.step < 40 else 1e6))")
     proc = run_script(code)
     latest = tmp_path / "run" / "checkpoints" / "latest"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if latest.exists() and int(latest.read_text().strip()[5:] or 0) >= 14:
-                break
+        while proc.poll() is None and not (latest.exists() and int(latest.read_text().strip()[5:] or 0) >= 14):
             time.sleep(0.005)
-        assert proc.poll() is None, "the run finished before it could be killed"
+        assert proc.poll() is None, f"the child ended (exit {proc.returncode}) before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         proc.kill()
     killed_at = int(latest.read_text().strip()[5:])
-    assert 14 <= killed_at < 50
+    assert 14 <= killed_at <= 35
     resumed = train(cfg, resume=True, progress=False)
     straight = train(cfg.replace(out=str(tmp_path / "ref")), progress=False)
     assert resumed.step == straight.step == 50
@@ -134,11 +134,11 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     proc = run_script(code, stdout=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        # the first log line (step 5) is written before the signal, however loaded the machine is
+        while proc.poll() is None and not (metrics.exists() and metrics.stat().st_size > 0):
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=600)   # a hang guard only: the child stops at its next step
     finally:
         proc.kill()
     assert proc.returncode == 0
