@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import sys
 from typing import Callable, Mapping
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import settings
@@ -31,6 +33,18 @@ torch.set_num_threads(1)
 # No per-example deadline on a shared, loaded machine; the same examples on every run.
 settings.register_profile("ddpmkit", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ddpmkit")
+
+
+@pytest.fixture(autouse=True)
+def _same_global_randomness():
+    """Every test starts from the same global random state (torch, NumPy's legacy global, ``random``),
+    whatever ran before it in its worker: under ``pytest -n 2`` xdist hands tests to workers in an
+    order that changes from run to run, so a test that draws from a global generator (a network's
+    initial weights, a ``torch.randn`` without a generator) would otherwise see other numbers each run."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
 
 
 @pytest.fixture
