@@ -24,7 +24,10 @@ def test_demo_writes_grids_loss_metrics_and_report(tmp_path, monkeypatch, capsys
     assert metrics["steps"] == 4 and metrics["bpd_bound"]["n"] == 6 and metrics["bpd_ode"]["n"] == 2
     rows = metrics["quality"]["rows"]
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 20), ("dpmpp2m", 20)]
-    assert all(0.0 <= r["copy_fraction"] <= 1.0 for r in rows)
+    # a 4-step model draws blobs, not digits: no sample is nearer to a training digit than 99% of the test
+    # digits are (a count, so exactly 0), and the samples' typical distance is larger than the test split's
+    assert all(r["copy_fraction"] == 0.0 and r["median_nn_distance"] > r["median_nn_distance_held_out"]
+               for r in rows), rows
     report = (run / "report.md").read_text()
     assert f"{metrics['bpd_bound']['mean']:.3f}" in report and "| copies |" in report
     # a second run resumes the finished run instead of training again

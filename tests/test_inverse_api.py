@@ -11,24 +11,42 @@ from ddpmkit.inverse.oracle import fit_gaussian
 
 
 @pytest.mark.parametrize("op,shape", [(Greyscale(), (3, 2, 2)), (Downsample(2), (1, 4, 4))])
-def test_colourisation_and_downsampling_are_matched(op, shape):
+def test_colourisation_and_downsampling_condition_the_unknown_part(op, shape):
+    """A x = y holds after the last step (the methods end on y), and, what no final projection can
+    fake, the part of x that A does not see (its null space) follows the exact Gaussian conditional
+    p(x | A x = y): its KL to that law is far below the prior's (what sampling x unconditionally and
+    then projecting onto y would give). Measured (n = 400, 20 steps): 0.5-1.9 against prior KLs of
+    14.1 (greyscale) and 6.4 (downsampling); the bound is a third of the prior's."""
     d = 1
     for s in shape:
         d *= s
     oracle = GaussianOracle.correlated(d, 0.9, seed=2)
     process = dk.EDM()
     model = oracle.model(process)
-    x_true = oracle.sample(2, torch.Generator().manual_seed(1)).reshape((2,) + shape)
-    y = op(x_true)
-    for method, kw in (("replace", {}), ("repaint", dict(jump_length=5, jump_n_sample=3)), ("smc", dict(particles=4))):
-        x = solve_inverse(process, model, y, op, shape=(2,) + shape, method=method, steps=20, seed=0,
+    x_true = oracle.sample(1, torch.Generator().manual_seed(1)).reshape((1,) + shape)
+    n = 400
+    y = op(x_true).expand((n,) + op(x_true).shape[1:]).contiguous()
+    # the exact conditional of N(mu, S) given A x = y, in an orthonormal basis of A's null space
+    A = op(torch.eye(d, dtype=torch.float64).reshape((d,) + shape)).reshape(d, -1).T
+    null = torch.linalg.svd(A)[2][A.shape[0]:].T
+    mu, S = oracle.means[0], oracle.covs[0]
+    gain = S @ A.T @ torch.linalg.inv(A @ S @ A.T)
+    mean = null.T @ (mu + gain @ (A @ x_true.reshape(-1).double() - A @ mu))
+    cov = null.T @ (S - gain @ A @ S) @ null
+    prior_kl = gaussian_kl(null.T @ mu, null.T @ S @ null, mean, cov)
+    for method, kw in (("replace", {}), ("repaint", dict(jump_length=5, jump_n_sample=3)), ("smc", dict(particles=4)),
+                       ("dps", dict(step_size=1.0))):
+        x = solve_inverse(process, model, y, op, shape=(n,) + shape, method=method, steps=20, seed=0,
                           progress=False, **kw)
-        assert torch.allclose(op(x), y, atol=1e-10), method
+        if method != "dps":   # DPS only steers towards y (below)
+            assert torch.allclose(op(x), y, atol=1e-10), method
+        kl = gaussian_kl(*fit_gaussian(x.reshape(n, -1).double() @ null), mean, cov)
+        assert kl < prior_kl / 3, (method, kl, prior_kl)
     residual = {}
     for s in (0.0, 1.0):
-        x = solve_inverse(process, model, y, op, shape=(2,) + shape, method="dps", steps=40, seed=0,
+        x = solve_inverse(process, model, y[:2], op, shape=(2,) + shape, method="dps", steps=40, seed=0,
                           progress=False, step_size=s)
-        residual[s] = float((op(x) - y).norm())
+        residual[s] = float((op(x) - y[:2]).norm())
     assert residual[1.0] < 0.5 * residual[0.0]
 
 

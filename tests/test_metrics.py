@@ -313,7 +313,12 @@ def test_metric_floor_is_feature_metrics_with_held_out_data_and_detects_a_shift(
         assert worse[key] > 5 * floor[key]
     assert worse["precision"] < floor["precision"]
     logits = torch.randn(150, 10, generator=g)
-    assert 1.0 < metric_floor(train, test, candidate_logits=logits, kid_subsets=2)["is"] < 10.0
+    scored = metric_floor(train, test, candidate_logits=logits, kid_subsets=2)
+    assert scored["is"] == pytest.approx(inception_score_from_logits(logits).mean, rel=1e-12)   # the same float64 path
+    # confident predictions spread evenly over the 10 classes (15 each): IS = exp(log 10) = 10; a logit gap
+    # of 50 leaks e^-50 of the mass, far below the tolerance
+    sharp = 50.0 * torch.nn.functional.one_hot(torch.arange(150) % 10, 10).double()
+    assert metric_floor(train, test, candidate_logits=sharp, kid_subsets=2)["is"] == pytest.approx(10.0, rel=1e-9)
 
 
 def test_point_metrics_on_raw_coordinates_and_their_floor():
