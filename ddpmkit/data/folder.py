@@ -20,6 +20,8 @@ With ``image_size`` each image's shorter side is resized to it and a centred squ
 """
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from .dataset import resize_image, split_indices
 
-__all__ = ["load_folder", "IMAGE_SUFFIXES"]
+__all__ = ["load_folder", "scan_folder", "FolderScan", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GRAY_MODES = ("1", "L", "LA")
@@ -136,3 +138,73 @@ def load_folder(
               for path in tqdm(files, desc=f"reading {root.name}/{split}", unit="img", disable=None, leave=False)]
     y = None if labels is None else np.asarray(labels, dtype=np.int64)
     return _stack(pixels, files), y, (None if classes is None else len(classes))
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What an image folder holds, read from the file headers alone (no pixels decoded).
+
+    Attributes:
+        root: the folder.
+        count: image files in all (both splits).
+        train_count: images in the training split (the train/test layout's ``train`` folder, or
+            ``count - ceil(test_fraction * count)`` of a random split).
+        sizes: ``(width, height)`` of each image of the training split, most common first, with its count.
+        colour: True when any image has colour (then :func:`load_folder` makes them all RGB).
+        classes: the class subfolder names, or None.
+    """
+
+    root: Path
+    count: int
+    train_count: int
+    sizes: tuple[tuple[tuple[int, int], int], ...]
+    colour: bool
+    classes: tuple[str, ...] | None
+
+    @property
+    def square(self) -> bool:
+        return all(w == h for (w, h), _ in self.sizes)
+
+    @property
+    def side(self) -> int:
+        """The median shorter side of the training images (what ``image_size`` resizes to)."""
+        sides = sorted(min(size) for size, n in self.sizes for _ in range(n))
+        return sides[len(sides) // 2]
+
+
+def _header(path: Path) -> tuple[tuple[int, int], bool]:
+    """``((width, height), has colour)`` of one image file, from its header."""
+    try:
+        with Image.open(path) as opened:
+            size, mode = opened.size, opened.mode
+            orientation = opened.getexif().get(0x0112, 1) if hasattr(opened, "getexif") else 1
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from None
+    if orientation in (5, 6, 7, 8):   # EXIF rotations by 90 degrees swap the sides (see _read_pixels)
+        size = (size[1], size[0])
+    return size, mode not in _GRAY_MODES + _SIXTEEN_BIT_MODES
+
+
+def scan_folder(root: str | Path, test_fraction: float, seed: int) -> FolderScan:
+    """Count the images of a folder (the layout rules of this module) and read their sizes and
+    colour from the file headers: what :func:`load_folder` will return, without decoding pixels."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: folder data needs an existing directory")
+    if (root / "train").is_dir() and (root / "test").is_dir() and not _has_direct_images(root):
+        classes = _detect_classes(root / "train")
+        train_files = _gather(root / "train", classes)[0]
+        count = len(train_files) + len(_gather(root / "test", classes)[0])
+    else:
+        classes = _detect_classes(root)
+        files = _gather(root, classes)[0]
+        if not files:
+            raise ValueError(f"{root}: no {'/'.join(IMAGE_SUFFIXES)} images found (searched recursively)")
+        count = len(files)
+        train_files = [files[i] for i in split_indices(count, test_fraction, seed, "train")]
+    if not train_files:
+        raise ValueError(f"{root / 'train'}: no {'/'.join(IMAGE_SUFFIXES)} images found (searched recursively)")
+    headers = [_header(path) for path in train_files]
+    sizes = tuple(Counter(size for size, _ in headers).most_common())
+    return FolderScan(root, count, len(train_files), sizes, any(colour for _, colour in headers),
+                      None if classes is None else tuple(classes))

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .files import atomic_write, first_line, read_json_object
+from .torch_load import load_weights_only
 
 __all__ = ["WEIGHT_NAMES", "read_weights", "write_weights"]
 
@@ -46,7 +47,7 @@ def _sharded(index: Path) -> dict[str, torch.Tensor]:
 
 def _legacy_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
+        value = load_weights_only(path)   # torch.load(weights_only=True), quiet when it refuses
     except Exception as err:   # UnpicklingError for code, RuntimeError / EOFError for a broken file
         raise ValueError(f"{path}: refused by torch.load(weights_only=True), nothing was executed "
                          f"({type(err).__name__})") from None

@@ -31,6 +31,7 @@ import torch
 
 from ..nets.unet import UNet, UNetConfig
 from .imported import ImportedModel, check_same_keys
+from .torch_load import load_weights_only
 from .openai_flags import (EMBEDDING, FLAG_DEFAULTS, IGNORED_FLAGS, LAYOUT, flags_for, openai_diffusion, openai_flags,
                            openai_network_config, openai_process, parse_flags)
 
@@ -122,7 +123,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
             data: Any = load_file(str(path))
         else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = load_weights_only(path)   # torch.load(weights_only=True), quiet when it refuses
     except Exception as err:   # UnpicklingError for code, RuntimeError / EOFError for a truncated file
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ValueError(f"{path} is not a plain state dict readable without executing code: {first}") from None

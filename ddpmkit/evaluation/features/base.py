@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...io.torch_load import load_weights_only
+
 __all__ = ["FeatureSet", "FeatureExtractor", "IdentityFeatures", "extract_features",
            "load_weights_file", "load_state_dict_checked", "check_image_range"]
 
@@ -113,7 +115,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix not in (".pt", ".pth", ".bin"):
         raise ValueError(f"weights file must be .safetensors, .pt, .pth or .bin, got {path.name}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)   # torch.load(weights_only=True), quiet when it refuses
     except Exception as error:  # UnpicklingError and friends, on anything but plain tensors
         raise ValueError(f"{path.name} is not a plain tensor state dict ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from None
