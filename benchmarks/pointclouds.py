@@ -1,23 +1,29 @@
 """Point clouds on the generated shapes: generation, completion and denoising, beside baselines.
 
-    .venv/bin/python benchmarks/pointclouds.py                 # uses runs/shapes, runs/shapes-completion, runs/shapes-denoise
+    .venv/bin/python benchmarks/pointclouds.py      # runs/shapes{,-pvcnn}, runs/shapes-completion{,-pdr}, runs/shapes-denoise
     .venv/bin/python benchmarks/pointclouds.py --n 100 --denoise-n 50 --runs runs
     .venv/bin/python benchmarks/pointclouds.py --parts generation,completion   # the other parts' results in the JSON stay
 
-Train the three presets first (``ddpmkit train shapes`` etc.). Everything is measured on the
-held-out (test) split of the presets' data (the same shapes in all three: ``data.n`` 1200, seed 0,
-each normalised to zero mean and coordinate std 1; 256 points per shape for generation and
-completion, 512 for denoising: each part uses its run's ``data.points``).
+Train the presets first (``ddpmkit train shapes-pvcnn`` etc.; a run named in
+``--generation-runs`` / ``--completion-runs`` that does not exist is skipped). Everything is
+measured on the held-out (test) split of the presets' data (the same shapes in all: ``data.n``
+1200, seed 0, each normalised to zero mean and coordinate std 1; 256 points per shape for
+generation and completion, 512 for denoising: each part uses its run's ``data.points``).
 
-* Generation (PointFlow's protocol, Chamfer only: exact EMD costs O(N^3) per pair): 1-NNA-CD,
-  COV-CD and MMD-CD of ``--n`` samples against ``--n`` test clouds; beside them the floor
-  (``--n`` training clouds against the same test clouds) and the copying baseline (``--n`` random
-  training shapes with a fresh draw of their surface points: N of 2N new area-uniform points).
-* Completion: the mean squared Chamfer distance of each completion (the model conditioned on the
-  ``data.partial_points`` points on one side of a random plane) to the true complete cloud, beside
-  the partial itself and the partial with its point reflection through the centroid added (exact for centrally
-  symmetric shapes; the centroid of the complete shape is the origin of the normalised frame,
-  which the model is given too).
+* Generation (PointFlow's protocol): 1-NNA, COV and MMD by Chamfer and (``--emd 1``, the default;
+  exact EMD, O(N^3) per pair, about 2-4 minutes per set at 256 points) by EMD, of ``--n`` samples
+  of each run against ``--n`` test clouds; beside them the floor (``--n`` training clouds against
+  the same test clouds) and the copying baseline (``--n`` random training shapes with a fresh
+  draw of their surface points: N of 2N new area-uniform points). The spreads: the standard
+  deviation of 1-NNA and COV over ``--rounds`` random halves of both sets (without replacement:
+  a bootstrap's duplicated clouds would be each other's nearest neighbours), divided by sqrt 2.
+* Completion: the mean squared Chamfer distance of each completion to the true complete cloud,
+  on all test shapes and apart on the families that are not centrally symmetric (cone, mushroom,
+  lamp, table). A run trained with ``data.missing_only`` (PDR) generates the missing points and
+  keeps the partial exactly (:func:`ddpmkit.sampling.completion.complete_clouds`); an older run
+  draws the whole cloud. Beside them: the partial itself and the partial with its point reflection
+  through the centroid added (exact for centrally symmetric shapes; the centroid of the complete
+  shape is the origin of the normalised frame, which the model is given too).
 * Denoising (Luo & Hu 2021): Gaussian noise of std 1%, 2%, 3% of each shape's bounding-sphere
   radius (about 2 in these units); Chamfer to the clean cloud and the mean point-to-surface
   distance (exact, :func:`ddpmkit.data.shapes.point_to_surface`) before and after: gradient ascent
@@ -26,7 +32,8 @@ completion, 512 for denoising: each part uses its run's ``data.points``).
   and a classical baseline, the mean of each point's 8 nearest neighbours (Laplacian smoothing).
   The noise level is given to the denoisers (no estimation).
 
-Writes benchmarks/out/pointclouds.json and the pictures docs/pointclouds_{generation,completion,denoise}.png.
+Writes benchmarks/out/pointclouds.json and the pictures docs/pointclouds_{generation,completion,denoise}.png
+(a row of 4 clouds per run, the truth last; completions with their partial in red).
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,26 +51,34 @@ import torch
 
 from ddpmkit.data import load_dataset
 from ddpmkit.data.dataset import split_indices
-from ddpmkit.data.shapes import make_shapes, point_to_surface
-from ddpmkit.evaluation.metrics.pointcloud import chamfer, generation_metrics
+from ddpmkit.data.shapes import SHAPE_FAMILIES, make_shapes, point_to_surface
+from ddpmkit.evaluation.metrics.pointcloud import chamfer, mmd_cov, one_nna, pairwise_chamfer, pairwise_emd
 from ddpmkit.io.checkpoint import load_checkpoint
 from ddpmkit.io.files import write_json
 from ddpmkit.sampling import sample
+from ddpmkit.sampling.completion import complete_clouds, mirror_completion
 from ddpmkit.sampling.point_denoise import denoise_points
 from ddpmkit.training.monitor import clouds_image
 
 NOISE_LEVELS = (0.01, 0.02, 0.03)
 GEN_KEYS = ("1-nna-cd", "cov-cd", "mmd-cd")
+ASYMMETRIC = ("cone", "mushroom", "lamp", "table")   # the families that are not centrally symmetric
 PARTS = ("generation", "completion", "denoising")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", default="runs", help="the folder holding shapes, shapes-completion, shapes-denoise")
+    p.add_argument("--runs", default="runs", help="the folder holding the runs named below")
+    p.add_argument("--generation-runs", default="shapes,shapes-pvcnn",
+                   help="comma-separated generation runs under --runs (missing ones are skipped)")
+    p.add_argument("--completion-runs", default="shapes-completion,shapes-completion-pdr",
+                   help="comma-separated completion runs under --runs (missing ones are skipped)")
     p.add_argument("--n", type=int, default=100, help="clouds per set for generation and completion (default 100)")
     p.add_argument("--denoise-n", type=int, default=16, help="test clouds per noise level (default 16)")
     p.add_argument("--sampler", default="ddim", help="the sampler of generation and completion (default ddim)")
     p.add_argument("--steps", type=int, default=50, help="its steps (default 50)")
+    p.add_argument("--emd", type=int, default=1, help="1: 1-NNA-EMD / COV-EMD for the models and the floor (default)")
+    p.add_argument("--rounds", type=int, default=200, help="random halves for the spreads (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/out/pointclouds.json")
     p.add_argument("--pictures", default="docs", help="folder for the picture grids (default docs)")
@@ -98,43 +114,108 @@ def _resampled_train(config: Any, n: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(clouds.astype(np.float32))
 
 
-def generation(args: argparse.Namespace, out: dict) -> torch.Tensor:
-    ckpt = load_checkpoint(Path(args.runs) / "shapes")
-    train, test = load_dataset(ckpt.config.data, "train"), load_dataset(ckpt.config.data, "test")
-    n = min(args.n, len(test))
-    refs = test.x[:n]
-    start = time.perf_counter()
-    samples = _sample(ckpt, n, test.shape, args)
-    seconds = time.perf_counter() - start
-    rows = {f"model ({args.sampler}, {args.steps} steps)": {**generation_metrics(samples, refs, ("cd",)),
-                                                             "seconds": seconds},
-            "floor: training clouds": generation_metrics(train.x[:n], refs, ("cd",)),
-            "copying: training shapes re-sampled": generation_metrics(_resampled_train(ckpt.config, n, args.seed),
-                                                                      refs, ("cd",))}
-    out["generation"] = {"n": n, "points": test.shape[0], "step": ckpt.state["step"], "rows": rows}
-    return samples
+def _half_spreads(d_rr: np.ndarray, d_rs: np.ndarray, d_ss: np.ndarray, rounds: int, seed: int) -> dict[str, float]:
+    """The spread of 1-NNA and COV over ``rounds`` random halves of both sets (n/2 vs n/2, without
+    replacement: a bootstrap's duplicates would be each other's nearest neighbours), times
+    1/sqrt(2), the ratio of the standard errors of a proportion at n and n/2."""
+    rng = np.random.default_rng(seed)
+    r, s = d_rs.shape
+    nna, cov = [], []
+    for _ in range(rounds):
+        a, b = rng.choice(r, r // 2, replace=False), rng.choice(s, s // 2, replace=False)
+        nna.append(one_nna(d_rr[np.ix_(a, a)], d_rs[np.ix_(a, b)], d_ss[np.ix_(b, b)]))
+        cov.append(mmd_cov(d_rs[np.ix_(a, b)].T)[1])
+    return {"1-nna_spread": float(np.std(nna) / 2 ** 0.5), "cov_spread": float(np.std(cov) / 2 ** 0.5)}
 
 
-def completion(args: argparse.Namespace, out: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    ckpt = load_checkpoint(Path(args.runs) / "shapes-completion")
-    test = load_dataset(ckpt.config.data, "test")
-    n = min(args.n, len(test))
-    truth, partial = test.x[:n], test.cond["partial"][:n]
-    start = time.perf_counter()
-    completed = _sample(ckpt, n, test.shape, args, {"partial": partial})
-    seconds = time.perf_counter() - start
-    mirrored = torch.cat([partial, -partial], dim=1)
+def _metrics(samples: torch.Tensor, refs: torch.Tensor, d_rr: dict[str, np.ndarray], names: tuple[str, ...],
+             args: argparse.Namespace) -> dict[str, float]:
+    """1-NNA, COV, MMD (PointFlow's protocol) for each distance of ``names`` ("cd", "emd"), with spreads."""
+    out: dict[str, float] = {}
+    for name in names:
+        pair = pairwise_chamfer if name == "cd" else pairwise_emd
+        if name not in d_rr:
+            d_rr[name] = pair(refs.double()).numpy()
+        d_rs, d_ss = pair(refs.double(), samples.double()).numpy(), pair(samples.double()).numpy()
+        out[f"mmd-{name}"], out[f"cov-{name}"] = mmd_cov(d_rs.T)
+        out[f"1-nna-{name}"] = one_nna(d_rr[name], d_rs, d_ss)
+        out.update({f"{k.split('_')[0]}-{name}_spread": v
+                    for k, v in _half_spreads(d_rr[name], d_rs, d_ss, args.rounds, args.seed).items()})
+    return out
 
-    def summary(x: torch.Tensor) -> dict[str, float]:
-        d = chamfer(x.double(), truth.double())
-        return {"chamfer": float(d.mean()), "chamfer_sem": float(d.std() / len(d) ** 0.5)}
 
-    out["completion"] = {"n": n, "points": test.shape[0], "step": ckpt.state["step"], "partial_points": partial.shape[1],
-                         "rows": {
-        f"model ({args.sampler}, {args.steps} steps)": {**summary(completed), "seconds": seconds},
-        "partial only": summary(partial),
-        "partial + point reflection": summary(mirrored)}}
-    return completed, partial
+def _existing(args: argparse.Namespace, names: str) -> list[str]:
+    found = [n for n in names.split(",") if n and (Path(args.runs) / n).is_dir()]
+    if not found:
+        raise SystemExit(f"none of the runs {names!r} exists under {args.runs}: train them first")
+    return found
+
+
+def generation(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
+    rows: dict[str, Any] = {}
+    pictures: dict[str, torch.Tensor] = {}
+    d_rr: dict[str, np.ndarray] = {}
+    emd = ("cd", "emd") if args.emd else ("cd",)
+    for run in _existing(args, args.generation_runs):
+        ckpt = load_checkpoint(Path(args.runs) / run)
+        train, test = load_dataset(ckpt.config.data, "train"), load_dataset(ckpt.config.data, "test")
+        n = min(args.n, len(test))
+        refs = test.x[:n]
+        start = time.perf_counter()
+        samples = _sample(ckpt, n, test.shape, args)
+        seconds = time.perf_counter() - start
+        rows[f"{run} ({ckpt.config.network_kind}, step {ckpt.state['step']})"] = {
+            **_metrics(samples, refs, d_rr, emd, args), "seconds": seconds}
+        pictures[run] = samples
+    rows["floor: training clouds"] = _metrics(train.x[:n], refs, d_rr, emd, args)
+    rows["copying: training shapes re-sampled"] = _metrics(_resampled_train(ckpt.config, n, args.seed), refs, d_rr,
+                                                           ("cd",), args)
+    out["generation"] = {"n": n, "points": test.shape[0], "rows": rows}
+    pictures["truth"] = refs
+    return pictures
+
+
+def completion(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
+    rows: dict[str, Any] = {}
+    pictures: dict[str, torch.Tensor] = {}
+    for run in _existing(args, args.completion_runs):
+        ckpt = load_checkpoint(Path(args.runs) / run)
+        data = ckpt.config.data
+        full = load_dataset(replace(data, missing_only=False), "test")
+        n = min(args.n, len(full))
+        truth, partial, family = full.x[:n], full.cond["partial"][:n], full.y[:n]
+        start = time.perf_counter()
+        if data.missing_only:   # PDR: generate the missing points only, keep the given ones
+            done = complete_clouds(ckpt.process, ckpt.ema_model, partial, data.points - data.partial_points,
+                                   sampler=args.sampler, steps=args.steps,
+                                   generator=torch.Generator().manual_seed(args.seed))
+        else:                   # the whole cloud, drawn from scratch
+            done = _sample(ckpt, n, full.shape, args, {"partial": partial})
+        seconds = time.perf_counter() - start
+        rows[f"{run} ({ckpt.config.network_kind}, {'missing points' if data.missing_only else 'whole cloud'}, "
+             f"step {ckpt.state['step']})"] = {**_completion_row(done, truth, family), "seconds": seconds}
+        pictures[run] = done
+    rows["partial only"] = _completion_row(partial, truth, family)
+    rows["partial + point reflection"] = _completion_row(mirror_completion(partial), truth, family)
+    out["completion"] = {"n": n, "points": truth.shape[1], "partial_points": partial.shape[1], "rows": rows,
+                         "asymmetric": list(ASYMMETRIC)}
+    pictures.update({"partial": partial, "truth": truth})
+    return pictures
+
+
+def _completion_row(x: torch.Tensor, truth: torch.Tensor, family: torch.Tensor) -> dict[str, float]:
+    """Mean squared Chamfer to the truth, its standard error, on all clouds and on the families
+    that are not centrally symmetric (cone, mushroom, lamp, table) apart."""
+    d = chamfer(x.double(), truth.double())
+    asym = torch.tensor([SHAPE_FAMILIES[int(f)] in ASYMMETRIC for f in family])
+    row = {}
+    for key, mask in (("all", torch.ones_like(asym)), ("asym", asym), ("sym", ~asym)):
+        v = d[mask]
+        row[key] = float(v.mean())
+        row[f"{key}_sem"] = float(v.std() / len(v) ** 0.5)
+        row[f"{key}_n"] = int(len(v))
+    row["chamfer"], row["chamfer_sem"] = row["all"], row["all_sem"]
+    return row
 
 
 def _knn_mean(x: torch.Tensor, k: int = 8) -> torch.Tensor:
@@ -192,16 +273,32 @@ def tables(out: dict) -> str:
     lines = []
     g = out.get("generation")
     if g:
-        lines += [f"Generation ({g['n']} samples vs {g['n']} test clouds, {g.get('points', 512)} points, model at step {g['step']}):", "",
-                  "| set | 1-NNA-CD | COV-CD | MMD-CD |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {v['1-nna-cd']:.3f} | {v['cov-cd']:.3f} | {v['mmd-cd']:.4f} |" for k, v in g["rows"].items()]
+        emd = any("1-nna-emd" in v for v in g["rows"].values())
+        lines += [f"Generation ({g['n']} samples vs {g['n']} test clouds, {g.get('points', 512)} points; +- the spread "
+                  "over random halves / sqrt 2):", "",
+                  "| set | 1-NNA-CD | COV-CD | MMD-CD |" + (" 1-NNA-EMD | COV-EMD | MMD-EMD |" if emd else ""),
+                  "|---|---:|---:|---:|" + ("---:|---:|---:|" if emd else "")]
+        for k, v in g["rows"].items():
+            cells = [f"{v['1-nna-cd']:.3f} +- {v.get('1-nna-cd_spread', 0):.3f}",
+                     f"{v['cov-cd']:.3f} +- {v.get('cov-cd_spread', 0):.3f}", f"{v['mmd-cd']:.4f}"]
+            if emd:
+                cells += ([f"{v['1-nna-emd']:.3f} +- {v['1-nna-emd_spread']:.3f}",
+                           f"{v['cov-emd']:.3f} +- {v['cov-emd_spread']:.3f}", f"{v['mmd-emd']:.4f}"]
+                          if "1-nna-emd" in v else ["", "", ""])
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
         lines.append("")
     c = out.get("completion")
     if c:
-        lines += [f"Completion ({c['n']} test shapes, partial of {c['partial_points']} points, model at step "
-                  f"{c['step']}): squared Chamfer to the true complete cloud", "",
-                  "| completion | Chamfer | +- sem |", "|---|---:|---:|"]
-        lines += [f"| {k} | {v['chamfer']:.4f} | {v['chamfer_sem']:.4f} |" for k, v in c["rows"].items()]
+        asym = ", ".join(c.get("asymmetric", ()))
+        lines += [f"Completion ({c['n']} test shapes, partial of {c['partial_points']} of {c.get('points', 256)} "
+                  f"points): squared Chamfer to the true complete cloud, +- standard error; 'not symmetric': {asym}", "",
+                  "| completion | all | not symmetric | centrally symmetric |", "|---|---:|---:|---:|"]
+        for k, v in c["rows"].items():
+            if "asym" not in v:
+                lines.append(f"| {k} | {v['chamfer']:.4f} +- {v['chamfer_sem']:.4f} | | |")
+                continue
+            lines.append(f"| {k} | " + " | ".join(f"{v[p]:.4f} +- {v[p + '_sem']:.4f} (n={v[p + '_n']})"
+                                                  for p in ("all", "asym", "sym")) + " |")
         lines.append("")
     d = out.get("denoising")
     if d:
@@ -232,11 +329,14 @@ def main() -> int:
     pictures.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if "generation" in parts:
-        samples = generation(args, out)
-        clouds_image(samples.numpy(), nrow=4, max_clouds=12).save(pictures / "pointclouds_generation.png")
+        shown = generation(args, out)
+        grid = torch.cat([v[:4] for v in shown.values()])   # a row of 4 per model, the truth last
+        clouds_image(grid.numpy(), nrow=4, max_clouds=len(grid)).save(pictures / "pointclouds_generation.png")
     if "completion" in parts:
-        completed, partial = completion(args, out)
-        clouds_image(completed.numpy(), partial.numpy(), nrow=4, max_clouds=12).save(
+        shown = completion(args, out)
+        partial = shown.pop("partial")[:4]
+        grid = torch.cat([v[:4] for v in shown.values()])   # a row per model, the truth last; partial in red
+        clouds_image(grid.numpy(), partial.repeat(len(shown), 1, 1).numpy(), nrow=4, max_clouds=len(grid)).save(
             pictures / "pointclouds_completion.png")
     if "denoising" in parts:
         shown = denoising(args, out)

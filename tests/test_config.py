@@ -210,11 +210,11 @@ def test_the_config_modules_are_small_and_every_old_name_still_imports():
 
 
 def test_one_network_kind_registry():
-    from ddpmkit.nets import NETWORK_KINDS, MLPConfig, PointNetConfig, UNet1DConfig, network_config_from_dict
+    from ddpmkit.nets import NETWORK_KINDS, MLPConfig, PointNetConfig, PVCNNConfig, UNet1DConfig, network_config_from_dict
     from ddpmkit.training.config import network_kinds
 
     assert network_kinds() == {"unet": UNetConfig, "mlp": MLPConfig, "pointnet": PointNetConfig,
-                               "unet1d": UNet1DConfig}
+                               "unet1d": UNet1DConfig, "pvcnn": PVCNNConfig}
     assert network_kinds() is NETWORK_KINDS                # published once, by the nets, and read-only
     with pytest.raises(TypeError):
         NETWORK_KINDS["other"] = MLPConfig  # type: ignore[index]

@@ -503,7 +503,8 @@ def test_config_uses_the_one_config_serialiser():
     saved = {"name": "digits", "path": None, "image_size": None, "flip": False, "n": 20000, "seed": 0,
              "test_fraction": 0.25}   # a config.json's data section, as written before
     assert DataConfig.from_dict(saved) == DataConfig()
-    new_keys = {"window": None, "points": None, "partial_points": None, "patch_points": None}   # series, point clouds
+    new_keys = {"window": None, "points": None, "partial_points": None, "patch_points": None,
+                "missing_only": False}   # series, point clouds
     assert DataConfig().to_dict() == {**saved, **new_keys}
     for values, match in (({"image_size": "28"}, "DataConfig.image_size must be int, got image_size='28'"),
                           ({"path": 3, "name": "folder"}, "DataConfig.path must be str, got path=3"),

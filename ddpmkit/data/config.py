@@ -52,6 +52,9 @@ class DataConfig(DictConfig):
             ``partial_points`` points of each cloud on one side of a random plane
             (:func:`ddpmkit.data.shapes.cut_by_plane`), given to the model as ``partial``.
             For ``shapes``, ``n`` is the number of shapes (train and test together).
+        missing_only: with ``partial_points``, the examples are only the points *not* in the
+            partial cloud (``points - partial_points`` of them): the model generates the missing
+            part, and a completion is the partial plus what it generates (PDR, Lyu et al. 2022).
         patch_points: point clouds only: train on local patches instead of whole clouds (Luo &
             Hu 2021's denoiser): each cloud gives ``points // patch_points`` patches, the
             ``patch_points`` nearest neighbours of a random seed point, centred on their mean and
@@ -69,6 +72,7 @@ class DataConfig(DictConfig):
     points: int | None = None
     partial_points: int | None = None
     patch_points: int | None = None
+    missing_only: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or self.name not in DATASET_NAMES:
@@ -123,6 +127,9 @@ class DataConfig(DictConfig):
         if self.patch_points is not None and points is not None and self.patch_points > points:
             raise ValueError(f"DataConfig.patch_points must be at most points={points}, got "
                              f"patch_points={self.patch_points!r}")
+        if not isinstance(self.missing_only, bool) or (self.missing_only and self.partial_points is None):
+            raise ValueError(f"DataConfig.missing_only must be true or false, and true only with partial_points set, "
+                             f"got missing_only={self.missing_only!r} with partial_points={self.partial_points!r}")
         if self.patch_points is not None and self.partial_points is not None:
             raise ValueError("DataConfig.patch_points and partial_points do not go together (patches are for "
                              "denoising, partial clouds for completion)")

@@ -23,7 +23,7 @@ from .config import DataConfig
 from .dataset import ArrayDataset, split_indices
 from .shapes import normalize_clouds
 
-__all__ = ["load_pointset", "DEFAULT_SHAPE_POINTS", "knn_patches"]
+__all__ = ["load_pointset", "DEFAULT_SHAPE_POINTS", "knn_patches", "missing_points"]
 
 DEFAULT_SHAPE_POINTS = 2048   # PointFlow / Luo & Hu train on 2048 points per shape
 
@@ -52,6 +52,15 @@ def knn_patches(x: torch.Tensor, k: int, seeds: torch.Tensor | None = None
     covariance = centred.transpose(-1, -2) @ centred / k
     frames = torch.linalg.eigh(covariance).eigenvectors.flip(-1)                                # largest first
     return centred @ frames, centres, frames, index
+
+
+def missing_points(clouds: np.ndarray, direction: np.ndarray, keep: int) -> np.ndarray:
+    """The points of ``clouds`` (S, N, 3) that :func:`~ddpmkit.data.shapes.cut_by_plane` with
+    plane normals ``direction`` (S, 3) leaves out of its ``keep``-point partial: the ``N - keep``
+    lowest along the normal (the same stable order), in their original order."""
+    height = np.einsum("snd,sd->sn", np.asarray(clouds, dtype=np.float64), direction)   # as cut_by_plane: float64
+    index = np.sort(np.argsort(-height, axis=1, kind="stable")[:, keep:], axis=1)
+    return np.take_along_axis(clouds, index[:, :, None], axis=1)
 
 
 def _patches(clouds: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -126,8 +135,10 @@ def load_pointset(config: DataConfig, split: str) -> ArrayDataset:
         if config.partial_points >= clouds.shape[1]:
             raise ValueError(f"data.partial_points={config.partial_points} must be smaller than the "
                              f"{clouds.shape[1]} points per cloud")
-        partial = cut_by_plane(clouds, config.partial_points, seed=config.seed)
+        partial, direction = cut_by_plane(clouds, config.partial_points, seed=config.seed, return_directions=True)
         cond["partial"] = torch.from_numpy(np.ascontiguousarray(partial, dtype=np.float32))
+        if config.missing_only:   # the examples are the points the partial lacks (PDR's missing part)
+            clouds = missing_points(clouds, direction, config.partial_points)
     keep = split_indices(len(clouds), config.test_fraction, config.seed, split)
     index = torch.from_numpy(keep)
     chosen = clouds[keep]

@@ -17,6 +17,7 @@ from torch import nn
 from .layers import SinusoidalEmbedding, sinusoidal_frequencies, timestep_embedding
 from .mlp import MLP, MLPConfig
 from .pointnet import PointNet, PointNetConfig
+from .pvcnn import PVCNN, PVCNNConfig
 from .unet import UNet, UNetConfig
 from .unet1d import UNet1D, UNet1DConfig
 
@@ -27,6 +28,8 @@ __all__ = [
     "MLPConfig",
     "PointNet",
     "PointNetConfig",
+    "PVCNN",
+    "PVCNNConfig",
     "UNet1D",
     "UNet1DConfig",
     "NetworkConfig",
@@ -40,12 +43,13 @@ __all__ = [
     "timestep_embedding",
 ]
 
-NetworkConfig = UNetConfig | MLPConfig | PointNetConfig | UNet1DConfig
+NetworkConfig = UNetConfig | MLPConfig | PointNetConfig | UNet1DConfig | PVCNNConfig
 NETWORK_KINDS: Mapping[str, type] = MappingProxyType(
-    {"unet": UNetConfig, "mlp": MLPConfig, "pointnet": PointNetConfig, "unet1d": UNet1DConfig})
+    {"unet": UNetConfig, "mlp": MLPConfig, "pointnet": PointNetConfig, "unet1d": UNet1DConfig,
+     "pvcnn": PVCNNConfig})
 """The one registry of network kinds: ``{kind: config class}``, the ``kind`` a saved config carries."""
 _NETWORKS: dict[type, type[nn.Module]] = {UNetConfig: UNet, MLPConfig: MLP, PointNetConfig: PointNet,
-                                         UNet1DConfig: UNet1D}
+                                         UNet1DConfig: UNet1D, PVCNNConfig: PVCNN}
 
 
 def build_network(config: NetworkConfig) -> nn.Module:

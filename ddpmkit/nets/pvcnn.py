@@ -1,0 +1,189 @@
+"""A point-voxel network for diffusion on point clouds (PVCNN, Liu et al. 2019; as PVD, Zhou et
+al. 2021, and LION, Zeng et al. 2022, use it for the DDPM's noise predictor), torch only.
+
+Each :class:`PointVoxelBlock` has two branches over per-point features ``f`` (B, N, C):
+
+* voxel: the points' features averaged into an ``R^3`` grid (:func:`~ddpmkit.nets.voxel.voxelize`),
+  (after a per-point map to the voxel width), two 3x3x3 convolutions with GroupNorm and SiLU, the
+  time embedding added after the first (PVD adds it to the features the same way), read back at
+  every point by trilinear devoxelisation: the neighbourhood of a point, which a per-point network
+  cannot see;
+* point: a shared per-point linear map (PVCNN's point branch), plus a global feature (max and
+  mean over the points, PointNet, Qi et al. 2017) and the time embedding, both broadcast.
+
+The sum, through SiLU, is the block's output (with a residual when the widths match). Blocks may
+have different resolutions (``resolutions``), coarse ones seeing the whole shape, fine ones the
+surface. A zero-initialised per-point head gives the output.
+
+Completion (PDR, Lyu et al. 2022; PVD's completion): with ``conditional`` the partial cloud's
+points (B, M, 3) join the noisy points as extra points with a flag feature 1 (noisy: 0): they are
+voxelised into the same grids, so every convolution sees the given part of the shape beside the
+points being generated; the output is read at the noisy points only. The network then generates
+the *missing* points (``data.missing_only``) or a whole cloud, as it is trained.
+
+Everything is per point or symmetric (sums, max, mean over points; the voxel normalisation is
+per cloud), so the output permutes with ``x``'s points and ignores the order of ``partial``'s,
+exactly up to the float order of the sums; any N works.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ConditionEmbedding, DictConfig
+from .voxel import devoxelize, grid_coordinates, voxelize
+
+__all__ = ["PVCNNConfig", "PVCNN", "PointVoxelBlock"]
+
+
+def _fail(name: str, value: Any, why: str) -> None:
+    raise ValueError(f"PVCNNConfig.{name} {why}, got {name}={value!r}")
+
+
+def _is_count(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+@dataclass(frozen=True)
+class PVCNNConfig(DictConfig):
+    """Hyper-parameters of :class:`PVCNN`.
+
+    Attributes:
+        in_dim, out_dim: coordinates per point in and out (out = 2x in for learned variance).
+        channels: per-point feature width of each point-voxel block.
+        resolutions: the voxel grid side R of each block (same length as ``channels``, R >= 2).
+        voxel_channels: the voxel branch's width (None: the block's width); the 3-D
+            convolutions cost R^3 * width^2, so a narrower voxel branch keeps fine grids cheap.
+        time_dim, embed_dim: sinusoid size of the time and the size of its embedding.
+        groups: GroupNorm groups of the voxel branch (must divide its width).
+        conditional: take a partial cloud ``partial`` (B, M, in_dim), voxelised with the points.
+        zero_init: zero the last layer, so the network starts as the zero function.
+    """
+
+    in_dim: int = 3
+    out_dim: int = 3
+    channels: tuple[int, ...] = (64, 64, 64, 64)
+    resolutions: tuple[int, ...] = (8, 16, 16, 8)
+    voxel_channels: int | None = 32
+    time_dim: int = 64
+    embed_dim: int = 128
+    groups: int = 8
+    conditional: bool = False
+    zero_init: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("in_dim", "out_dim", "time_dim", "embed_dim", "groups"):
+            if not _is_count(getattr(self, name)):
+                _fail(name, getattr(self, name), "must be an integer >= 1")
+        if self.time_dim < 2:
+            _fail("time_dim", self.time_dim, "must be >= 2")
+        if not isinstance(self.channels, tuple) or not self.channels or not all(_is_count(c) for c in self.channels):
+            _fail("channels", self.channels, "must be a non-empty tuple of integers >= 1")
+        if (not isinstance(self.resolutions, tuple) or len(self.resolutions) != len(self.channels)
+                or not all(_is_count(r, 2) for r in self.resolutions)):
+            _fail("resolutions", self.resolutions, f"must be a tuple of {len(self.channels)} integers >= 2 "
+                  "(one per block of channels)")
+        if self.voxel_channels is not None and not _is_count(self.voxel_channels):
+            _fail("voxel_channels", self.voxel_channels, "must be an integer >= 1 or None")
+        for width in {self.voxel_channels} if self.voxel_channels else set(self.channels):
+            if width % self.groups:
+                _fail("groups", self.groups, f"must divide the voxel branch's width {width}")
+        for name in ("conditional", "zero_init"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "must be true or false")
+
+
+class PointVoxelBlock(nn.Module):
+    """One PVConv block (Liu et al. 2019, fig. 3) with the time embedding: (B, N, c_in) -> (B, N, c_out)."""
+
+    def __init__(self, c_in: int, c_out: int, resolution: int, voxel_width: int, embed_dim: int, groups: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.to_voxels = nn.Linear(c_in, voxel_width)   # per point, before voxelising: a narrow grid
+        self.conv_in = nn.Conv3d(voxel_width, voxel_width, 3, padding=1)
+        self.norm_in = nn.GroupNorm(groups, voxel_width)
+        self.time_voxel = nn.Linear(embed_dim, voxel_width)
+        self.conv_out = nn.Conv3d(voxel_width, voxel_width, 3, padding=1)
+        self.norm_out = nn.GroupNorm(groups, voxel_width)
+        self.from_voxels = nn.Linear(voxel_width, c_out)
+        self.point = nn.Linear(c_in, c_out)
+        self.pooled = nn.Linear(2 * c_in, c_out)
+        self.time_point = nn.Linear(embed_dim, c_out)
+        self.residual = c_in == c_out
+
+    def forward(self, f: torch.Tensor, coords: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        v = self.norm_in(self.conv_in(voxelize(self.to_voxels(f), coords, self.resolution)))
+        v = F.silu(v + self.time_voxel(temb)[:, :, None, None, None])
+        v = F.silu(self.norm_out(self.conv_out(v)))
+        pooled = torch.cat([f.amax(dim=1), f.mean(dim=1)], dim=1)
+        h = (self.from_voxels(devoxelize(v, coords)) + self.point(f)
+             + (self.pooled(pooled) + self.time_point(temb))[:, None, :])
+        h = F.silu(h)
+        return f + h if self.residual else h
+
+
+def _check_cloud(name: str, x: Any, dim: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != dim:
+        raise ValueError(f"{name} must be a tensor of shape (B, N, {dim}), got {tuple(getattr(x, 'shape', ()))}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} must hold at least 1 point per cloud, got shape {tuple(x.shape)}")
+
+
+class PVCNN(nn.Module):
+    """``forward(x, t, partial=None)``: ``x`` (B, N, in_dim), ``t`` (B,) or a scalar; ``partial``
+    (B or 1, M, in_dim) when ``config.conditional`` (required then, refused otherwise). Returns
+    (B, N, out_dim), or for ``out_dim = k in_dim`` (learned variance) the k groups stacked on
+    dim 1 as (B, k N, in_dim), as :class:`~ddpmkit.nets.pointnet.PointNet` does."""
+
+    def __init__(self, config: PVCNNConfig) -> None:
+        super().__init__()
+        if not isinstance(config, PVCNNConfig):
+            raise ValueError(f"config must be a PVCNNConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        self.embed = ConditionEmbedding(cfg.time_dim, cfg.embed_dim, None)
+        features = cfg.in_dim + (1 if cfg.conditional else 0)
+        self.lift = nn.Sequential(nn.Linear(features, cfg.channels[0]), nn.SiLU(),
+                                  nn.Linear(cfg.channels[0], cfg.channels[0]))
+        widths = (cfg.channels[0],) + cfg.channels
+        self.blocks = nn.ModuleList([
+            PointVoxelBlock(a, b, r, cfg.voxel_channels or b, cfg.embed_dim, cfg.groups)
+            for a, b, r in zip(widths[:-1], widths[1:], cfg.resolutions)])
+        last = cfg.channels[-1]
+        self.head = nn.Sequential(nn.Linear(last + cfg.in_dim, last), nn.SiLU(), nn.Linear(last, cfg.out_dim))
+        if cfg.zero_init:
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, partial: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        _check_cloud("x", x, cfg.in_dim)
+        n = x.shape[1]
+        points = x
+        if cfg.conditional:
+            if partial is None:
+                raise ValueError("the network is conditional (network.conditional=true): pass partial=(B, M, "
+                                 f"{cfg.in_dim})")
+            _check_cloud("partial", partial, cfg.in_dim)
+            if partial.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"partial's batch must be 1 or {x.shape[0]} (x's), got shape {tuple(partial.shape)}")
+            partial = partial.expand(x.shape[0], -1, -1).to(x.dtype)
+            points = torch.cat([x, partial], dim=1)
+            flags = torch.cat([x.new_zeros(x.shape[0], n, 1), x.new_ones(x.shape[0], partial.shape[1], 1)], dim=1)
+            f = self.lift(torch.cat([points, flags], dim=2))
+        elif partial is not None:
+            raise ValueError("partial was given but the network is not conditional (network.conditional=false)")
+        else:
+            f = self.lift(x)
+        temb = F.silu(self.embed(t, x.shape[0], None)).to(x.dtype)
+        coords = {r: grid_coordinates(points, r) for r in set(cfg.resolutions)}
+        for block in self.blocks:
+            f = block(f, coords[block.resolution], temb)
+        h = self.head(torch.cat([f[:, :n], x], dim=2))
+        groups = cfg.out_dim // cfg.in_dim
+        if groups > 1 and cfg.out_dim % cfg.in_dim == 0:   # (B, N, k d) -> (B, k N, d)
+            h = torch.cat(h.split(cfg.in_dim, dim=2), dim=1)
+        return h
