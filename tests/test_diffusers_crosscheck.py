@@ -164,7 +164,7 @@ def test_dpmpp2m_trajectory_equals_diffusers(steps):
     visited = subsequence(process, steps, "logsnr")
     scheduler.set_timesteps(timesteps=visited[::-1].tolist())
     x_T = torch.randn(SHAPE, generator=gen(5))
-    ours = sample(process, toy_model, None, "dpmpp2m", steps, x_T=x_T, progress=False)
+    ours = sample(process, toy_model, None, "dpmpp2m", steps, x_T=x_T, progress=False, grid="logsnr")
     theirs = diffusers_loop(scheduler, toy_model, x_T)
     assert_close(ours, theirs, 1e-4)
 
@@ -188,7 +188,7 @@ def test_dpmpp3m_is_closer_than_diffusers_3m_to_the_exact_flow():
         z = (x_T - math.sqrt(a_T) * mu) / torch.sqrt(a_T * sd**2 + 1 - a_T)
         x_first = math.sqrt(a_0) * mu + torch.sqrt(a_0 * sd**2 + 1 - a_0) * z
         exact = mu + math.sqrt(a_0) * sd**2 * (x_first - math.sqrt(a_0) * mu) / (a_0 * sd**2 + 1 - a_0)
-        ours = sample(process, oracle, None, "dpmpp3m", steps, x_T=x_T, progress=False)
+        ours = sample(process, oracle, None, "dpmpp3m", steps, x_T=x_T, progress=False, grid="logsnr")
         scheduler = dpm_scheduler(LINEAR, 3)
         scheduler.set_timesteps(timesteps=visited[::-1].tolist())
         theirs = diffusers_loop(scheduler, oracle, x_T.float()).double()

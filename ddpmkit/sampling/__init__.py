@@ -15,6 +15,7 @@ from .ddim import invert
 from .dpm_solver import dpmpp2m, dpmpp3m, dpmpp_multistep, dpmpp_update
 from .grids import GRIDS, SIGMA_MAX, SKIPS, karras_sigmas, respaced_for, sigma_grid, subsequence, time_grid
 from .loop import SampleOptions, StepInfo, run_steps
+from .multistep import deis, ipndm, ipndm_v, unipc
 from .edm import dpmpp3m_sde, euler_churn, heun_churn
 from .ode import euler, euler_step, heun, heun_step, rk45
 from .score_sde import ald, ancestral_ve, euler_maruyama, pc, predictor_corrector, reverse_diffusion
@@ -27,4 +28,4 @@ __all__ = ["sample", "invert", "SampleOptions", "StepInfo", "SAMPLERS", "Sampler
            "sde", "pc", "langevin_step", "dpmpp2m", "dpmpp3m", "dpmpp_multistep", "dpmpp_update",
            "dpmpp2m_sde", "ancestral_step", "ddpm", "dpmpp3m_sde", "heun_churn", "euler_churn", "ald",
            "reverse_diffusion", "euler_maruyama", "ancestral_ve", "predictor_corrector", "posterior_step",
-           "euler_step", "heun_step"]
+           "euler_step", "heun_step", "ipndm", "ipndm_v", "deis", "unipc"]

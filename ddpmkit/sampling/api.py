@@ -148,11 +148,12 @@ def sample(
         raise ValueError(f"sampler={sampler!r} needs a discrete process (its variance), got {type(process).__name__}")
     steps = _check_steps(entry, steps, process.T if discrete else None)
     if discrete:
-        grid = check_grid(params.pop("grid", entry.grid), entry.grids)
+        grid = check_grid(params.pop("grid", entry.grid_for(steps)), entry.grids)
     else:
         # the sampler's own grid where it is a continuous one (DPM-Solver's logsnr, EDM's karras),
         # else the process's (score_sde's uniform t for VP / sub-VP, geometric for VE)
-        own = entry.grid if entry.grid in CONTINUOUS_GRIDS else getattr(process, "default_grid", "karras")
+        own = entry.grid_for(steps) if entry.grid_for(steps) in CONTINUOUS_GRIDS else (
+            entry.continuous_grid or getattr(process, "default_grid", "karras"))
         grid = check_grid(params.pop("grid", own), CONTINUOUS_GRIDS)
     rho = params.pop("rho", 7.0)
     if device is None:
