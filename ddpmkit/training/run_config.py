@@ -5,8 +5,7 @@
     cfg = TrainConfig.from_dict(json.loads(path.read_text())); cfg.save(path)
 
 Every bad value is a one-line ``ValueError`` naming the key and the value. Presets and
-``key=value`` overrides live in :mod:`.presets` and :mod:`.overrides`; :mod:`.config` gathers
-every public name.
+``key=value`` overrides live in :mod:`.presets` and :mod:`.overrides`; :mod:`.config` gathers every public name.
 """
 from __future__ import annotations
 
@@ -51,30 +50,31 @@ def _at_least(owner: str, name: str, value: Any, low: float) -> None:
 
 @dataclass(frozen=True)
 class DiffusionConfig(DictConfig):
-    """The process and its objective: "discrete" (the default; DDPM sec. 3-4, iDDPM sec. 3) or a
-    continuous "ve" | "vp" | "subvp" | "edm" trained by weighted denoising score matching. A key left
-    None takes the process's default; :func:`build.check_process_keys` says which process uses which."""
+    """The process and its objective: "discrete" (the default; DDPM sec. 3-4, iDDPM sec. 3) or a continuous
+    "ve" | "vp" | "subvp" | "edm" | "flow" (weighted DSM); a key left None takes the process's default."""
 
     schedule: str = "cosine"          # linear (DDPM) | cosine (iDDPM eq. 17) | sigmoid | scaled_linear
     T: int = 1000
-    prediction: str = "eps"           # eps | x0 | v (discrete, vp); score (ve); edm (edm)
+    prediction: str = "eps"           # eps | x0 | v (discrete, vp, flow); score (ve); edm (edm)
     variance: str = "fixed_small"     # fixed_small | fixed_large | learned_range (iDDPM eq. 15)
     objective: str = "simple"         # simple (DDPM eq. 14) | vlb | hybrid (iDDPM eq. 16)
     timestep_sampler: str = "uniform"  # uniform | importance (iDDPM eq. 18)
     hybrid_lambda: float = 0.001
-    process: str = "discrete"         # discrete | ve | vp | subvp | edm
-    weighting: str | None = None      # ncsn | likelihood | min_snr | edm (continuous only)
+    process: str = "discrete"         # discrete | ve | vp | subvp | edm | flow
+    weighting: str | None = None      # ncsn | likelihood | min_snr | edm | flow (continuous only)
     snr_gamma: float | None = None    # gamma of min_snr (Hang et al. 2023; 5)
     sigma_min: float | None = None    # ve (0.01), edm (0.002)
     sigma_max: float | None = None    # ve (50), edm (80)
     score_scaling: bool | None = None  # ve: NCSNv2 technique 3, score = F / sigma
-    time_scale: float | None = None   # ve (1), vp / subvp (999): the network sees time_scale * t
+    time_scale: float | None = None   # ve (1), vp / subvp / flow (999): the network sees time_scale * t
     beta_min: float | None = None     # vp / subvp (0.1)
     beta_max: float | None = None     # vp / subvp (20)
-    t_min: float | None = None        # vp / subvp (1e-5)
+    t_min: float | None = None        # vp / subvp (1e-5), flow (1e-3)
+    t_max: float | None = None        # flow (1 - 1e-3): sigma(t_max) = t_max / (1 - t_max)
+    time_sampling: str | None = None  # flow: uniform | logit_normal (logit t ~ N(p_mean, p_std^2), SD3)
     sigma_data: float | None = None   # edm (0.5)
-    p_mean: float | None = None       # edm (-1.2)
-    p_std: float | None = None        # edm (1.2)
+    p_mean: float | None = None       # edm (-1.2), flow (0)
+    p_std: float | None = None        # edm (1.2), flow (1)
     beta_range: tuple[float, ...] | None = None   # linear, scaled_linear: (first, last) beta as given
 
     def __post_init__(self) -> None:

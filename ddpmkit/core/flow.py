@@ -1,0 +1,156 @@
+"""Rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2023) on the noise-level contract.
+
+The straight path between data and noise, ``x_t = (1 - t) x_0 + t eps`` on t in [0, 1], is the
+contract ``x = s(t) (x_0 + sigma(t) eps)`` with
+
+    s(t) = 1 - t,   sigma(t) = t / (1 - t),   t(sigma) = sigma / (1 + sigma),
+    d sigma^2 / dt = 2 sigma (1 + sigma)^2     (d sigma / dt = 1 / (1 - t)^2 = (1 + sigma)^2).
+
+Velocity prediction. The network F(x_t, t) predicts v = eps - x_0 = dx_t / dt. Since
+``x_t - t v = x_0``, the x_0 estimate is D = x - t F in x coordinates; in x_hat = x / s
+(x_hat = x_0 + sigma eps, x = x_hat / (1 + sigma), t = sigma / (1 + sigma)):
+
+    D(x_hat, sigma) = x_hat / (1 + sigma) - sigma / (1 + sigma) F(x_hat / (1 + sigma), t),
+    so c_in = c_skip = 1 / (1 + sigma),  c_out = -sigma / (1 + sigma) = -t,  c_noise = time_scale t.
+
+The other outputs: ``"eps"`` (x_0 = x_hat - sigma F: c_skip = 1, c_out = -sigma) and ``"x0"``
+(c_skip = 0, c_out = 1), both with c_in = 1 / (1 + sigma): the network always sees x_t itself.
+
+The conditional flow-matching loss is a weighted x_0 loss. With v_pred = (x - D) / t and the
+target v = (x - x_0) / t (both from x = (1 - t) x_0 + t eps):
+
+    || v_pred - (eps - x_0) ||^2 = || x_0 - D ||^2 / t^2,   lambda(sigma) = 1 / t^2 = (1 + 1 / sigma)^2,
+
+the ``"flow"`` weighting, whatever the output (for ``"v"`` it is the plain velocity MSE).
+
+Time sampling (Esser et al. 2024, "SD3", sec. 3.1): ``"uniform"`` t ~ U[t_min, t_max] (Liu et al.)
+or ``"logit_normal"``: logit(t) ~ N(m, s^2). Because logit(t) = log(t / (1 - t)) = log sigma,
+that is ln sigma ~ N(p_mean, p_std^2), EDM's log-normal draw with (m, s) = (p_mean, p_std)
+(SD3: 0, 1), clipped to [t_min, t_max].
+
+The ends. sigma(1) is infinite: x_hat = x / 0 has no value, so the process stops at
+``t_max = 1 - 1e-3`` (sigma_max = 999) and starts its samples from ``N(0, t_max^2 I)``, the
+marginal at t_max of data with zero mean and variance (the data's part, (1 - t_max) x_0, is a
+1e-3 fraction: the mean it drops shifts the samples by 1e-3 x the data mean at most, below any
+test's sampling error). At t_min = 1e-3 the (1 / t)^2 weight stays finite in float32. Every
+sampler's first step from sigma_max is the flow's Euler step from t_max: Euler in x_hat over
+sigma, ``x_hat' = D + (sigma' / sigma) (x_hat - D)``, is in x exactly ``x' = x + (t' - t) v``,
+so one Euler step from t_max to 0 returns D = x - t_max v. :func:`flow_sigmas` gives the grid
+uniform in t that ends at t = 0 (Liu et al.'s N-step Euler).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .continuous import ContinuousProcess, check_number
+from .predictions import check_choice
+from .score_losses import lognormal_sigmas
+
+__all__ = ["RectifiedFlow", "TIME_SAMPLINGS", "flow_weight", "flow_sigmas"]
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def flow_weight(sigma: torch.Tensor) -> torch.Tensor:
+    """lambda = (1 + 1 / sigma)^2 = 1 / t^2: the flow-matching velocity error as an x_0 error."""
+    return (1.0 + 1.0 / sigma) ** 2
+
+
+class RectifiedFlow(ContinuousProcess):
+    """The rectified-flow process x_t = (1 - t) x_0 + t eps (Liu et al. 2022, eq. 1).
+
+    Args:
+        prediction: ``"v"`` (velocity eps - x_0, the default), ``"eps"`` or ``"x0"``.
+        t_min, t_max: the time range trained and sampled, 0 < t_min < t_max < 1.
+        time_sampling: ``"uniform"`` or ``"logit_normal"`` (logit t ~ N(p_mean, p_std^2)).
+        p_mean, p_std: the logit-normal's mean and std (SD3: 0 and 1).
+        time_scale: the network sees ``time_scale * t`` (999: the scale of training steps
+            that ddpmkit's sinusoidal embeddings expect, as the VP process).
+    """
+
+    predictions = ("v", "eps", "x0")
+    weightings = ("flow", "ncsn", "likelihood", "min_snr")
+    default_weighting = "flow"
+    default_grid = "uniform"   # uniform in t (Liu et al.); see flow_sigmas for the grid ending at t = 0
+
+    def __init__(self, prediction: str = "v", t_min: float = 1e-3, t_max: float = 1.0 - 1e-3,
+                 time_sampling: str = "uniform", p_mean: float = 0.0, p_std: float = 1.0,
+                 time_scale: float = 999.0):
+        self.prediction = self._check_prediction(prediction)
+        self.t_min = check_number("t_min", t_min)
+        self.t_max = check_number("t_max", t_max)
+        if not self.t_min < self.t_max < 1.0:
+            raise ValueError(f"t_max must lie in (t_min, 1), got t_min={t_min!r}, t_max={t_max!r}")
+        self.time_sampling = check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+        self.p_mean = check_number("p_mean", p_mean, positive=False)
+        self.p_std = check_number("p_std", p_std)
+        self.time_scale = check_number("time_scale", time_scale)
+
+    @property
+    def prior_std(self) -> float:
+        """The std of x at t_max for zero-mean, zero-variance data: t_max (see the module notes)."""
+        return self.t_max
+
+    # ------------------------------------------------------------------ closed forms
+    def _sigma(self, t: Any, xp: Any) -> Any:
+        return t / (1.0 - t)
+
+    def _scale(self, t: Any, xp: Any) -> Any:
+        return 1.0 - t
+
+    def _t_of_sigma(self, sigma: Any, xp: Any) -> Any:
+        return sigma / (1.0 + sigma)
+
+    def _dsigma2_dt(self, t: Any, xp: Any) -> Any:
+        return 2.0 * t / (1.0 - t) ** 3
+
+    def preconditioning(self, sigma: float | torch.Tensor) -> tuple[Any, Any, Any, Any]:
+        """(c_in, c_skip, c_out, c_noise): c_in = 1 / (1 + sigma) (the network sees x_t);
+        v: c_skip = 1 / (1 + sigma), c_out = -t; eps: 1, -sigma; x0: 0, 1; c_noise = time_scale t."""
+        c_in = 1.0 / (1.0 + sigma)
+        t = sigma * c_in
+        c_noise = self.time_scale * t
+        if self.prediction == "v":
+            return c_in, c_in, -t, c_noise
+        if self.prediction == "eps":
+            return c_in, 1.0, -sigma, c_noise
+        return c_in, 0.0, 1.0, c_noise
+
+    # ------------------------------------------------------------------ training
+    def training_sigmas(self, batch: int, generator: torch.Generator | None, device: torch.device | str,
+                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, sigma), each (B,): t ~ U[t_min, t_max], or logit t = ln sigma ~ N(p_mean, p_std^2)
+        clipped to [t_min, t_max] (SD3, sec. 3.1)."""
+        if self.time_sampling == "uniform":
+            return super().training_sigmas(batch, generator, device, dtype)
+        sigma = lognormal_sigmas(batch, generator, device, dtype, self.p_mean, self.p_std)
+        t = self.t_of_sigma_on(sigma).clamp(self.t_min, self.t_max)
+        return t, self.sigma_on(t)
+
+    def loss_weight(self, weighting: str, sigma: torch.Tensor, t: torch.Tensor, snr_gamma: float = 5.0) -> torch.Tensor:
+        """``"flow"``: (1 + 1 / sigma)^2 (the flow-matching loss); else the base weightings."""
+        if check_choice("weighting", weighting, self.weightings) == "flow":
+            return flow_weight(sigma)
+        return super().loss_weight(weighting, sigma, t, snr_gamma)
+
+    def __repr__(self) -> str:
+        return (f"RectifiedFlow(prediction={self.prediction!r}, t_min={self.t_min:g}, t_max={self.t_max:g}, "
+                f"time_sampling={self.time_sampling!r}, p_mean={self.p_mean:g}, p_std={self.p_std:g}, "
+                f"time_scale={self.time_scale:g})")
+
+
+def flow_sigmas(process: RectifiedFlow, steps: int) -> np.ndarray:
+    """The sigma grid of ``steps`` Euler steps uniform in t from t_max to 0 (Liu et al. 2022,
+    sec. 2.3): t_k = t_max (1 - k / steps), k = 0..steps, as sigma = t / (1 - t), ending in 0
+    (float64, host). Unlike the ``"uniform"`` grid of :func:`ddpmkit.sampling.grids.continuous_sigmas`
+    (t_max ... t_min, then 0), every one of its ``steps`` network calls moves a 1 / steps share of t."""
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
+    t = process.t_max * (1.0 - np.arange(int(steps) + 1, dtype=np.float64) / int(steps))
+    t[-1] = 0.0
+    return t / (1.0 - t)
+
+

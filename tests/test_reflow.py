@@ -1,0 +1,116 @@
+"""Reflow (Liu et al. 2022, sec. 2.2) on the exact Gaussian teacher, and its trainer hook.
+
+The exact rectified flow of N(MU, SD^2) data moves the prior quantile z along the curved path
+(1 - t) MU + sqrt((1 - t)^2 SD^2 + t^2) z, ending at MU + SD z: its (z, ODE(z)) pairs are that
+map. On them the straight interpolation x_t = (1 - t)(MU + SD z) + t z determines z, so the
+2-rectified flow's velocity E[z - x | x_t] = (1 - SD) z - MU is constant along each path
+(straight) and one Euler step from t = 1 returns MU + SD z: the data's law. Independent pairs
+(fresh noise) keep Var(v | x_t) > 0 and one step collapses to the posterior mean.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_rectified_flow import MU, SD, exact_network
+
+import ddpmkit as dk
+from ddpmkit.core.flow import flow_sigmas
+from ddpmkit.data import ArrayDataset
+from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.sampling import SampleOptions
+from ddpmkit.training.config import load_config
+from ddpmkit.training.reflow import reflow, teacher_pairs
+from ddpmkit.training.train import Trainer, train
+
+
+def exact_pairs(n: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    process = dk.RectifiedFlow()
+    z, x = teacher_pairs(process, exact_network(process), n, (1,), sampler="heun", sampler_steps=200, seed=seed,
+                         progress=False)
+    return z.double(), x.double()
+
+
+def test_the_exact_teachers_pairs_are_the_monotone_map():
+    z, x = exact_pairs()
+    # Heun at 200 steps uniform in t (O(h^2); 1e-4 measured) plus float32 storage of the pairs
+    torch.testing.assert_close(x, MU + SD * z, rtol=0, atol=5e-4)
+
+
+def regression_residual(z: torch.Tensor, x: torch.Tensor, t: float) -> tuple[float, torch.Tensor]:
+    """The flow-matching loss of the best affine velocity in x_t at time t (the exact minimiser here,
+    as every conditional expectation of jointly Gaussian variables is affine), and its coefficients."""
+    x_t = (1 - t) * x + t * z
+    design = torch.cat([x_t, torch.ones_like(x_t)], dim=1)
+    coef = torch.linalg.lstsq(design, z - x).solution
+    return float(((design @ coef - (z - x)) ** 2).mean()), coef
+
+
+def test_reflow_pairs_give_straight_paths_and_one_step_reproduces_the_data():
+    z, x = exact_pairs()
+    fresh = torch.randn(z.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    for t in (0.2, 0.5, 0.9):
+        straight, _ = regression_residual(z, x, t)
+        crossing, _ = regression_residual(fresh, x, t)
+        # independent pairs: Var(v | x_t) = 1 + SD^2 - (t - (1 - t) SD^2)^2 / V_t, at least 0.4 here
+        v_t = (1 - t) ** 2 * SD**2 + t**2
+        assert crossing == pytest.approx(1 + SD**2 - (t - (1 - t) * SD**2) ** 2 / v_t, rel=0.1)
+        assert straight < 1e-6   # the pairs' map is exact to ~1e-4: a residual of ~1e-8
+    _, coef = regression_residual(z, x, 1.0)    # the 2-rectified flow's velocity at t = 1: v = a z + b
+    z_new = torch.randn(4000, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    one_step = z_new - (torch.cat([z_new, torch.ones_like(z_new)], dim=1) @ coef)
+    mean, std = float(one_step.mean()), float(one_step.std())
+    n = len(z_new)
+    assert abs(mean - MU) < 4.5 * SD / math.sqrt(n) and abs(std - SD) < 4.5 * SD / math.sqrt(2 * n), (mean, std)
+
+
+# ---------------------------------------------------------------------- the trainer's paired noise
+def tiny_config(tmp_path, name: str, steps: int):
+    return load_config("toy2d-flow", [f"out={tmp_path / name}", "num_threads=1", "data.n=400", "network.hidden=64",
+                                      "network.depth=2", f"optim.steps={steps}", "optim.batch_size=200",
+                                      "log_every=1000", "sample_every=0", "checkpoint_every=0", "ema_rates=[0.99]"])
+
+
+def test_the_trainer_uses_each_examples_own_noise(tmp_path):
+    z = torch.randn(400, 1, generator=torch.Generator().manual_seed(0))
+    data = ArrayDataset(x=2 * z + 1, y=None, levels=None, num_classes=None, name="pairs")
+    trainer = Trainer(tiny_config(tmp_path, "hook", 1), progress=False, dataset=data, paired_noise=z)
+    batch = trainer._global_batch()
+    torch.testing.assert_close(batch["x0"], 2 * batch["noise"] + 1, rtol=0, atol=1e-6)   # float32 rounding
+    with pytest.raises(ValueError, match="paired_noise"):
+        Trainer(tiny_config(tmp_path, "bad", 1), progress=False, dataset=data, paired_noise=z[:10])
+
+
+def test_a_trained_2_rectified_flow_samples_in_one_step(tmp_path):
+    """A small MLP trained on the exact teacher's pairs samples N(MU, SD^2) in one Euler step; the same
+    network trained on the same data with fresh noise (a 1-rectified flow) cannot (its one step
+    collapses towards the mean)."""
+    z, x = exact_pairs(4000, seed=1)
+    data = ArrayDataset(x=x.float(), y=None, levels=None, num_classes=None, name="pairs")
+    z_new = torch.randn(4000, 1, generator=torch.Generator().manual_seed(5))
+    stds = {}
+    for name, noise in (("reflow", z.float()), ("fresh", None)):
+        result = Trainer(tiny_config(tmp_path, name, 400), progress=False, dataset=data,
+                         paired_noise=noise).run()
+        process = result.process
+        one = dk.samplers.euler(process.denoiser(result.ema_model), process.prior_std * z_new / process.scale(process.t_max),
+                                flow_sigmas(process, 1), SampleOptions(progress=False))
+        stds[name] = float(one.std())
+        if name == "reflow":   # training error of a 400-step MLP: a few hundredths (tolerance 0.05)
+            assert abs(float(one.mean()) - MU) < 0.05 and abs(stds[name] - SD) < 0.05, (float(one.mean()), stds[name])
+    assert stds["fresh"] < 0.6 * SD, stds   # the 1-rectified flow's step lands near the posterior mean
+
+
+def test_reflow_end_to_end_from_a_teacher_run(tmp_path):
+    teacher = train(tiny_config(tmp_path, "teacher", 20), progress=False)
+    result = reflow(teacher.run_dir, tmp_path / "student", pairs=300, sampler="euler", sampler_steps=4, steps=3,
+                    batch_size=150, progress=False)
+    stored = load_file(str(tmp_path / "student" / "pairs.safetensors"))
+    assert stored["z"].shape == stored["x"].shape == (300, 2)
+    loaded = load_checkpoint(tmp_path / "student")
+    assert isinstance(loaded.process, dk.RectifiedFlow) and loaded.config.name == "toy2d-flow-reflow"
+    assert loaded.config.data == teacher.config.data and result.step == 3
+    with pytest.raises(ValueError, match="deterministic"):
+        reflow(teacher.run_dir, tmp_path / "other", sampler="sde", progress=False)
