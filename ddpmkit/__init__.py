@@ -8,6 +8,7 @@
 from .core.schedules import Schedule, space_timesteps
 from .core.diffusion import GaussianDiffusion, ModelPrediction
 from .core.edm import EDM
+from .core.flow import RectifiedFlow
 from .core.sde_vp import VP, SubVP
 from .core.ve import VE, ncsn_sigmas
 from .core.losses import ImportanceSampler, UniformSampler, training_losses, make_timestep_sampler
@@ -19,6 +20,9 @@ from .inverse import ddim_edit, inpaint, sdedit, solve_inverse
 from .data import ArrayDataset, DataConfig, load_dataset, to_uint8_images
 from .nets import MLP, MLPConfig, UNet, UNetConfig, build_network
 from .io.convert import export_checkpoint, import_checkpoint
+from .training.distill import distill
+from .core.consistency import Consistency
+from .runs import Run, load_run
 
 __version__ = "0.1.0"
 
@@ -30,6 +34,7 @@ __all__ = [
     "VP",
     "SubVP",
     "EDM",
+    "RectifiedFlow",
     "ncsn_sigmas",
     "ModelPrediction",
     "training_losses",
@@ -61,4 +66,8 @@ __all__ = [
     "build_network",
     "import_checkpoint",
     "export_checkpoint",
+    "load_run",
+    "Run",
+    "distill",
+    "Consistency",
 ]

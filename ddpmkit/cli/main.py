@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,12 +77,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..training.config import load_config
     from ..training.train import train
 
-    config = load_config(args.config, args.overrides)
-    result = train(config, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+    folder = _image_folder(args.config, args.overrides)
+    if folder is not None:   # `ddpmkit train folder DIR` / `ddpmkit train DIR`: sized from the images
+        from ..training.folder_preset import folder_config
+
+        plan = folder_config(*folder)
+        print(*plan.lines, sep="\n")
+        config, on_step = plan.config, _loss_curve(plan.config)
+    else:
+        config, on_step = load_config(args.config, args.overrides), None
+    result = train(config, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet, on_step=on_step)
+    if on_step is not None:
+        on_step(None)
     if result.stopped_by:
         print(f"stopped by {result.stopped_by} at step {result.step}; resume with --resume")
     print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _image_folder(source: str, overrides: Sequence[str]) -> tuple[str, list[str]] | None:
+    """``(folder, key=value overrides)`` when ``ddpmkit train`` is given a folder of images: the
+    ``folder`` preset with the folder as its first argument (or ``data.path=``), or a directory
+    that is neither a preset nor a run (no config.json); None otherwise."""
+    from ..training.config import list_presets
+
+    settings = [item for item in overrides if "=" in item]
+    if source == "folder":
+        paths = [item for item in overrides if "=" not in item]
+        paths += [item.split("=", 1)[1] for item in settings if item.split("=", 1)[0].strip() == "data.path"]
+        if not paths:
+            raise ValueError("the folder preset needs the images' folder: ddpmkit train folder DIR")
+        return paths[0], settings
+    path = Path(source)
+    if source in list_presets() or not path.is_dir() or (path / "config.json").is_file():
+        return None
+    return source, list(overrides)
+
+
+def _loss_curve(config: Any) -> Any:
+    """An ``on_step`` hook that redraws ``<out>/loss.png`` from metrics.jsonl at every preview
+    step (and when called with None, at the end)."""
+    from .demo import plot_loss
+
+    metrics, picture = Path(config.out) / "metrics.jsonl", Path(config.out) / "loss.png"
+
+    def draw(trainer: Any) -> None:
+        if trainer is None:   # the end of the run: rank 0 draws (torchrun sets RANK)
+            due = os.environ.get("RANK", "0") == "0"
+        else:
+            due = trainer.dist.is_main and config.sample_every and trainer.step % config.sample_every == 0
+        if due and metrics.is_file() and metrics.stat().st_size:
+            plot_loss(metrics, picture)
+    return draw
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -109,6 +156,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
     if args.eta is not None:
         params["eta"] = args.eta
+    params.update({k: v for k, v in (("grid", args.grid), ("rho", args.rho)) if v is not None})
     guided = prepare_sampling(args, ckpt, model, device)
     points = is_point_data(data_shape)   # point clouds: the completion condition, picture + .npz
     if points:
@@ -158,14 +206,10 @@ def _default_sampler_steps(args: argparse.Namespace, config: Any) -> None:
 
 
 def _data_shape_levels(config: Any) -> tuple[tuple[int, ...], int | None]:
-    """The per-example shape and level count of a config's data (read from the test split)."""
-    if config.data.name == "none":   # an imported model: the network's images, 8-bit levels
-        net = config.network
-        return (net.in_channels, net.image_size, net.image_size), 256
-    from ..data import load_dataset
+    """The per-example shape and level count of a config's data (:func:`ddpmkit.runs.data_shape_levels`)."""
+    from ..runs import data_shape_levels
 
-    data = load_dataset(config.data, "test")
-    return tuple(data.shape), data.levels
+    return data_shape_levels(config)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -190,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``ddpmkit`` parser; ``--sampler`` lists the samplers registered when it is built."""
     from ..sampling import SAMPLERS
     from .convert import add_convert_commands
+    from .distill import add_distill_command
     from .guidance import add_guidance_arguments, add_train_classifier_command
     from .inverse import add_inverse_commands
     from .points import add_points_commands
@@ -204,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_presets)
 
     p = sub.add_parser("train", help="train a model from a preset or a config file")
-    p.add_argument("config", help="a preset name (see `ddpmkit presets`), a .toml/.json file or a run directory")
+    p.add_argument("config", help="a preset name (see `ddpmkit presets`), a .toml/.json file, a run directory, "
+                   "or a folder of images (`ddpmkit train folder DIR` or `ddpmkit train DIR`: sized from the images)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 data.path=...")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (still resumable)")
@@ -218,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampling steps, at most the process's T (default 50; "
                    "for a continuous process the run's sample_steps)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
+    p.add_argument("--grid", default=None, help="the sigma grid: uniform, quadratic, linspace, trailing, logsnr, karras, "
+                   "logsnr_open, karras_open (default: the sampler's own at this step count, docs/SOLVERS.md)")
+    p.add_argument("--rho", type=float, default=None, help="the karras grids' exponent (default 7)")
     p.add_argument("--n", type=int, default=64, help="number of samples, >= 1 (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
     p.add_argument("--class", dest="label", type=int, default=None,
@@ -266,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_eval)
     add_convert_commands(sub)   # import, export
+    from .doctor import add_doctor_command
+
+    add_doctor_command(sub)     # doctor: the installation, for bug reports
+    add_distill_command(sub)    # distill
     return parser
 
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .ancestral import ddpm
+from .consistency import consistency
 from .dpm_solver import dpmpp2m, dpmpp3m
 from .edm import dpmpp3m_sde, euler_churn, heun_churn
 from .grids import GRIDS, SKIPS
+from .multistep import deis, ipndm, ipndm_v, unipc
 from .ode import euler, heun, rk45
 from .score_sde import ald, ancestral_ve, euler_maruyama, pc, predictor_corrector, reverse_diffusion
 from .stochastic import ddim, dpmpp2m_sde, sde
@@ -31,6 +33,8 @@ class Sampler:
     ``discrete`` samplers are called ``fn(process, model, x_T, opts, **params)`` on the process
     respaced to the grid; the others ``fn(D, x_hat, sigmas, opts, **params)``. ``endpoints``
     samplers (adaptive solvers) use only the grid's two ends: ``steps`` does not apply.
+    ``continuous_grid``: the grid on a continuous-time process where ``grid`` is a discrete one
+    (default: the process's own).
     ``bounded`` samplers start at most at :data:`ddpmkit.sampling.grids.SIGMA_MAX`; DDIM's exact
     step needs no bound and keeps the process's top.
     """
@@ -42,10 +46,20 @@ class Sampler:
     discrete: bool = False
     endpoints: bool = False
     bounded: bool = True
+    few_step_grids: tuple[tuple[int, str], ...] = ()
+    continuous_grid: str | None = None
 
     @property
     def grids(self) -> tuple[str, ...]:
         return SKIPS if self.discrete else GRIDS
+
+    def grid_for(self, steps: int | None) -> str:
+        """The default grid at ``steps``: the first (most steps, grid) of ``few_step_grids`` with
+        ``steps`` <= most steps, else ``grid`` (the best grids measured at few calls, docs/SOLVERS.md)."""
+        for most, grid in self.few_step_grids:
+            if steps is not None and steps <= most:
+                return grid
+        return self.grid
 
     def parameters(self) -> list[str]:
         """The sampler's own parameters (those ``sample(..., **params)`` may pass)."""
@@ -57,10 +71,11 @@ SAMPLERS: dict[str, Sampler] = {}
 
 
 def register(name: str, fn: Callable[..., Any], grid: str = "linspace", *, discrete: bool = False,
-             endpoints: bool = False, bounded: bool = True, **defaults: Any) -> Sampler:
+             endpoints: bool = False, bounded: bool = True, few_step_grids: tuple[tuple[int, str], ...] = (),
+             continuous_grid: str | None = None, **defaults: Any) -> Sampler:
     """Make ``fn`` available to :func:`ddpmkit.sample` under ``name`` (``defaults`` override the
-    function's own defaults, e.g. ``eta=0.0`` for DDIM)."""
-    entry = Sampler(name, fn, grid, dict(defaults), discrete, endpoints, bounded)
+    function's own defaults, e.g. ``eta=0.0`` for DDIM; ``few_step_grids``: see :meth:`Sampler.grid_for`)."""
+    entry = Sampler(name, fn, grid, dict(defaults), discrete, endpoints, bounded, tuple(few_step_grids), continuous_grid)
     SAMPLERS[name] = entry
     return entry
 
@@ -74,14 +89,18 @@ def check_params(entry: Sampler, params: dict[str, Any]) -> None:
 
 
 register("ddpm", ddpm, "linspace", discrete=True, bounded=False)
+# few_step_grids: the best grid measured at 2-8 calls on the digits run (docs/SOLVERS.md); at 10
+# steps and more each keeps its grid, so the demo's dpmpp2m-20 is unchanged. DDIM keeps "uniform"
+# at every count: it is also the grid of ddpmkit.sampling.invert, which sample(ddim) must undo
+FEW = ((9, "trailing"),)
 register("ddim", ddim, "uniform", bounded=False)
 register("euler", euler)
 register("heun", heun)
 register("rk45", rk45, "karras", endpoints=True)
 register("sde", sde)
 register("pc", pc)
-register("dpmpp2m", dpmpp2m, "logsnr")
-register("dpmpp3m", dpmpp3m, "logsnr")
+register("dpmpp2m", dpmpp2m, "logsnr", few_step_grids=FEW)
+register("dpmpp3m", dpmpp3m, "logsnr", few_step_grids=FEW)
 register("dpmpp2m_sde", dpmpp2m_sde, "logsnr")
 register("dpmpp3m_sde", dpmpp3m_sde, "logsnr")
 register("heun_churn", heun_churn, "karras")      # EDM Alg. 2
@@ -91,3 +110,10 @@ register("reverse_diffusion", reverse_diffusion)  # score_sde's predictors, and 
 register("euler_maruyama", euler_maruyama)        # the same step as reverse_diffusion in x_hat (see its docstring)
 register("ancestral_ve", ancestral_ve)
 register("predictor_corrector", predictor_corrector)
+# the few-step solvers: "trailing" was their best grid at every step count measured (2-8); a
+# continuous process has no trailing grid: there they take their papers' grids, without the call at sigma_min
+register("ipndm", ipndm, "trailing", continuous_grid="karras_open")
+register("ipndm_v", ipndm_v, "trailing", continuous_grid="karras_open")
+register("deis", deis, "trailing", continuous_grid="karras_open")
+register("unipc", unipc, "trailing", continuous_grid="logsnr_open")
+register("consistency", consistency, "karras_open")   # Song et al. 2023 Alg. 1 (docs/DISTILLATION.md)

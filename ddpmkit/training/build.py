@@ -14,8 +14,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..core.consistency import Consistency
 from ..core.diffusion import PREDICTIONS, GaussianDiffusion
 from ..core.edm import EDM
+from ..core.flow import RectifiedFlow
 from ..core.schedules import Schedule
 from ..core.sde_vp import VP, SubVP
 from ..core.ve import VE
@@ -26,7 +28,8 @@ __all__ = ["network_kinds", "network_kind", "build_network", "build_process", "l
            "attention_at_size", "PROCESSES", "PROCESS_KEYS", "CONTINUOUS_KEYS", "continuous_class",
            "check_process_keys", "describe_process", "SCHEDULES", "discrete_schedule"]
 
-CONTINUOUS_PROCESSES: dict[str, type] = {"ve": VE, "vp": VP, "subvp": SubVP, "edm": EDM}
+CONTINUOUS_PROCESSES: dict[str, type] = {"ve": VE, "vp": VP, "subvp": SubVP, "edm": EDM, "flow": RectifiedFlow,
+                                         "consistency": Consistency}
 PROCESSES = ("discrete",) + tuple(CONTINUOUS_PROCESSES)
 """The values of ``diffusion.process``."""
 SCHEDULES = ("linear", "cosine", "sigmoid", "scaled_linear")
@@ -39,6 +42,8 @@ PROCESS_KEYS: dict[str, tuple[str, ...]] = {
     "vp": _LOSS_KEYS + ("beta_min", "beta_max", "t_min", "time_scale"),
     "subvp": _LOSS_KEYS + ("beta_min", "beta_max", "t_min", "time_scale"),
     "edm": _LOSS_KEYS + ("sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std"),
+    "flow": _LOSS_KEYS + ("t_min", "t_max", "time_sampling", "p_mean", "p_std", "time_scale"),
+    "consistency": ("sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std"),   # prediction "v": schedule, T too
 }
 """The ``diffusion`` keys each process uses beyond ``prediction`` (None in a config: the process's default)."""
 CONTINUOUS_KEYS = tuple(dict.fromkeys(k for keys in PROCESS_KEYS.values() for k in keys))
@@ -147,6 +152,8 @@ def build_process(diffusion: Any) -> Any:
     cls = continuous_class(diffusion.process)
     kwargs = {k: getattr(diffusion, k) for k in PROCESS_KEYS[diffusion.process]
               if k not in _LOSS_KEYS and getattr(diffusion, k) is not None}
+    if diffusion.process == "consistency" and diffusion.prediction == "v":   # the chain's network and time
+        kwargs["schedule"] = discrete_schedule(diffusion)
     return cls(prediction=diffusion.prediction, **kwargs)
 
 

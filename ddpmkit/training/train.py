@@ -34,6 +34,7 @@ from ..data import ArrayDataset, load_dataset
 from ..io.checkpoint import (encode_bytes, load_optimizer_state, optimizer_state_tensors, read_checkpoint,
                              rng_state_tensor)
 from .build import attention_at_size
+from .consistency import default_objective
 from .config import TrainConfig, check_resumable
 from .distributed import DistInfo, all_gather_cat, barrier, gather_bytes, init_distributed, set_tf32, shutdown
 from .ema import EMA
@@ -79,9 +80,9 @@ def resolve_config(config: TrainConfig, dataset: ArrayDataset) -> TrainConfig:
                                  f"needs a side divisible by {2 ** (levels - 1)}; set data.image_size")
             moved = attention_at_size(net.attention_resolutions, net.image_size, size, levels)
             changes["attention_resolutions"] = net.attention_resolutions if moved is None else moved
-    elif config.network_kind == "pointnet":   # point sets (N, dim): per-point coordinates in and out
+    elif config.network_kind in ("pointnet", "pvcnn"):   # point sets (N, dim): per-point coordinates in and out
         if len(dataset.shape) != 2:
-            raise ValueError(f"network.kind='pointnet' needs point sets (points, dim), got data of shape {dataset.shape}")
+            raise ValueError(f"network.kind={config.network_kind!r} needs point sets (points, dim), got data of shape {dataset.shape}")
         changes = {"in_dim": dataset.shape[1], "out_dim": factor * dataset.shape[1]}
     elif config.network_kind == "unet1d":     # sequences (C, L)
         if len(dataset.shape) != 2:
@@ -123,10 +124,19 @@ class Trainer(TrainLoop):
             or the path of a checkpoint to continue from. Under DDP rank 0 decides.
         progress: show a tqdm bar on rank 0.
         on_step: called as ``on_step(trainer)`` after every step (e.g. for custom evaluation).
+        dataset: train on this data set instead of ``config.data``'s training split (same shape).
+        paired_noise: one noise tensor per example of the data, ``(N, ...)``, used as each
+            example's eps instead of a fresh draw (reflow's (noise, sample) pairs,
+            :mod:`ddpmkit.training.reflow`); the noise stream is still drawn, so runs stay in step.
+        objective: a distillation objective (``draw(step, B, generator, device)`` of its per-example
+            levels, ``loss(network, batch, **cond)`` per example; :mod:`ddpmkit.training.consistency`,
+            :mod:`ddpmkit.training.progressive`) instead of the process's denoising loss; a
+            ``consistency`` process gets its default (consistency training, iCT).
     """
 
     def __init__(self, config: TrainConfig, resume: bool | str | Path = False, progress: bool = True,
-                 on_step: Callable[["Trainer"], None] | None = None):
+                 on_step: Callable[["Trainer"], None] | None = None, dataset: ArrayDataset | None = None,
+                 paired_noise: torch.Tensor | None = None, objective: Any | None = None):
         dist: DistInfo = init_distributed(config.device)
         self.device = dist.device
         set_tf32(self.device, config.tf32)
@@ -134,7 +144,12 @@ class Trainer(TrainLoop):
             torch.set_num_threads(config.num_threads)
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError(f"precision='fp16' needs a CUDA device, got device={str(self.device)!r}; use bf16")
-        self.dataset = load_dataset(config.data, "train")
+        self.dataset = load_dataset(config.data, "train") if dataset is None else dataset
+        if paired_noise is not None and tuple(paired_noise.shape) != tuple(self.dataset.x.shape):
+            raise ValueError(f"paired_noise must have the data's shape {tuple(self.dataset.x.shape)}, "
+                             f"got {tuple(paired_noise.shape)}")
+        self.paired_noise = paired_noise
+        self.objective = objective
         self.config = config = resolve_config(config, self.dataset)
         B, W = config.optim.batch_size, dist.world_size
         if B % W:
@@ -148,7 +163,7 @@ class Trainer(TrainLoop):
         self.on_step = on_step
         finite = ("loss",) if config.precision == "fp16" else ("loss", "grad_norm")   # GradScaler skips inf steps
         self.continuous = config.diffusion.continuous
-        names = ("loss", "grad_norm") if self.continuous else ("loss", "mse", "vlb", "grad_norm")
+        names = ("loss", "grad_norm") if self.continuous or objective is not None else ("loss", "mse", "vlb", "grad_norm")
         super().__init__(LoopSettings(Path(config.out), config.log_every, config.checkpoint_every, config.keep_last,
                                       B, config.optim.lr_at, f"train {config.name}", progress, tensorboard=True,
                                       finite=finite), dist, names)
@@ -156,6 +171,7 @@ class Trainer(TrainLoop):
         torch.manual_seed(config.seed)   # the same initial weights on every rank
         self.model = config.build_network().to(self.device)
         self.process = config.diffusion.build()
+        self.objective = objective if objective is not None else default_objective(config, self.process, self.dataset.shape)
         self.ema = EMA(self.model, config.ema_rates, warmup=config.ema_warmup)
         opt = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas),
@@ -196,9 +212,13 @@ class Trainer(TrainLoop):
                 drop = torch.rand(B, generator=self.data_gen) < self.config.class_dropout
                 y = torch.where(drop, torch.full_like(y, self.config.network.num_classes), y)
             batch["y"] = y
-        if self.continuous:   # t (or EDM's sigma) first, then the noise: the order of process.loss
+        if self.objective is not None:   # a distillation objective's levels, then the noise
+            batch.update(self.objective.draw(self.step, B, self.noise_gen, self.device))
+        elif self.continuous:   # t (or EDM's sigma) first, then the noise: the order of process.loss
             batch["t"], batch["sigma"] = self.process.training_sigmas(B, self.noise_gen, self.device, torch.float32)
         batch["noise"] = torch.randn((B,) + self.dataset.shape, generator=self.noise_gen, device=self.device)
+        if self.paired_noise is not None:   # reflow: each example's own noise (Liu et al. 2022, sec. 2.2)
+            batch["noise"] = self.paired_noise[index].to(self.device)
         return batch
 
     def _continuous_loss(self, part: dict[str, torch.Tensor], **cond: Any) -> torch.Tensor:
@@ -238,7 +258,9 @@ class Trainer(TrainLoop):
             with sync:
                 cond = {"y": part["y"]} if "y" in part else {}
                 cond.update({key: part[key] for key in self.dataset.cond})
-                if self.continuous:
+                if self.objective is not None:
+                    loss = self.objective.loss(self._forward, part, **cond).sum() / b
+                elif self.continuous:
                     loss = self._continuous_loss(part, **cond).sum() / b
                 else:
                     terms = training_losses(self.process, self._forward, part["x0"], cfg.diffusion.objective,
@@ -247,7 +269,7 @@ class Trainer(TrainLoop):
                     loss = (terms["loss"] * part["weights"]).sum() / b
                 self.scaler.scale(loss).backward()
             loss_sum = loss_sum + loss.detach()
-            if not self.continuous:
+            if not self.continuous and self.objective is None:
                 mse_sum = mse_sum + terms["mse"].detach().sum() / b
                 vlb_sum = vlb_sum + terms["vlb"].detach().sum() / b
                 vlbs.append(terms["vlb"].detach())
@@ -260,7 +282,7 @@ class Trainer(TrainLoop):
         self.ema.update()
         if cfg.diffusion.timestep_sampler != "uniform":
             self.timestep_sampler.update(batch["t"], all_gather_cat(torch.cat(vlbs), self.dist))   # its one read
-        if self.continuous:
+        if self.continuous or self.objective is not None:
             self.stats.add(loss=loss_sum, grad_norm=grad_norm.to(self.device))
         else:
             self.stats.add(loss=loss_sum, mse=mse_sum, vlb=vlb_sum, grad_norm=grad_norm.to(self.device))
