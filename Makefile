@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-samplers bench-guidance bench-inverse bench-pointclouds reproduce reproduce-score clean
+.PHONY: demo test venv bench bench-samplers bench-guidance bench-inverse bench-pointclouds bench-fewstep bench-folder reproduce reproduce-score clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,11 +39,23 @@ bench-inverse: $(STAMP)   # the oracle table (both processes), then inpainting t
 	$(PY) benchmarks/inverse_oracle.py --process edm --out benchmarks/out/inverse_oracle_edm.json
 	$(PY) benchmarks/inverse_digits.py --run runs/digits
 
-bench-pointclouds: $(STAMP)   # trains the three point-cloud presets where runs/ lacks them, then measures
-	test -d runs/shapes || $(PY) -m ddpmkit train shapes
-	test -d runs/shapes-completion || $(PY) -m ddpmkit train shapes-completion
-	test -d runs/shapes-denoise || $(PY) -m ddpmkit train shapes-denoise
-	$(PY) benchmarks/pointclouds.py
+bench-pointclouds: $(STAMP)   # trains the point-cloud presets where runs/ lacks them, then measures
+	for p in shapes shapes-pvcnn shapes-completion shapes-completion-pdr shapes-denoise; do \
+	    test -d runs/$$p || $(PY) -m ddpmkit train $$p num_threads=1 || exit 1; done
+	OMP_NUM_THREADS=1 $(PY) benchmarks/pointclouds.py --parts generation
+	OMP_NUM_THREADS=1 $(PY) benchmarks/pointclouds.py --parts completion --sampler ddpm --steps 100
+	OMP_NUM_THREADS=1 $(PY) benchmarks/pointclouds.py --parts denoising
+
+bench-fewstep: $(STAMP)   # the digits teacher (make demo) with every solver, its distilled students, the flows
+	test -d runs/digits || $(PY) -m ddpmkit.cli.demo
+	OMP_NUM_THREADS=1 $(PY) benchmarks/fewstep_solvers.py runs/digits
+	OMP_NUM_THREADS=1 $(PY) benchmarks/fewstep_distill.py runs/digits
+	test -d runs/digits-flow || $(PY) -m ddpmkit train digits-flow num_threads=1
+	test -d runs/digits-flow-reflow || $(PY) -m ddpmkit distill runs/digits-flow --method reflow --out runs/digits-flow-reflow
+	OMP_NUM_THREADS=1 $(PY) benchmarks/fewstep_flow.py runs/digits-flow runs/digits-flow-reflow --baseline runs/digits
+
+bench-folder: $(STAMP)   # the LFW faces through `ddpmkit train folder` (needs: .venv/bin/pip install scikit-image)
+	$(PY) benchmarks/folder_faces.py
 
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproduce.py
