@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .continuous import ContinuousProcess, check_number
+from .continuous import SigmaIsTime, check_number
 from .schedules import Schedule
 from .vpsde import ContinuousVP
 from .diffusion import GaussianDiffusion
@@ -69,7 +69,7 @@ def gaussian_consistency(x_hat: torch.Tensor, sigma: Any, mean: float, std: floa
     return mean + ratio * (x_hat - mean)
 
 
-class Consistency(ContinuousProcess):
+class Consistency(SigmaIsTime):
     """The consistency-model process: t = sigma on [sigma_min, sigma_max], s = 1, prior
     N(0, sigma_max^2 I), and the preconditioning above. Trained by
     :mod:`ddpmkit.training.consistency` (``ddpmkit distill`` or the ``digits-ct`` preset), never by
@@ -112,30 +112,6 @@ class Consistency(ContinuousProcess):
                                  f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
         elif schedule is not None:
             raise ValueError("schedule is for prediction='v' only, got a schedule with prediction='edm'")
-
-    @property
-    def sigma_min(self) -> float:
-        return self.t_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.t_max
-
-    @property
-    def prior_std(self) -> float:
-        return self.t_max
-
-    def _sigma(self, t: Any, xp: Any) -> Any:
-        return t * 1.0
-
-    def _scale(self, t: Any, xp: Any) -> Any:
-        return xp.ones_like(t)
-
-    def _t_of_sigma(self, sigma: Any, xp: Any) -> Any:
-        return sigma * 1.0
-
-    def _dsigma2_dt(self, t: Any, xp: Any) -> Any:
-        return 2.0 * t
 
     def preconditioning(self, sigma: float | torch.Tensor) -> tuple[Any, Any, Any, Any]:
         """(c_in, c_skip, c_out, c_noise): Song et al.'s c_skip / c_out, the network's c_in / c_noise."""

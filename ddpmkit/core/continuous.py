@@ -31,7 +31,7 @@ from .predictions import DenoiserBase, batch_sigma, check_choice, time_dtype
 from .score_losses import (MIN_SNR_GAMMA, denoising_loss, edm_weight, likelihood_weight, min_snr_weight,
                            ncsn_weight)
 
-__all__ = ["ContinuousProcess", "ProcessDenoiser", "check_number", "time_dtype"]
+__all__ = ["ContinuousProcess", "SigmaIsTime", "ProcessDenoiser", "check_number", "time_dtype"]
 
 Model = Callable[..., torch.Tensor]
 
@@ -192,6 +192,36 @@ class ContinuousProcess:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=work)
         weight = self.loss_weight(weighting, sigma, t, snr_gamma)
         return denoising_loss(self.denoiser(model), x0, sigma, noise, weight, **cond)
+
+
+class SigmaIsTime(ContinuousProcess):
+    """The processes whose time is their noise level, s(t) = 1 and sigma(t) = t (EDM, Karras et al.
+    2022, Table 1; the consistency models of Song et al. 2023 on the same axis): ``t_min`` and
+    ``t_max`` are sigma_min and sigma_max, and the prior is N(0, sigma_max^2 I)."""
+
+    @property
+    def sigma_min(self) -> float:
+        return self.t_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.t_max
+
+    @property
+    def prior_std(self) -> float:
+        return self.t_max
+
+    def _sigma(self, t: Any, xp: Any) -> Any:
+        return t * 1.0
+
+    def _scale(self, t: Any, xp: Any) -> Any:
+        return xp.ones_like(t)
+
+    def _t_of_sigma(self, sigma: Any, xp: Any) -> Any:
+        return sigma * 1.0
+
+    def _dsigma2_dt(self, t: Any, xp: Any) -> Any:
+        return 2.0 * t
 
 
 def _column(c: Any, shape: tuple[int, ...]) -> Any:

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from .continuous import ContinuousProcess, check_number
+from .continuous import SigmaIsTime, check_number
 from .score_losses import EDM_P_MEAN, EDM_P_STD, lognormal_sigmas
 
 __all__ = ["EDM"]
 
 
-class EDM(ContinuousProcess):
+class EDM(SigmaIsTime):
     """The EDM process and preconditioning (Karras et al. 2022, Table 1). ``prediction`` is
     ``"edm"``: the network outputs F above. Time t is sigma itself, on [sigma_min, sigma_max].
 
@@ -47,30 +47,6 @@ class EDM(ContinuousProcess):
         self.p_mean = check_number("p_mean", p_mean, positive=False)
         self.p_std = check_number("p_std", p_std)
         self.prediction = self._check_prediction(prediction)
-
-    @property
-    def sigma_min(self) -> float:
-        return self.t_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.t_max
-
-    @property
-    def prior_std(self) -> float:
-        return self.t_max
-
-    def _sigma(self, t: Any, xp: Any) -> Any:
-        return t * 1.0
-
-    def _scale(self, t: Any, xp: Any) -> Any:
-        return xp.ones_like(t)
-
-    def _t_of_sigma(self, sigma: Any, xp: Any) -> Any:
-        return sigma * 1.0
-
-    def _dsigma2_dt(self, t: Any, xp: Any) -> Any:
-        return 2.0 * t
 
     def preconditioning(self, sigma: float | torch.Tensor) -> tuple[Any, Any, Any, Any]:
         """(c_in, c_skip, c_out, c_noise) of EDM Table 1."""

@@ -7,6 +7,7 @@ Nothing here knows about diffusion: ``t`` is just a number per sample (integer o
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ __all__ = [
     "InplaceDropout",
     "group_norm",
     "checked_groups",
+    "check_cloud",
     "DictConfig",
 ]
 
@@ -162,3 +164,13 @@ def checked_groups(channels: int, num_groups: int) -> int:
 
 def group_norm(channels: int, num_groups: int, eps: float) -> nn.GroupNorm:
     return nn.GroupNorm(checked_groups(channels, num_groups), channels, eps=eps)
+
+
+# ---------------------------------------------------------------------------- point clouds
+def check_cloud(name: str, x: Any, dim: int) -> None:
+    """A one-line ValueError unless ``x`` is a batch of point clouds (B, N, ``dim``) with N >= 1
+    (the point networks' input check, at their edge)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != dim:
+        raise ValueError(f"{name} must be a tensor of shape (B, N, {dim}), got {tuple(getattr(x, 'shape', ()))}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} must hold at least 1 point per cloud, got shape {tuple(x.shape)}")

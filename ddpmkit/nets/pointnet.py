@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConditionEmbedding, DictConfig
+from .layers import ConditionEmbedding, DictConfig, check_cloud
 
 __all__ = ["PointNetConfig", "PointNet", "PointEncoder", "ConcatSquashLinear", "SetBlock"]
 
@@ -214,13 +214,6 @@ def _lift(in_dim: int, width: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, width), nn.SiLU(), nn.Linear(width, width))
 
 
-def _check_cloud(name: str, x: Any, dim: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != dim:
-        raise ValueError(f"{name} must be a tensor of shape (B, N, {dim}), got {tuple(getattr(x, 'shape', ()))}")
-    if x.shape[1] < 1:
-        raise ValueError(f"{name} must hold at least 1 point per cloud, got shape {tuple(x.shape)}")
-
-
 class PointNet(nn.Module):
     """``forward(x, t, partial=None)``: ``x`` (B, N, in_dim), ``t`` (B,) or a scalar, integer or
     float; ``partial`` (B, M, in_dim) when ``config.conditional`` (required then, refused
@@ -263,12 +256,12 @@ class PointNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, partial: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
-        _check_cloud("x", x, cfg.in_dim)
+        check_cloud("x", x, cfg.in_dim)
         if cfg.conditional:
             if partial is None:
                 raise ValueError("the network is conditional (network.conditional=true): pass partial=(B, M, "
                                  f"{cfg.in_dim})")
-            _check_cloud("partial", partial, cfg.in_dim)
+            check_cloud("partial", partial, cfg.in_dim)
             if partial.shape[0] not in (1, x.shape[0]):
                 raise ValueError(f"partial's batch must be 1 or {x.shape[0]} (x's), got shape {tuple(partial.shape)}")
             partial = partial.expand(x.shape[0], -1, -1).to(x.dtype)

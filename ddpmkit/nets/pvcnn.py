@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConditionEmbedding, DictConfig
+from .layers import ConditionEmbedding, DictConfig, check_cloud
 from .voxel import devoxelize, grid_coordinates, voxelize
 
 __all__ = ["PVCNNConfig", "PVCNN", "PointVoxelBlock"]
@@ -126,13 +126,6 @@ class PointVoxelBlock(nn.Module):
         return f + h if self.residual else h
 
 
-def _check_cloud(name: str, x: Any, dim: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != dim:
-        raise ValueError(f"{name} must be a tensor of shape (B, N, {dim}), got {tuple(getattr(x, 'shape', ()))}")
-    if x.shape[1] < 1:
-        raise ValueError(f"{name} must hold at least 1 point per cloud, got shape {tuple(x.shape)}")
-
-
 class PVCNN(nn.Module):
     """``forward(x, t, partial=None)``: ``x`` (B, N, in_dim), ``t`` (B,) or a scalar; ``partial``
     (B or 1, M, in_dim) when ``config.conditional`` (required then, refused otherwise). Returns
@@ -160,14 +153,14 @@ class PVCNN(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, partial: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
-        _check_cloud("x", x, cfg.in_dim)
+        check_cloud("x", x, cfg.in_dim)
         n = x.shape[1]
         points = x
         if cfg.conditional:
             if partial is None:
                 raise ValueError("the network is conditional (network.conditional=true): pass partial=(B, M, "
                                  f"{cfg.in_dim})")
-            _check_cloud("partial", partial, cfg.in_dim)
+            check_cloud("partial", partial, cfg.in_dim)
             if partial.shape[0] not in (1, x.shape[0]):
                 raise ValueError(f"partial's batch must be 1 or {x.shape[0]} (x's), got shape {tuple(partial.shape)}")
             partial = partial.expand(x.shape[0], -1, -1).to(x.dtype)
