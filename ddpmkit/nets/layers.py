@@ -24,6 +24,7 @@ __all__ = [
     "group_norm",
     "checked_groups",
     "check_cloud",
+    "check_point_inputs",
     "DictConfig",
 ]
 
@@ -174,3 +175,20 @@ def check_cloud(name: str, x: Any, dim: int) -> None:
         raise ValueError(f"{name} must be a tensor of shape (B, N, {dim}), got {tuple(getattr(x, 'shape', ()))}")
     if x.shape[1] < 1:
         raise ValueError(f"{name} must hold at least 1 point per cloud, got shape {tuple(x.shape)}")
+
+
+def check_point_inputs(x: Any, partial: Any, dim: int, conditional: bool) -> Any:
+    """The point networks' checks of ``forward(x, t, partial)``: ``x`` a batch (B, N, ``dim``); a
+    conditional network needs ``partial`` (B or 1, M, ``dim``), returned expanded to B in ``x``'s
+    dtype; an unconditional one refuses it (returns None)."""
+    check_cloud("x", x, dim)
+    if not conditional:
+        if partial is not None:
+            raise ValueError("partial was given but the network is not conditional (network.conditional=false)")
+        return None
+    if partial is None:
+        raise ValueError(f"the network is conditional (network.conditional=true): pass partial=(B, M, {dim})")
+    check_cloud("partial", partial, dim)
+    if partial.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"partial's batch must be 1 or {x.shape[0]} (x's), got shape {tuple(partial.shape)}")
+    return partial.expand(x.shape[0], -1, -1).to(x.dtype)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConditionEmbedding, DictConfig, check_cloud
+from .layers import ConditionEmbedding, DictConfig, check_point_inputs
 
 __all__ = ["PointNetConfig", "PointNet", "PointEncoder", "ConcatSquashLinear", "SetBlock"]
 
@@ -256,17 +256,7 @@ class PointNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, partial: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
-        check_cloud("x", x, cfg.in_dim)
-        if cfg.conditional:
-            if partial is None:
-                raise ValueError("the network is conditional (network.conditional=true): pass partial=(B, M, "
-                                 f"{cfg.in_dim})")
-            check_cloud("partial", partial, cfg.in_dim)
-            if partial.shape[0] not in (1, x.shape[0]):
-                raise ValueError(f"partial's batch must be 1 or {x.shape[0]} (x's), got shape {tuple(partial.shape)}")
-            partial = partial.expand(x.shape[0], -1, -1).to(x.dtype)
-        elif partial is not None:
-            raise ValueError("partial was given but the network is not conditional (network.conditional=false)")
+        partial = check_point_inputs(x, partial, cfg.in_dim, cfg.conditional)
         ctx = self.context(x, t, partial)
         h = x
         if cfg.attention_layers:

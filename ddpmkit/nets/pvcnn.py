@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConditionEmbedding, DictConfig, check_cloud
+from .layers import ConditionEmbedding, DictConfig, check_point_inputs
 from .voxel import devoxelize, grid_coordinates, voxelize
 
 __all__ = ["PVCNNConfig", "PVCNN", "PointVoxelBlock"]
@@ -153,22 +153,13 @@ class PVCNN(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, partial: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
-        check_cloud("x", x, cfg.in_dim)
+        partial = check_point_inputs(x, partial, cfg.in_dim, cfg.conditional)
         n = x.shape[1]
         points = x
-        if cfg.conditional:
-            if partial is None:
-                raise ValueError("the network is conditional (network.conditional=true): pass partial=(B, M, "
-                                 f"{cfg.in_dim})")
-            check_cloud("partial", partial, cfg.in_dim)
-            if partial.shape[0] not in (1, x.shape[0]):
-                raise ValueError(f"partial's batch must be 1 or {x.shape[0]} (x's), got shape {tuple(partial.shape)}")
-            partial = partial.expand(x.shape[0], -1, -1).to(x.dtype)
+        if partial is not None:
             points = torch.cat([x, partial], dim=1)
             flags = torch.cat([x.new_zeros(x.shape[0], n, 1), x.new_ones(x.shape[0], partial.shape[1], 1)], dim=1)
             f = self.lift(torch.cat([points, flags], dim=2))
-        elif partial is not None:
-            raise ValueError("partial was given but the network is not conditional (network.conditional=false)")
         else:
             f = self.lift(x)
         temb = F.silu(self.embed(t, x.shape[0], None)).to(x.dtype)
