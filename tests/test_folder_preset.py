@@ -20,7 +20,7 @@ from PIL import Image
 import ddpmkit as dk
 from ddpmkit.cli.main import main
 from ddpmkit.data import load_dataset
-from ddpmkit.training.folder_preset import (CPU_FLOPS, MAX_STEPS, MIN_STEPS, TIME_BUDGET_S, attention_sides,
+from ddpmkit.training.folder_preset import (CPU_FLOPS, MAX_EPOCHS, MAX_STEPS, MIN_STEPS, TIME_BUDGET_S, attention_sides,
                                             folder_config, network_side, training_flops, unet_levels)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,11 +57,15 @@ def test_the_side_rounds_to_the_nearest_the_unet_takes():
     assert attention_sides(64, 4) == (16, 8) and attention_sides(256, 5) == (16,)
 
 
-def _assert_budget(config):
-    """The step budget: about TIME_BUDGET_S seconds at CPU_FLOPS (rounded to 100 steps), or a bound."""
+def _assert_budget(config, train_count):
+    """The step budget: about TIME_BUDGET_S seconds at CPU_FLOPS or MAX_EPOCHS passes over the
+    training split, whichever is fewer steps (rounded to 100), or a bound."""
     steps, step_seconds = config.optim.steps, training_flops(config) / CPU_FLOPS
+    epoch_steps = MAX_EPOCHS * train_count / config.optim.batch_size
     assert steps % 100 == 0 and MIN_STEPS <= steps <= MAX_STEPS
-    assert steps in (MIN_STEPS, MAX_STEPS) or abs(steps * step_seconds - TIME_BUDGET_S) <= 50 * step_seconds
+    want = min(TIME_BUDGET_S / step_seconds, epoch_steps)
+    assert steps in (MIN_STEPS, MAX_STEPS) or abs(steps - want) <= 50
+    assert steps <= max(MIN_STEPS, round(epoch_steps, -2))   # a small folder is not trained into copies
     assert config.sample_every == config.checkpoint_every == steps // 4
 
 
@@ -74,8 +78,19 @@ def test_odd_grey_squares_are_resized_to_the_nearest_side(folders):
     assert plan.lines[0].endswith("25x25 (9 for training): resized to 24x24 (the 3-level U-Net takes sides "
                                   "divisible by 4)")
     assert len(plan.lines) == 2 and "batch 9" in plan.lines[1]
-    _assert_budget(cfg)
+    _assert_budget(cfg, plan.scan.train_count)
 
+
+
+def test_a_small_folder_is_not_trained_into_copies(tmp_path):
+    """100 photos of 25x25 (the LFW subset's size; 75 for training): the time budget alone would give
+    1200 steps, 1024 epochs, after which 97% of the faces' samples were copies; the budget stops at
+    MAX_EPOCHS (400 steps, 341 epochs: 5% copies, as fresh faces give)."""
+    _write(tmp_path / "faces", 100, (25, 25), "L", seed=5)
+    plan = folder_config(tmp_path / "faces")
+    assert plan.scan.train_count == 75 and plan.config.optim.batch_size == 64
+    assert plan.config.optim.steps == 400 and "400 steps (341 epochs" in plan.lines[1]
+    _assert_budget(plan.config, plan.scan.train_count)
 
 def test_colour_rectangles_and_mnist_sized_squares(folders):
     colour = folder_config(folders[1]).config
@@ -86,7 +101,7 @@ def test_colour_rectangles_and_mnist_sized_squares(folders):
     plan = folder_config(folders[2])
     assert plan.config.data.image_size is None and plan.config.network.image_size == 28
     assert plan.config.network.attention_resolutions == (14, 7) and plan.lines[0].endswith("used as they are, 28x28")
-    _assert_budget(plan.config)
+    _assert_budget(plan.config, plan.scan.train_count)
 
 
 def test_an_override_wins_and_the_rest_follows_it(folders):
