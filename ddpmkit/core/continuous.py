@@ -62,6 +62,20 @@ class ContinuousProcess:
     t_max: float
     prior_std: float
 
+    # ------------------------------------------------------------------ capabilities (ask, never test the class)
+    training_steps: int | None = None
+    """The number of discrete training steps where the network was trained only at those steps
+    (the discrete chain: sub-sequence grids, respacing and DDPM's chain apply); None in continuous time."""
+    supports_bound = False
+    """Whether :meth:`bound` terms exist (the discrete chain's variational bound, DDPM eq. 5)."""
+    learned_variance = False
+    """Whether the network also outputs a variance (iDDPM eq. 15: twice the channels on dim 1)."""
+
+    def corrector_alphas(self, sigmas: Any) -> list[float] | None:
+        """The alpha_i of Song et al. 2021's Langevin corrector (alg. 5) at a sigma grid: the discrete
+        VP chain's 1 - beta_i; None where the process has none (the corrector then uses its own rule)."""
+        return None
+
     # ------------------------------------------------------------------ closed forms (subclasses)
     def _sigma(self, t: Any, xp: Any) -> Any:
         raise NotImplementedError

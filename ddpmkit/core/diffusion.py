@@ -78,6 +78,22 @@ class GaussianDiffusion:
     def learned_variance(self) -> bool:
         return self.variance == "learned_range"
 
+    # ------------------------------------------------------------------ capabilities (see ContinuousProcess)
+    supports_bound = True
+
+    @property
+    def training_steps(self) -> int:
+        """T: the network was trained at these steps only (sub-sequence grids and respacing apply)."""
+        return self.schedule.T
+
+    def corrector_alphas(self, sigmas: Any) -> list[float]:
+        """1 - beta of the schedule step at or after each level's time (Song et al. 2021, alg. 5)."""
+        return [self.continuous.alpha_at(float(t)) for t in self.t_of_sigma(sigmas)]
+
+    def alpha_bar_on(self, t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+        """alpha_bar at (original-unit) times ``t`` on their device, no host read (see ContinuousVP)."""
+        return self.continuous.alpha_bar_on(t, like)
+
     # ------------------------------------------------------------------ the noise-level contract
     @cached_property
     def continuous(self) -> ContinuousVP:
