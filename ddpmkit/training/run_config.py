@@ -97,6 +97,17 @@ class DiffusionConfig(DictConfig):
     def continuous(self) -> bool:   # a continuous-time process, not the discrete GaussianDiffusion
         return self.process != "discrete"
 
+    def loss_options(self) -> dict[str, Any]:
+        """The keyword arguments of the process's ``loss`` that this config sets: the discrete chain's
+        ``objective`` and ``hybrid_lambda``; a continuous process's ``weighting`` and ``snr_gamma``
+        (a key left None takes the process's default)."""
+        if self.process == "discrete":
+            return {"objective": self.objective, "hybrid_lambda": self.hybrid_lambda}
+        options: dict[str, Any] = {"weighting": self.weighting}
+        if self.snr_gamma is not None:
+            options["snr_gamma"] = self.snr_gamma
+        return options
+
 
 @dataclass(frozen=True)
 class OptimConfig(DictConfig):
