@@ -2,10 +2,11 @@
 
     import ddpmkit as dk
     process = dk.GaussianDiffusion(dk.Schedule.cosine(1000), prediction="eps", variance="learned_range")
-    loss = process.loss(model, x0, objective="hybrid").mean()
+    loss = process.loss(model, x0, objective="hybrid").mean()   # every process: process.loss(model, x0)
     x = dk.sample(process, model, (64, 3, 32, 32), sampler="dpmpp2m", steps=20, seed=0)
 """
 from .core.schedules import Schedule, space_timesteps
+from .core.process import Process, ProcessDenoiser
 from .core.diffusion import GaussianDiffusion, ModelPrediction
 from .core.edm import EDM
 from .core.flow import RectifiedFlow
@@ -19,7 +20,7 @@ from . import sampling as samplers   # dk.samplers.euler(D, x, sigmas), dk.sampl
 from .inverse import ddim_edit, inpaint, sdedit, solve_inverse
 from .data import ArrayDataset, DataConfig, load_dataset, to_uint8_images
 from .nets import MLP, MLPConfig, UNet, UNetConfig, build_network
-from .io.convert import export_checkpoint, import_checkpoint
+from .published.convert import export_checkpoint, import_checkpoint
 from .training.distill import distill
 from .core.consistency import Consistency
 from .runs import Run, load_run
@@ -29,6 +30,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Schedule",
     "space_timesteps",
+    "Process",
+    "ProcessDenoiser",
     "GaussianDiffusion",
     "VE",
     "VP",

@@ -16,7 +16,6 @@ from ddpmkit.evaluation.evaluate import (CountingModel, bits_per_dim, frechet_bo
                               quality_table, sample_quality)
 from ddpmkit.evaluation.features import DigitFeatures, IdentityFeatures
 from ddpmkit.evaluation.metrics import frechet_distance_from_features
-from ddpmkit.core.vpsde import ContinuousVP
 from oracles import gaussian_oracle
 
 MEAN, STD = [0.3, -0.2], [0.5, 0.8]
@@ -123,7 +122,7 @@ def test_bits_per_dim_bound_aggregates_vlb_bpd_over_batches():
 def test_bits_per_dim_ode_matches_ode_bpd_and_the_gaussian_density():
     schedule = dk.Schedule.linear(100)
     process = dk.GaussianDiffusion(schedule)
-    vp = ContinuousVP(process)
+    vp = process
     s2 = 0.25
 
     def model(x, t):   # x_0 ~ N(0, s^2 I): E[eps | x_t] = sqrt(1 - a) x_t / (a s^2 + 1 - a), differentiable
@@ -176,7 +175,7 @@ def test_pick_extractor_gives_the_digit_classifier_for_the_digits_splits():
 def test_cli_eval_on_a_tiny_checkpoint(tmp_path, capsys):
     from test_train import tiny_config   # a ~5k-parameter U-Net, T = 50, 40 steps
 
-    from ddpmkit.io.checkpoint import load_checkpoint
+    from ddpmkit.runs import load_checkpoint
     from ddpmkit.training.train import train
 
     run = tmp_path / "run"

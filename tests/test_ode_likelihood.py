@@ -10,11 +10,10 @@ from oracles import mixture_oracle
 
 import ddpmkit as dk
 from ddpmkit.likelihood.ode import ode_bpd
-from ddpmkit.core.vpsde import ContinuousVP
 
 SCHEDULE = dk.Schedule.linear(1000)
 PROCESS = dk.GaussianDiffusion(SCHEDULE)
-VP = ContinuousVP(PROCESS)
+VP = PROCESS   # the discrete chain is itself on the noise-level contract
 Q = torch.from_numpy(np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0])
 MEAN = [[0.2, -0.1, 0.3]]          # in the rotated frame
 WIDE, NARROW = [[1.0, 0.6, 0.8]], [[0.5, 0.2, 0.3]]

@@ -16,7 +16,7 @@ from ddpmkit.core.edm import EDM
 from ddpmkit.core.sde_vp import SubVP
 from ddpmkit.core.ve import VE, ncsn_sigmas
 from ddpmkit.data import load_dataset
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.training.config import TrainConfig, load_config
 from ddpmkit.training.train import Trainer
 from test_train import TINY
@@ -71,12 +71,14 @@ def test_ncsn_preset_samples_with_annealed_langevin_and_holds_ncsnv2_levels(tmp_
 
 def test_trainer_loss_is_process_loss_on_the_same_draws(tmp_path):
     """The trainer draws t (EDM: sigma) then the noise from its noise stream, as ``process.loss``
-    does from a generator: on one process without micro-batches the numbers are equal."""
+    does from a generator, and hands them to ``process.loss`` (``draws=``): on one process without
+    micro-batches the numbers are those of ``process.loss`` drawing for itself."""
     config = load_config("digits-edm", [*TINY, f"out={tmp_path}", "optim.batch_size=8"])
     trainer = Trainer(config, progress=False)
+    assert trainer.loss_options == {"weighting": "edm"}
     state = trainer.noise_gen.get_state()
     batch = trainer._global_batch()
-    got = trainer._continuous_loss(batch)
+    got = trainer.process.loss(trainer._forward, batch["x0"], draws=batch, **trainer.loss_options)
     expected = trainer.process.loss(trainer._forward, batch["x0"], weighting="edm",
                                     generator=torch.Generator().set_state(state))
     assert got.shape == (8,) and torch.equal(got, expected)
@@ -115,7 +117,7 @@ def test_bad_process_keys_are_one_line_errors(overrides, message):
 def test_old_configs_load_as_discrete_and_continuous_ones_round_trip(tmp_path):
     old = load_config("digits").to_dict()
     for key in ("process", "weighting", "sigma_min", "sigma_max", "sigma_data", "beta_min", "time_scale"):
-        old["diffusion"].pop(key)
+        old["diffusion"].pop(key, None)   # a config written before these keys existed
     assert TrainConfig.from_dict(old) == load_config("digits")
     with pytest.raises(ValueError, match="diffusion.weighting is not used by process='discrete'"):
         load_config("digits", ["diffusion.weighting=ncsn"])

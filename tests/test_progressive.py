@@ -28,7 +28,7 @@ def v_network(D):
     v = (a x_t - x_0) / s with a = sqrt(alpha_bar(t)), s = sqrt(1 - alpha_bar(t)), x_hat = x_t / a."""
 
     def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ab = PROCESS.continuous.alpha_bar_on(t, like=x_t).double().reshape(-1, 1)
+        ab = PROCESS.alpha_bar_on(t, like=x_t).double().reshape(-1, 1)
         a, s = ab.sqrt(), (1 - ab).sqrt()
         x0 = D(x_t.double() / a, (s / a).reshape(-1))
         return ((a * x_t.double() - x0) / s).to(x_t.dtype)

@@ -15,7 +15,7 @@ from oracles import gaussian_oracle, mixture_oracle
 
 import ddpmkit as dk
 from ddpmkit.sampling import SAMPLERS, SKIPS, sample, subsequence, time_grid
-from ddpmkit.core.vpsde import ContinuousVP, x0_eps_from_prediction
+from ddpmkit.core.predictions import x0_eps_from_prediction
 
 MINE = ("euler", "heun", "rk45", "sde", "pc")
 SCHEDULE = dk.Schedule.linear(1000)
@@ -42,7 +42,7 @@ def rotated_gaussian(prediction: str = "eps", var_values=None) -> Rotated:
     return Rotated(gaussian_oracle(SCHEDULE, MEAN, STD, prediction=prediction, var_values=var_values))
 
 
-def exact_ode_map(x_T: torch.Tensor, vp: ContinuousVP) -> torch.Tensor:
+def exact_ode_map(x_T: torch.Tensor, vp: dk.GaussianDiffusion) -> torch.Tensor:
     """What the PF-ODE from tau_max to tau_min plus the final denoising step gives, exactly.
 
     In y = x / sqrt(alpha_bar) each principal axis of N(m, s^2) moves as m + (y - m)
@@ -71,7 +71,7 @@ def run(name: str, model, x_T: torch.Tensor, steps: int, process=PROCESS, seed: 
 
 @pytest.mark.parametrize("schedule", [SCHEDULE, dk.Schedule.cosine(1000), dk.Schedule.linear(1000).respace(37)])
 def test_interpolation_keeps_the_discrete_marginals(schedule):
-    vp = ContinuousVP(dk.GaussianDiffusion(schedule))
+    vp = dk.GaussianDiffusion(schedule)
     knots = torch.from_numpy(schedule.timesteps.astype(np.float64))
     np.testing.assert_allclose(vp.alpha_bar(knots).numpy(), schedule.alpha_bar, rtol=1e-12)
     # beta(tau) integrates to -log alpha_bar: on each interval it is the constant slope
@@ -92,7 +92,7 @@ def test_interpolation_keeps_the_discrete_marginals(schedule):
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_continuous_conversion_agrees_with_the_process(prediction, generator):
     process = dk.GaussianDiffusion(SCHEDULE, prediction=prediction)
-    vp = ContinuousVP(process)
+    vp = process
     x = torch.randn(5, 3, generator=generator, dtype=torch.float64)
     pred = torch.randn(5, 3, generator=generator, dtype=torch.float64)
     for t in (0, 17, 999):
@@ -114,7 +114,7 @@ def test_model_sees_long_at_training_steps_and_float_between():
         seen.append(t)
         return torch.zeros_like(x)
 
-    vp = ContinuousVP(PROCESS)
+    vp = PROCESS
     vp.predict(spy, torch.zeros(3, 2), 40.0)
     vp.predict(spy, torch.zeros(3, 2), 40.5)
     assert seen[0].dtype == torch.long and seen[0].tolist() == [40, 40, 40]
@@ -127,7 +127,7 @@ def test_grids_run_from_top_to_bottom():
         assert grid[0] == 999 and grid[-1] == 0 and np.all(np.diff(grid) < 0) and grid.size == 12
     for skip in SKIPS:   # the integer grids are the other samplers' sub-sequences, top first
         np.testing.assert_array_equal(time_grid(PROCESS, 10, skip)[::-1], subsequence(PROCESS, 10, skip))
-    vp = ContinuousVP(PROCESS)
+    vp = PROCESS
     sig = vp.sigma(time_grid(PROCESS, 6, "karras", rho=3.0)) ** (1 / 3)
     np.testing.assert_allclose(np.diff(sig), np.full(5, (sig[-1] - sig[0]) / 5), rtol=1e-9)
     # one step: whatever the sub-sequence is (linspace keeps step 0, as respacing does)
@@ -156,14 +156,14 @@ def test_euler_is_ddim_eta0(skip):
 @pytest.mark.parametrize("name,steps,tol", [("euler", 500, 0.012), ("heun", 100, 0.004), ("rk45", 1, 1e-4)])
 def test_ode_samplers_follow_the_exact_flow(name, steps, tol):
     x_T = noise(256)
-    exact = exact_ode_map(x_T, ContinuousVP(PROCESS))
+    exact = exact_ode_map(x_T, PROCESS)
     assert (run(name, rotated_gaussian(), x_T, steps) - exact).abs().max() < tol
 
 
 def test_heun_is_second_order_euler_first_order():
     """Error against the exact flow when the steps double: x2 for Euler, x4 for Heun."""
     x_T = noise(32, seed=3)
-    exact = exact_ode_map(x_T, ContinuousVP(PROCESS))
+    exact = exact_ode_map(x_T, PROCESS)
 
     def errors(name, steps_list, disc):
         return np.array([float((run(name, rotated_gaussian(), x_T, s, grid=disc) - exact).abs().max())

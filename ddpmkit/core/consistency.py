@@ -35,7 +35,6 @@ import torch
 
 from .continuous import SigmaIsTime, check_number
 from .schedules import Schedule
-from .vpsde import ContinuousVP
 from .diffusion import GaussianDiffusion
 
 __all__ = ["Consistency", "consistency_coefficients", "gaussian_consistency", "gaussian_denoiser", "ICT_P_MEAN",
@@ -89,6 +88,8 @@ class Consistency(SigmaIsTime):
     default_weighting = "consistency"
     default_grid = "karras"
 
+    consistency_function = True   # denoiser(model) is f, with f(x, sigma_min) = x exactly
+
     def __init__(self, sigma_data: float | None = None, sigma_min: float = 0.002, sigma_max: float = 80.0,
                  prediction: str = "edm", schedule: Schedule | None = None, p_mean: float = ICT_P_MEAN,
                  p_std: float = ICT_P_STD):
@@ -101,11 +102,11 @@ class Consistency(SigmaIsTime):
         self.t_max = check_number("sigma_max", sigma_max)
         if not self.t_min < self.t_max:
             raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
-        self.chain: ContinuousVP | None = None
+        self.chain: GaussianDiffusion | None = None
         if prediction == "v":
             if not isinstance(schedule, Schedule):
                 raise ValueError(f"schedule must be a ddpmkit.Schedule for prediction='v', got {type(schedule).__name__}")
-            self.chain = GaussianDiffusion(schedule, "v").continuous
+            self.chain = GaussianDiffusion(schedule, "v")
             lo, hi = self.chain.sigma_min, self.chain.sigma_max
             if self.t_min < lo * (1 - 1e-9) or self.t_max > hi * (1 + 1e-9):
                 raise ValueError(f"sigma_min, sigma_max must lie in the chain's range [{lo:.4g}, {hi:.4g}], got "
@@ -130,11 +131,11 @@ class Consistency(SigmaIsTime):
         raise ValueError("process='consistency' is trained by a consistency objective (`ddpmkit distill` or the "
                          "digits-ct preset), not by denoising score matching")
 
-    def loss(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.loss_weight("", torch.zeros(()), torch.zeros(()))
+    def loss_terms(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return {"loss": self.loss_weight("", torch.zeros(()), torch.zeros(()))}
 
     def __repr__(self) -> str:
-        chain = "" if self.chain is None else f", schedule={self.chain.process.schedule!r}"
+        chain = "" if self.chain is None else f", schedule={self.chain.schedule!r}"
         return (f"Consistency(prediction={self.prediction!r}, sigma_data={self.sigma_data:g}, "
                 f"sigma_min={self.t_min:g}, sigma_max={self.t_max:g}{chain})")
 

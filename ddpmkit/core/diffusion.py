@@ -14,17 +14,16 @@ Salimans & Ho 2022 for the v parameterisation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from .predictions import (PREDICTIONS, check_choice, check_finite, check_same_shape, eps_from_v_at,
                           eps_from_x0_at, v_from_at, x0_eps_from_prediction_at, x0_from_eps_at, x0_from_v_at)
-from .losses import training_losses
+from .discrete_time import DiscreteTimeProcess
+from .losses import make_timestep_sampler, training_losses
 from .schedules import Schedule
-from .vpsde import ContinuousVP, VPDenoiser
 
 __all__ = ["GaussianDiffusion", "ModelPrediction", "PREDICTIONS", "VARIANCES", "check_finite", "check_same_shape"]
 
@@ -49,8 +48,11 @@ class ModelPrediction:
     var_values: torch.Tensor | None  # learned_range: the raw v in [-1, 1]-ish, else None
 
 
-class GaussianDiffusion:
-    """A discrete Gaussian diffusion with a fixed schedule and a model parameterisation.
+class GaussianDiffusion(DiscreteTimeProcess):
+    """A discrete Gaussian diffusion with a fixed schedule and a model parameterisation: one more
+    process on the noise-level contract (:class:`ddpmkit.core.process.Process`), with what only it has
+    (posterior variances, the learned range, the variational bound, DDPM's chain, respacing,
+    importance sampling of t) as capabilities.
 
     Args:
         schedule: the beta schedule (possibly respaced).
@@ -68,6 +70,7 @@ class GaussianDiffusion:
         self.schedule = schedule
         self.prediction = check_choice("prediction", prediction, PREDICTIONS)
         self.variance = check_choice("variance", variance, VARIANCES)
+        self._set_knots(schedule.timesteps, schedule.alpha_bar, schedule.alphas)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -78,62 +81,23 @@ class GaussianDiffusion:
     def learned_variance(self) -> bool:
         return self.variance == "learned_range"
 
-    # ------------------------------------------------------------------ capabilities (see ContinuousProcess)
+    # ------------------------------------------------------------------ capabilities (see Process)
     supports_bound = True
+    logged_terms = ("mse", "vlb")
 
     @property
     def training_steps(self) -> int:
         """T: the network was trained at these steps only (sub-sequence grids and respacing apply)."""
         return self.schedule.T
 
-    def corrector_alphas(self, sigmas: Any) -> list[float]:
-        """1 - beta of the schedule step at or after each level's time (Song et al. 2021, alg. 5)."""
-        return [self.continuous.alpha_at(float(t)) for t in self.t_of_sigma(sigmas)]
+    def timestep_sampler(self, name: str = "uniform") -> Any:
+        """iDDPM's sampler of the training step: ``"uniform"`` or ``"importance"`` (eq. 18)."""
+        return make_timestep_sampler(name, self.T)
 
-    def alpha_bar_on(self, t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
-        """alpha_bar at (original-unit) times ``t`` on their device, no host read (see ContinuousVP)."""
-        return self.continuous.alpha_bar_on(t, like)
-
-    # ------------------------------------------------------------------ the noise-level contract
-    @cached_property
-    def continuous(self) -> ContinuousVP:
-        """This process in continuous time (:class:`ddpmkit.core.vpsde.ContinuousVP`)."""
-        return ContinuousVP(self)
-
-    def sigma(self, t: Any) -> np.ndarray:
-        """sigma(t) = sqrt((1 - alpha_bar) / alpha_bar) at original timesteps (float64, host)."""
-        return self.continuous.sigma(t)
-
-    def scale(self, t: Any) -> np.ndarray:
-        """s(t) = sqrt(alpha_bar(t)), so that x_t = s(t) (x_0 + sigma(t) eps) (EDM eq. 7)."""
-        return self.continuous.scale(t)
-
-    def t_of_sigma(self, sigma: Any) -> np.ndarray:
-        """The (original-unit, possibly fractional) time at which the noise level is ``sigma``."""
-        return self.continuous.t_of_sigma(sigma)
-
-    @property
-    def sigma_min(self) -> float:
-        return self.continuous.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.continuous.sigma_max
-
-    @property
-    def t_min(self) -> float:
-        return self.continuous.t_min
-
-    @property
-    def t_max(self) -> float:
-        return self.continuous.t_max
-
-    prior_std = 1.0
-    """The prior N(0, I) of x_T (the marginal at the last step, up to sqrt(alpha_bar_T) x_0)."""
-
-    def denoiser(self, model: Model, clip_x0: bool = False) -> VPDenoiser:
-        """``D(x_hat, sigma, **cond)``, the x_0 estimate of a network trained on this process."""
-        return self.continuous.denoiser(model, clip_x0)
+    def draw_levels(self, batch: int, generator: torch.Generator | None, device: torch.device | str,
+                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """The first draw of :meth:`loss`: ``{"t"}``, uniform training steps (B,) in [0, T)."""
+        return {"t": torch.randint(0, self.T, (batch,), device=device, generator=generator)}
 
     def respace(self, spec: int | str | Any) -> "GaussianDiffusion":
         """The same process on a respaced schedule (a new value; see Schedule.respace)."""
@@ -166,6 +130,10 @@ class GaussianDiffusion:
         return t.long()
 
     # ------------------------------------------------------------------ forward process
+    # Each formula is one method. ``validate=True`` (the default, for a caller at the API edge) checks
+    # the arguments, reading t's range and finiteness back from the device; the library's hot loops
+    # pass ``validate=False`` once their inputs are valid by construction (integer t of shape (B,)
+    # in [0, T), matching shapes), so nothing is read back.
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (DDPM eq. 4)."""
         t = self.check_t(t, x0)
@@ -176,11 +144,8 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, validate: bool = True) -> torch.Tensor:
-        """Draw x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4).
-
-        ``validate=False`` skips the checks that read the host (t's range, finite x0 and noise)
-        for a hot loop whose inputs are valid by construction: ``t`` must then be integer
-        timesteps of shape (B,) in [0, T); the noise's shape is still checked (no host read)."""
+        """Draw x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4); the noise's
+        shape is checked even with ``validate=False`` (no host read)."""
         if validate:
             t = self.check_t(t, x0)
             check_finite("x0", x0)
@@ -190,95 +155,71 @@ class GaussianDiffusion:
             check_same_shape("noise", noise, "x0", x0)
             if validate:
                 check_finite("noise", noise)
-        return self._q_sample(x0, t, noise)
-
-    def _q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self._g("sqrt_alpha_bar", t, x0) * x0 + self._g("sqrt_one_minus_alpha_bar", t, x0) * noise
 
-    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, validate: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I) (DDPM eqs. 6-7): mean, var, log var.
 
         At t = 0 the posterior is the point mass at x_0 (variance 0); its log variance is
         clipped to log beta_tilde_2 as in improved-diffusion.
         """
-        t = self.check_t(t, x_t)
-        check_same_shape("x0", x0, "x_t", x_t)
-        check_finite("x0", x0)
-        check_finite("x_t", x_t)
-        return self._q_posterior(x0, x_t, t)
-
-    def _q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if validate:
+            t = self.check_t(t, x_t)
+            check_same_shape("x0", x0, "x_t", x_t)
+            check_finite("x0", x0)
+            check_finite("x_t", x_t)
         mean = self._g("posterior_mean_coef_x0", t, x_t) * x0 + self._g("posterior_mean_coef_xt", t, x_t) * x_t
         variance = self._g("posterior_variance", t, x_t).expand_as(x_t)
         log_variance = self._g("posterior_log_variance", t, x_t).expand_as(x_t)
         return mean, variance, log_variance
 
     # ------------------------------------------------------------------ parameterisations
-    def _checked(self, t: torch.Tensor, x_t: torch.Tensor, other_name: str, other: torch.Tensor) -> torch.Tensor:
-        check_same_shape(other_name, other, "x_t", x_t)
-        return self.check_t(t, x_t)
-
-    def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) (DDPM eq. 4 solved for x_0)."""
-        return self._x0_from_eps(x_t, self._checked(t, x_t, "eps", eps), eps)
-
-    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """eps = (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar)."""
-        return self._eps_from_x0(x_t, self._checked(t, x_t, "x0", x0), x0)
-
-    def v_from(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022)."""
-        check_same_shape("eps", eps, "x0", x0)
-        return self._v_from(x0, eps, self.check_t(t, x0))
-
-    def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v."""
-        return self._x0_from_v(x_t, self._checked(t, x_t, "v", v), v)
-
-    def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v."""
-        return self._eps_from_v(x_t, self._checked(t, x_t, "v", v), v)
-
-    def _a_s(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _a_s(self, t: torch.Tensor, like: torch.Tensor, other_name: str, other: torch.Tensor,
+             validate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) broadcast to ``like``, after the checks."""
+        if validate:
+            check_same_shape(other_name, other, "x_t", like)
+            t = self.check_t(t, like)
         return self._g("sqrt_alpha_bar", t, like), self._g("sqrt_one_minus_alpha_bar", t, like)
 
-    def _x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return x0_from_eps_at(x_t, eps, *self._a_s(t, x_t))
+    def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) (DDPM eq. 4 solved for x_0)."""
+        return x0_from_eps_at(x_t, eps, *self._a_s(t, x_t, "eps", eps, validate))
 
-    def _eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return eps_from_x0_at(x_t, x0, *self._a_s(t, x_t))
+    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """eps = (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar)."""
+        return eps_from_x0_at(x_t, x0, *self._a_s(t, x_t, "x0", x0, validate))
 
-    def _v_from(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return v_from_at(x0, eps, *self._a_s(t, x0))
+    def v_from(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022)."""
+        if validate:
+            check_same_shape("eps", eps, "x0", x0)
+        return v_from_at(x0, eps, *self._a_s(t, x0, "x0", x0, validate))
 
-    def _x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return x0_from_v_at(x_t, v, *self._a_s(t, x_t))
+    def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """x_0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v."""
+        return x0_from_v_at(x_t, v, *self._a_s(t, x_t, "v", v, validate))
 
-    def _eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return eps_from_v_at(x_t, v, *self._a_s(t, x_t))
+    def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v."""
+        return eps_from_v_at(x_t, v, *self._a_s(t, x_t, "v", v, validate))
 
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, validate: bool = True) -> torch.Tensor:
         """The regression target of L_simple for this parameterisation."""
-        check_same_shape("noise", noise, "x0", x0)
-        return self._target(x0, noise, self.check_t(t, x0))
-
-    def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if validate:
+            check_same_shape("noise", noise, "x0", x0)
+            t = self.check_t(t, x0)
         if self.prediction == "eps":
             return noise
         if self.prediction == "x0":
             return x0
-        return self._v_from(x0, noise, t)
+        return self.v_from(x0, noise, t, validate=False)
 
-    def to_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor
+    def to_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, validate: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Convert a network prediction (eps, x0 or v) into (x0, eps)."""
-        return self._to_x0_eps(x_t, self._checked(t, x_t, "pred", pred), pred)
-
-    def _to_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        return x0_eps_from_prediction_at(self.prediction, x_t, pred, *self._a_s(t, x_t))
+        return x0_eps_from_prediction_at(self.prediction, x_t, pred, *self._a_s(t, x_t, "pred", pred, validate))
 
     # ------------------------------------------------------------------ the model
     def output_shape(self, x_t: torch.Tensor) -> tuple[int, ...]:
@@ -291,25 +232,21 @@ class GaussianDiffusion:
             expected[1] *= 2
         return tuple(expected)
 
-    def _check_output(self, out: Any, x_t: torch.Tensor) -> None:
-        expected = self.output_shape(x_t)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            hint = " (learned_range needs twice the channels on dim 1)" if self.learned_variance else ""
-            raise ValueError(f"model output must have shape {expected}{hint}, got {got}")
+    def prediction_part(self, out: Any, x: torch.Tensor) -> torch.Tensor:
+        """The mean half of a learned-range output (all of a fixed-variance one), shape checked."""
+        return self.split_output(super().prediction_part(out, x))[0]
 
-    def model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
-        """Call ``model(x_t, t_original, **cond)`` and check the output's shape.
+    def model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, validate: bool = True,
+                     **cond: Any) -> torch.Tensor:
+        """Call ``model(x_t, t_original, **cond)`` and check the output's shape (always: no host read).
 
         The network sees the timesteps of the schedule it was trained on: on a respaced
         schedule, index ``t`` becomes ``schedule.timesteps[t]``.
         """
-        return self._model_output(model, x_t, self.check_t(t, x_t), **cond)
-
-    def _model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
-        t_model = self.schedule.table("timesteps", x_t.device)[t.to(x_t.device)]
-        out = model(x_t, t_model, **cond)
-        self._check_output(out, x_t)
+        if validate:
+            t = self.check_t(t, x_t)
+        out = model(x_t, self.schedule.table("timesteps", x_t.device)[t.to(x_t.device)], **cond)
+        super().prediction_part(out, x_t)
         return out
 
     def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -325,16 +262,13 @@ class GaussianDiffusion:
             return pred, var_values
         return out, None
 
-    def variance_from(self, var_values: torch.Tensor | None, t: torch.Tensor, x_t: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def variance_from(self, var_values: torch.Tensor | None, t: torch.Tensor, x_t: torch.Tensor,
+                      validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Sigma_theta(x_t, t) and its log for this process's variance choice."""
-        t = self.check_t(t, x_t)
-        if self.learned_variance:
-            check_same_shape("var_values", var_values, "x_t", x_t)
-        return self._variance_from(var_values, t, x_t)
-
-    def _variance_from(self, var_values: torch.Tensor | None, t: torch.Tensor, x_t: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        if validate:
+            t = self.check_t(t, x_t)
+            if self.learned_variance:
+                check_same_shape("var_values", var_values, "x_t", x_t)
         if self.variance == "learned_range":
             min_log = self._g("posterior_log_variance", t, x_t)
             max_log = self._g("log_betas", t, x_t)
@@ -348,25 +282,23 @@ class GaussianDiffusion:
         return torch.exp(log_variance), log_variance
 
     def p_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                      clip_x0: bool = False) -> ModelPrediction:
+                      clip_x0: bool = False, validate: bool = True) -> ModelPrediction:
         """p(x_{t-1} | x_t) = N(mu_theta, Sigma_theta) from a raw model output (DDPM eq. 11).
 
         The mean is the posterior mean at the predicted x_0 (optionally clipped to [-1, 1]),
-        which for eps-prediction is exactly DDPM eq. 11.
+        which for eps-prediction is exactly DDPM eq. 11. The output's shape is always checked (no
+        host read).
         """
-        t = self.check_t(t, x_t)
-        self._check_output(out, x_t)
-        return self._p_from_output(out, x_t, t, clip_x0)
-
-    def _p_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                       clip_x0: bool = False) -> ModelPrediction:
+        super().prediction_part(out, x_t)
+        if validate:
+            t = self.check_t(t, x_t)
         pred, var_values = self.split_output(out)
-        variance, log_variance = self._variance_from(var_values, t, x_t)
-        pred_x0, pred_eps = self._to_x0_eps(x_t, t, pred)
+        variance, log_variance = self.variance_from(var_values, t, x_t, validate=False)
+        pred_x0, pred_eps = self.to_x0_eps(x_t, t, pred, validate=False)
         if clip_x0:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
-            pred_eps = self._eps_from_x0(x_t, t, pred_x0)
-        mean, _, _ = self._q_posterior(pred_x0, x_t, t)
+            pred_eps = self.eps_from_x0(x_t, t, pred_x0, validate=False)
+        mean, _, _ = self.q_posterior(pred_x0, x_t, t, validate=False)
         return ModelPrediction(mean, variance, log_variance, pred_x0, pred_eps, var_values)
 
     def p_mean_variance(self, model: Model, x_t: torch.Tensor, t: torch.Tensor,
@@ -374,9 +306,24 @@ class GaussianDiffusion:
         """One network call turned into p(x_{t-1} | x_t)."""
         t = self.check_t(t, x_t)
         check_finite("x_t", x_t)
-        return self._p_from_output(self._model_output(model, x_t, t, **cond), x_t, t, clip_x0)
+        out = self.model_output(model, x_t, t, validate=False, **cond)
+        return self.p_from_output(out, x_t, t, clip_x0, validate=False)
 
     # ------------------------------------------------------------------ losses
-    def loss(self, model: Model, x0: torch.Tensor, objective: str = "simple", **kwargs: Any) -> torch.Tensor:
-        """Per-example training loss; see :func:`ddpmkit.core.losses.training_losses` for the options."""
-        return training_losses(self, model, x0, objective=objective, **kwargs)["loss"]
+    def loss_terms(self, model: Model, x0: torch.Tensor, objective: str = "simple", *,
+                   generator: torch.Generator | None = None, draws: Mapping[str, torch.Tensor] | None = None,
+                   t: torch.Tensor | None = None, noise: torch.Tensor | None = None, levels: int | None = 256,
+                   hybrid_lambda: float = 0.001, validate: bool = True, **cond: Any) -> dict[str, torch.Tensor]:
+        """Per-example ``{"loss", "mse", "vlb", "t"}`` (:func:`ddpmkit.core.losses.training_losses`).
+
+        The draws, in this order from ``generator``: the training steps t (:meth:`draw_levels`),
+        then the noise. ``draws``: ``{"t", "noise"}`` drawn beforehand (a trainer's global batch,
+        whose t may come from an importance sampler), used instead; ``validate=False`` skips the
+        checks that read the host (the trainer checks its data once). ``t`` / ``noise``: the same, one
+        at a time."""
+        draws = dict(draws or {})
+        t = draws.get("t") if t is None else t
+        noise = draws.get("noise") if noise is None else noise
+        return training_losses(self, model, x0, objective=objective, t=t, noise=noise,
+                               generator=generator, levels=levels, hybrid_lambda=hybrid_lambda, validate=validate,
+                               **cond)

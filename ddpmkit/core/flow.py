@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .continuous import ContinuousProcess, check_number
+from .process import Process, check_number
 from .predictions import check_choice
 from .score_losses import lognormal_sigmas
 
@@ -59,7 +59,7 @@ def flow_weight(sigma: torch.Tensor) -> torch.Tensor:
     return (1.0 + 1.0 / sigma) ** 2
 
 
-class RectifiedFlow(ContinuousProcess):
+class RectifiedFlow(Process):
     """The rectified-flow process x_t = (1 - t) x_0 + t eps (Liu et al. 2022, eq. 1).
 
     Args:
@@ -135,6 +135,10 @@ class RectifiedFlow(ContinuousProcess):
         if check_choice("weighting", weighting, self.weightings) == "flow":
             return flow_weight(sigma)
         return super().loss_weight(weighting, sigma, t, snr_gamma)
+
+    def sigmas_to_zero(self, steps: int) -> np.ndarray:
+        """The flow's own grid down to t = 0: :func:`flow_sigmas`."""
+        return flow_sigmas(self, steps)
 
     def __repr__(self) -> str:
         return (f"RectifiedFlow(prediction={self.prediction!r}, t_min={self.t_min:g}, t_max={self.t_max:g}, "

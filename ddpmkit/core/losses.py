@@ -79,7 +79,7 @@ def vlb_term(process: GaussianDiffusion, out: torch.Tensor, x0: torch.Tensor, x_
 def vlb_from_prediction(process: GaussianDiffusion, mean: torch.Tensor, log_variance: torch.Tensor,
                          x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                          levels: int | None) -> torch.Tensor:
-    true_mean, _, true_log_variance = process._q_posterior(x0, x_t, t)
+    true_mean, _, true_log_variance = process.q_posterior(x0, x_t, t, validate=False)
     kl = mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance)) / LN2
     half_log_scale = 0.5 * log_variance
     if levels is None:
@@ -133,10 +133,10 @@ def training_losses(
     elif validate:
         check_finite("noise", noise)
     x_t = process.q_sample(x0, t, noise, validate=False)   # t and x0 checked above; q_sample checks the shape
-    out = process._model_output(model, x_t, t, **cond)
+    out = process.model_output(model, x_t, t, validate=False, **cond)
     pred, var_values = process.split_output(out)
     dtype = _working_dtype(out)
-    mse = mean_flat((process._target(x0, noise, t).to(dtype) - pred.to(dtype)) ** 2)
+    mse = mean_flat((process.target(x0, noise, t, validate=False).to(dtype) - pred.to(dtype)) ** 2)
 
     if objective == "hybrid" and var_values is not None:
         frozen = torch.cat([pred.detach(), var_values], dim=1)   # stop-gradient on the mean
@@ -144,7 +144,7 @@ def training_losses(
         frozen = out.detach()   # fixed variance: nothing in L_vlb to learn beyond L_simple
     else:
         frozen = out
-    p = process._p_from_output(frozen.to(dtype), x_t.to(dtype), t)
+    p = process.p_from_output(frozen.to(dtype), x_t.to(dtype), t, validate=False)
     vlb = vlb_from_prediction(process, p.mean, p.log_variance, x0.to(dtype), x_t.to(dtype), t, levels)
 
     if objective == "simple":

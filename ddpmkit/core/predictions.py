@@ -7,12 +7,14 @@ denoiser (values at any noise level).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 __all__ = ["PREDICTIONS", "DenoiserBase", "time_dtype", "batch_sigma", "check_choice", "check_finite", "check_same_shape", "x0_from_eps_at",
-           "eps_from_x0_at", "v_from_at", "x0_from_v_at", "eps_from_v_at", "x0_eps_from_prediction_at"]
+           "eps_from_x0_at", "v_from_at", "x0_from_v_at", "eps_from_v_at", "x0_eps_from_prediction_at",
+           "x0_eps_from_prediction"]
 
 PREDICTIONS = ("eps", "x0", "v")
 
@@ -38,7 +40,7 @@ def check_same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tenso
 
 # ---------------------------------------------------------------------- the conversions, once
 # a and s are tensors (table entries gathered for integer t) or Python floats (a noise level
-# computed on the host in float64 by the continuous view, ddpmkit.core.vpsde).
+# computed on the host in float64 by the discrete chain in continuous time, ddpmkit.core.discrete_time).
 def x0_from_eps_at(x_t: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (x_t - s * eps) / a
 
@@ -69,6 +71,15 @@ def x0_eps_from_prediction_at(prediction: str, x_t: torch.Tensor, pred: torch.Te
     if prediction == "v":
         return x0_from_v_at(x_t, pred, a, s), eps_from_v_at(x_t, pred, a, s)
     raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got prediction={prediction!r}")
+
+
+def x0_eps_from_prediction(prediction: str, x: torch.Tensor, alpha_bar: torch.Tensor | float,
+                           pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) from an eps / x0 / v prediction at a real-valued ``alpha_bar`` (float or tensor)."""
+    if isinstance(alpha_bar, torch.Tensor):
+        alpha_bar = alpha_bar.to(dtype=x.dtype, device=x.device)
+        return x0_eps_from_prediction_at(prediction, x, pred, alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt())
+    return x0_eps_from_prediction_at(prediction, x, pred, math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar))
 
 
 # ---------------------------------------------------------------------- what every denoiser shares

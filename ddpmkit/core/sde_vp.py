@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .continuous import ContinuousProcess, check_number
+from .process import Process, check_number
 
 __all__ = ["VP", "SubVP"]
 
 
-class _LinearBeta(ContinuousProcess):
+class _LinearBeta(Process):
     """Shared by VP and sub-VP: the linear beta schedule, c(t) and its inverse."""
 
     t_max = 1.0

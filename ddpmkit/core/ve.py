@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .continuous import ContinuousProcess, check_number
+from .process import Process, check_number
 
 __all__ = ["VE", "NCSNSigmas", "ncsn_sigmas", "max_pairwise_distance", "ncsn_gamma"]
 
 
-class VE(ContinuousProcess):
+class VE(Process):
     """The VE SDE of Song et al. 2021 (eq. 9, 30) on the noise-level contract.
 
     Args:

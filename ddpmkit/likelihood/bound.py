@@ -98,10 +98,11 @@ def vlb_bpd(
         x_rep = x0.repeat((k,) + (1,) * (x0.dim() - 1))
         t = torch.tensor(ts, device=x0.device).repeat_interleave(B)
         noise = torch.randn(x_rep.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = process._q_sample(x_rep, t, noise)
+        x_t = process.q_sample(x_rep, t, noise, validate=False)
         c = {n: (v.repeat((k,) + (1,) * (v.dim() - 1)) if isinstance(v, torch.Tensor) else v)
              for n, v in cond.items()}
-        p = process._p_from_output(process._model_output(model, x_t, t, **c), x_t, t, clip_x0)
+        out = process.model_output(model, x_t, t, validate=False, **c)
+        p = process.p_from_output(out, x_t, t, clip_x0, validate=False)
         values = vlb_from_prediction(process, p.mean, p.log_variance, x_rep, x_t, t, levels).detach().cpu()
         err = mean_flat((p.pred_eps - noise) ** 2).detach().cpu()
         for j, tj in enumerate(ts):

@@ -31,9 +31,8 @@ def ancestral_step(process: GaussianDiffusion, out: torch.Tensor, x_t: torch.Ten
     ``out`` is the raw model output at (x_t, i); ``noise`` is ignored (and may be None) at i = 0.
     ``condition_mean(mean, variance)``, if given, replaces mu_theta before the noise is added.
     """
-    process._check_output(out, x_t)
     index = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)
-    p = process._p_from_output(out, x_t, index, clip_x0)
+    p = process.p_from_output(out, x_t, index, clip_x0, validate=False)   # checks out's shape (no host read)
     mean = p.mean if condition_mean is None else condition_mean(p.mean, p.variance)
     if i == 0:
         return mean, p.pred_x0
@@ -62,7 +61,7 @@ def ddpm(process: GaussianDiffusion, model: Callable[..., torch.Tensor], x_T: to
     def step(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i = n - 1 - k
         index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)   # of the respaced process
-        out = process._model_output(model, x, index, **opts.cond)
+        out = process.model_output(model, x, index, validate=False, **opts.cond)
         noise = opts.randn(x) if i > 0 else None
         shift = None
         if condition_mean is not None:

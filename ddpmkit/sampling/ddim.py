@@ -61,8 +61,8 @@ def invert(process: GaussianDiffusion, model: Model, x0: torch.Tensor, steps: in
         a_from, a_to = float(schedule.alpha_bar_prev[i]), float(schedule.alpha_bar[i])
         x_next = x
         for _ in range(fixed_point_iters + 1):
-            pred, _ = sub.split_output(sub._model_output(model, x_next, index, **opts.cond))
-            eps = sub._to_x0_eps(x_next, index, pred)[1]
+            pred, _ = sub.split_output(sub.model_output(model, x_next, index, validate=False, **opts.cond))
+            eps = sub.to_x0_eps(x_next, index, pred, validate=False)[1]
             x0_hat = (x - math.sqrt(1.0 - a_from) * eps) / math.sqrt(a_from)
             x_next = math.sqrt(a_to) * x0_hat + math.sqrt(1.0 - a_to) * eps
         return x_next, x0_hat

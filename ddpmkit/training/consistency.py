@@ -156,8 +156,9 @@ class ConsistencyObjective:
 
     def __init__(self, process: Consistency, pairs: PairSchedule, target: str = "ct",
                  teacher: Denoiser | None = None, solver: str = "heun", dim: int = 1):
-        if not isinstance(process, Consistency):
-            raise ValueError(f"a consistency objective needs a Consistency process, got {type(process).__name__}")
+        if not process.consistency_function:
+            raise ValueError(f"a consistency objective needs a consistency process (its denoiser a consistency "
+                             f"function), got {type(process).__name__}")
         self.process, self.pairs = process, pairs
         self.target = check_choice("target", target, TARGETS)
         self.solver = check_choice("solver", solver, SOLVERS)
@@ -192,7 +193,7 @@ def default_objective(config: Any, process: Any, shape: tuple[int, ...]) -> Cons
     """What ``train(config)`` optimises beyond the process's own loss: consistency training from
     scratch (iCT: the curriculum over ``optim.steps``, lognormal pairs) for ``process="consistency"``
     (the ``digits-ct`` preset); None for every other process."""
-    if config.diffusion.process != "consistency":
+    if not process.consistency_function:
         return None
     pairs = PairSchedule("ict", process.sigma_min, process.sigma_max, config.optim.steps, process.p_mean, process.p_std)
     return ConsistencyObjective(process, pairs, "ct", dim=math.prod(shape))

@@ -71,7 +71,7 @@ class ProgressiveObjective:
     stat_names = ("loss", "grad_norm")
 
     def __init__(self, process: GaussianDiffusion, teacher: Callable[..., torch.Tensor], rounds: list[int], total: int):
-        if not isinstance(process, GaussianDiffusion) or process.prediction != "v":
+        if process.training_steps is None or process.prediction != "v":
             raise ValueError("progressive distillation needs a discrete v-prediction process (Salimans & Ho 2022), got "
                              f"{process!r}")
         if total < len(rounds):

@@ -26,9 +26,8 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.flow import RectifiedFlow, flow_sigmas
 from ..data import ArrayDataset, load_dataset
-from ..io.checkpoint import load_checkpoint
+from .restore import load_checkpoint
 from ..sampling import SAMPLERS, SampleOptions, sample
 from .config import DiffusionConfig, TrainConfig
 from .overrides import apply_overrides
@@ -41,18 +40,20 @@ ODE_SAMPLERS = ("euler", "heun", "rk45", "dpmpp2m", "dpmpp3m", "ddim")
 PAIRS_FILE = "pairs.safetensors"
 
 
-def flow_sample(process: RectifiedFlow, model: Any, x_T: torch.Tensor, sampler: str = "euler", steps: int = 1, *,
+def flow_sample(process: Any, model: Any, x_T: torch.Tensor, sampler: str = "euler", steps: int = 1, *,
                 clip_x0: bool = False, opts: SampleOptions | None = None) -> torch.Tensor:
     """Samples of a flow from x_T (x at t_max, e.g. ``process.prior_std * z``) by a registered grid
-    sampler over :func:`~ddpmkit.core.flow.flow_sigmas`: ``steps`` intervals uniform in t down to 0,
-    one network call each for euler and the multistep solvers (dpmpp2m, dpmpp3m, ...)."""
+    sampler over the process's grid down to t = 0 (``process.sigmas_to_zero``, a rectified flow's
+    :func:`~ddpmkit.core.flow.flow_sigmas`): ``steps`` intervals uniform in t down to 0, one network
+    call each for euler and the multistep solvers (dpmpp2m, dpmpp3m, ...)."""
     entry = SAMPLERS.get(sampler)
-    if not isinstance(process, RectifiedFlow) or entry is None or entry.discrete:
-        raise ValueError(f"flow_sample needs a RectifiedFlow and a grid sampler, got {type(process).__name__} "
-                         f"and sampler={sampler!r}")
+    sigmas = process.sigmas_to_zero(steps)
+    if sigmas is None or entry is None or entry.discrete:
+        raise ValueError(f"flow_sample needs a process with a grid down to t = 0 (a rectified flow) and a grid "
+                         f"sampler, got {type(process).__name__} and sampler={sampler!r}")
     x_hat = x_T / float(process.scale(process.t_max))
-    return entry.fn(process.denoiser(model, clip_x0), x_hat, flow_sigmas(process, steps),
-                    opts or SampleOptions(progress=False), **entry.defaults)
+    return entry.fn(process.denoiser(model, clip_x0), x_hat, sigmas, opts or SampleOptions(progress=False),
+                    **entry.defaults)
 
 
 @torch.no_grad()
@@ -73,7 +74,7 @@ def teacher_pairs(process: Any, model: Any, count: int, shape: Sequence[int], *,
     xs = []
     for start in range(0, count, batch_size):
         z_part = z[start:start + batch_size].to(device)
-        if isinstance(process, RectifiedFlow) and not params:   # a flow's own grid, uniform in t down to 0
+        if process.sigmas_to_zero(1) is not None and not params:   # a flow's own grid, uniform in t down to 0
             x = flow_sample(process, model, prior_std * z_part, sampler, sampler_steps, clip_x0=clip_x0)
         else:
             x = sample(process, model, None, sampler, sampler_steps, x_T=prior_std * z_part, clip_x0=clip_x0,
@@ -131,7 +132,7 @@ def reflow(teacher_run: str | Path, out_dir: str | Path, *, pairs: int = 8000, s
                   metadata={"teacher": str(teacher_run), "sampler": sampler, "sampler_steps": str(sampler_steps),
                             "seconds": f"{time.perf_counter() - started:.1f}"})
     paired = ArrayDataset(x=x.float(), y=None, levels=data.levels, num_classes=None,
-                          name=f"reflow pairs of {teacher.config.name}")
+                          name=f"reflow pairs of {teacher.config.name}", kind=data.kind)
     trainer = Trainer(config, resume=resume, progress=progress, dataset=paired, paired_noise=z.float())
     same_net = teacher.config.network == trainer.config.network
     if init_from_teacher and trainer.step == 0 and teacher.config.diffusion.process == "flow" and same_net:

@@ -7,10 +7,10 @@ importance-sampled timesteps, DDP, previews, exact resume.
     samples = ddpmkit.sampling.sample(result.process, result.ema_model, (16, 1, 8, 8))
 
 Determinism: every random number comes from an explicit stream whose state is checkpointed:
-the data order is a seeded permutation per epoch (a function of the step), timesteps, flips and
-label dropout come from ``data_gen``, the noise from ``noise_gen`` (for a continuous process
-also its training times, drawn first: the draws of ``process.loss``), and dropout from torch's
-global generator (seeded per rank, saved per rank). Every rank draws the whole global batch's
+the data order is a seeded permutation per epoch (a function of the step), the discrete chain's
+timesteps (its ``timestep_sampler``), flips and label dropout come from ``data_gen``, the noise
+from ``noise_gen`` (where the process has no timestep sampler, its training levels first: the
+draws of ``process.loss`` in their order), and dropout from torch's global generator (seeded per rank, saved per rank). Every rank draws the whole global batch's
 randomness and keeps its own slice, so N processes compute what one process computes with the
 same global batch. Resuming from a checkpoint continues bit for bit (on the CPU).
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,19 +27,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.diffusion import GaussianDiffusion, check_finite
-from ..core.losses import check_levels, make_timestep_sampler, training_losses
-from ..core.score_losses import MIN_SNR_GAMMA, denoising_loss
+from ..core.losses import check_levels
+from ..core.predictions import check_finite
 from ..data import ArrayDataset, load_dataset
 from ..io.checkpoint import (encode_bytes, load_optimizer_state, optimizer_state_tensors, read_checkpoint,
                              rng_state_tensor)
-from .build import attention_at_size
+from ..sampling import sample
 from .consistency import default_objective
 from .config import TrainConfig, check_resumable
 from .distributed import DistInfo, all_gather_cat, barrier, gather_bytes, init_distributed, set_tf32, shutdown
 from .ema import EMA
 from .loop import LoopSettings, TrainingDiverged, TrainLoop, set_lr
 from .monitor import save_sample_grid
+from .resolve import resolve_config
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "resolve_config"]
 
@@ -54,57 +54,10 @@ class TrainResult:
     checkpoint: Path | None          # the last checkpoint written
     model: nn.Module
     ema_model: nn.Module             # the average at config.ema_rates[0]
-    process: Any                     # GaussianDiffusion, or a continuous VE / VP / SubVP / EDM
+    process: Any                     # the process (ddpmkit.core.process.Process): discrete chain, VE, VP, EDM, ...
     metrics: dict[str, Any]          # the last logged line
     stopped_by: str | None           # "SIGTERM" / "SIGINT" if a signal ended the run
     seconds: float
-
-
-def resolve_config(config: TrainConfig, dataset: ArrayDataset) -> TrainConfig:
-    """Fill the network's data-dependent fields from the data (channels in and out, image size;
-    a point network's coordinates per point, a 1-D U-Net's channels and length; twice the output
-    channels for learned-range variance) and check the labels. When the data's
-    image size differs from the network's, a U-Net's ``attention_resolutions`` move to the same
-    levels at the new size (:func:`~ddpmkit.training.build.attention_at_size`)."""
-    net = config.network
-    factor = 2 if config.diffusion.variance == "learned_range" else 1
-    changes: dict[str, Any] = {}
-    if config.network_kind == "unet":
-        if not dataset.is_image or dataset.shape[1] != dataset.shape[2]:
-            raise ValueError(f"network.kind='unet' needs square images, got data of shape {dataset.shape}")
-        size, levels = dataset.shape[1], len(net.channel_mult)
-        changes = {"in_channels": dataset.shape[0], "out_channels": factor * dataset.shape[0], "image_size": size}
-        if size != net.image_size:   # keep the attention at the same U-Net levels (4 of 8 -> 14 of 28)
-            if size % 2 ** (levels - 1):
-                raise ValueError(f"the data {dataset.name!r} has {size}x{size} images, but the {levels}-level U-Net "
-                                 f"needs a side divisible by {2 ** (levels - 1)}; set data.image_size")
-            moved = attention_at_size(net.attention_resolutions, net.image_size, size, levels)
-            changes["attention_resolutions"] = net.attention_resolutions if moved is None else moved
-    elif config.network_kind in ("pointnet", "pvcnn"):   # point sets (N, dim): per-point coordinates in and out
-        if len(dataset.shape) != 2:
-            raise ValueError(f"network.kind={config.network_kind!r} needs point sets (points, dim), got data of shape {dataset.shape}")
-        changes = {"in_dim": dataset.shape[1], "out_dim": factor * dataset.shape[1]}
-    elif config.network_kind == "unet1d":     # sequences (C, L)
-        if len(dataset.shape) != 2:
-            raise ValueError(f"network.kind='unet1d' needs sequences (channels, length), got data of shape {dataset.shape}")
-        length, levels = dataset.shape[1], len(net.channel_mult)
-        if length % 2 ** (levels - 1):
-            raise ValueError(f"the data {dataset.name!r} has sequences of length {length}, but the {levels}-level "
-                             f"1-D U-Net needs a length divisible by {2 ** (levels - 1)}; set data.window")
-        changes = {"in_channels": dataset.shape[0], "out_channels": factor * dataset.shape[0], "length": length}
-        if length != net.length:   # keep the attention at the same levels
-            old, new = net.level_lengths(), tuple(length // 2 ** k for k in range(levels))
-            changes["attention_lengths"] = tuple(new[old.index(a)] for a in net.attention_lengths)
-    else:
-        if dataset.is_image:
-            raise ValueError(f"network.kind={config.network_kind!r} needs vector data, got shape {dataset.shape}")
-        size = math.prod(dataset.shape)
-        changes = {"in_dim": size, "out_dim": factor * size}
-    classes = getattr(net, "num_classes", None)
-    if classes is not None and (dataset.num_classes is None or classes < dataset.num_classes):
-        raise ValueError(f"network.num_classes={classes} but the data {dataset.name!r} has "
-                         f"num_classes={dataset.num_classes}")
-    return config.replace(network=replace(net, **changes))
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -162,23 +115,25 @@ class Trainer(TrainLoop):
         self.local_batch = B // W
         self.on_step = on_step
         finite = ("loss",) if config.precision == "fp16" else ("loss", "grad_norm")   # GradScaler skips inf steps
-        self.continuous = config.diffusion.continuous
-        names = ("loss", "grad_norm") if self.continuous or objective is not None else ("loss", "mse", "vlb", "grad_norm")
+        self.process = config.diffusion.build()
+        self.terms = () if objective is not None else self.process.logged_terms   # logged beside the loss
+        names = ("loss",) + self.terms + ("grad_norm",)
         super().__init__(LoopSettings(Path(config.out), config.log_every, config.checkpoint_every, config.keep_last,
                                       B, config.optim.lr_at, f"train {config.name}", progress, tensorboard=True,
                                       finite=finite), dist, names)
 
         torch.manual_seed(config.seed)   # the same initial weights on every rank
         self.model = config.build_network().to(self.device)
-        self.process = config.diffusion.build()
         self.objective = objective if objective is not None else default_objective(config, self.process, self.dataset.shape)
         self.ema = EMA(self.model, config.ema_rates, warmup=config.ema_warmup)
         opt = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas),
                                            eps=opt.eps, weight_decay=opt.weight_decay, foreach=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
-        self.timestep_sampler = (None if self.continuous else
-                                 make_timestep_sampler(config.diffusion.timestep_sampler, self.process.T))
+        # the discrete chain's t (uniform or iDDPM's importance sampling) from the data stream; None
+        # where the process draws its own levels (draw_levels, from the noise stream)
+        self.timestep_sampler = self.process.timestep_sampler(config.diffusion.timestep_sampler)
+        self.loss_options = config.diffusion.loss_options()
         self.data_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
         torch.manual_seed(config.seed + 1 + dist.rank)   # dropout masks differ per rank
@@ -214,22 +169,12 @@ class Trainer(TrainLoop):
             batch["y"] = y
         if self.objective is not None:   # a distillation objective's levels, then the noise
             batch.update(self.objective.draw(self.step, B, self.noise_gen, self.device))
-        elif self.continuous:   # t (or EDM's sigma) first, then the noise: the order of process.loss
-            batch["t"], batch["sigma"] = self.process.training_sigmas(B, self.noise_gen, self.device, torch.float32)
+        elif self.timestep_sampler is None:   # the process's levels, then the noise: the order of process.loss
+            batch.update(self.process.draw_levels(B, self.noise_gen, self.device, torch.float32))
         batch["noise"] = torch.randn((B,) + self.dataset.shape, generator=self.noise_gen, device=self.device)
         if self.paired_noise is not None:   # reflow: each example's own noise (Liu et al. 2022, sec. 2.2)
             batch["noise"] = self.paired_noise[index].to(self.device)
         return batch
-
-    def _continuous_loss(self, part: dict[str, torch.Tensor], **cond: Any) -> torch.Tensor:
-        """Per-example weighted denoising score matching, ``process.loss`` on the batch's own draws
-        (the same numbers for one process and one micro-batch; see :mod:`ddpmkit.core.score_losses`)."""
-        d = self.config.diffusion
-        gamma = MIN_SNR_GAMMA if d.snr_gamma is None else d.snr_gamma
-        weight = self.process.loss_weight(d.weighting or self.process.default_weighting, part["sigma"], part["t"],
-                                          gamma)
-        return denoising_loss(self.process.denoiser(self._forward), part["x0"], part["sigma"], part["noise"],
-                              weight, **cond)
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         """The network under autocast (bf16 / fp16), its output back in float32."""
@@ -249,7 +194,8 @@ class Trainer(TrainLoop):
         self.model.train()
         size = opt.micro_batch or b
         starts = list(range(0, b, size))
-        loss_sum = mse_sum = vlb_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        term_sums = {name: torch.zeros((), device=self.device) for name in self.terms}
         vlbs = []
         for i, start in enumerate(starts):
             part = {k: v[start:start + size] for k, v in local.items()}
@@ -260,18 +206,16 @@ class Trainer(TrainLoop):
                 cond.update({key: part[key] for key in self.dataset.cond})
                 if self.objective is not None:
                     loss = self.objective.loss(self._forward, part, **cond).sum() / b
-                elif self.continuous:
-                    loss = self._continuous_loss(part, **cond).sum() / b
-                else:
-                    terms = training_losses(self.process, self._forward, part["x0"], cfg.diffusion.objective,
-                                            t=part["t"], noise=part["noise"], levels=self.dataset.levels,
-                                            hybrid_lambda=cfg.diffusion.hybrid_lambda, validate=False, **cond)
-                    loss = (terms["loss"] * part["weights"]).sum() / b
+                else:   # the process's own loss on the batch's draws (process.loss_terms)
+                    terms = self.process.loss_terms(self._forward, part["x0"], draws=part, levels=self.dataset.levels,
+                                                    validate=False, **self.loss_options, **cond)
+                    per_example = terms["loss"] * part["weights"] if "weights" in part else terms["loss"]
+                    loss = per_example.sum() / b
                 self.scaler.scale(loss).backward()
             loss_sum = loss_sum + loss.detach()
-            if not self.continuous and self.objective is None:
-                mse_sum = mse_sum + terms["mse"].detach().sum() / b
-                vlb_sum = vlb_sum + terms["vlb"].detach().sum() / b
+            for name in self.terms:
+                term_sums[name] = term_sums[name] + terms[name].detach().sum() / b
+            if self.timestep_sampler is not None and self.objective is None:
                 vlbs.append(terms["vlb"].detach())
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip or math.inf)
@@ -282,10 +226,7 @@ class Trainer(TrainLoop):
         self.ema.update()
         if cfg.diffusion.timestep_sampler != "uniform":
             self.timestep_sampler.update(batch["t"], all_gather_cat(torch.cat(vlbs), self.dist))   # its one read
-        if self.continuous or self.objective is not None:
-            self.stats.add(loss=loss_sum, grad_norm=grad_norm.to(self.device))
-        else:
-            self.stats.add(loss=loss_sum, mse=mse_sum, vlb=vlb_sum, grad_norm=grad_norm.to(self.device))
+        self.stats.add(loss=loss_sum, **term_sums, grad_norm=grad_norm.to(self.device))
         self.step += 1
 
     def after_step(self) -> None:
@@ -351,8 +292,6 @@ class Trainer(TrainLoop):
         of ``sample_count`` (rank r with seed ``seed + r``; one process draws the whole grid with
         ``seed``) and rank 0 gathers and writes it, so no rank waits in a training all-reduce while
         another samples. The predicted x_0 of image data is clipped to [-1, 1] at every step."""
-        from ..sampling import sample
-
         cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
         share = -(-cfg.sample_count // world)
         first = rank * share
@@ -364,7 +303,7 @@ class Trainer(TrainLoop):
         cond.update(self.dataset.condition(torch.arange(first, first + share) % len(self.dataset)))
         cond = {key: value.to(self.device) for key, value in cond.items()}
         gen = torch.Generator(self.device).manual_seed(cfg.seed + rank)
-        steps = cfg.sample_steps if self.continuous else min(cfg.sample_steps, self.process.T)
+        steps = min(cfg.sample_steps, self.process.training_steps or cfg.sample_steps)
         x = sample(self.process, self.ema.model(), (share,) + self.dataset.shape, sampler=cfg.sample_sampler,
                    steps=steps, generator=gen, device=self.device, progress=False, cond=cond,
                    clip_x0=self.dataset.levels is not None)
@@ -373,7 +312,7 @@ class Trainer(TrainLoop):
             return None
         partial = self.dataset.condition(torch.arange(len(x)) % len(self.dataset)).get("partial")
         return save_sample_grid(x, self.run_dir / "samples" / f"step_{self.step:08d}.png", self.dataset.levels,
-                                partial=partial)
+                                partial=partial, kind=self.dataset.kind)
 
     # ------------------------------------------------------------------ the loop
     def _drop_ddp(self) -> None:

@@ -38,6 +38,7 @@ from ..nets.classifier import ClassifierConfig, NoisyClassifier
 from .config import OptimConfig, TrainConfig, check_resumable
 from .distributed import DistInfo, resolve_device, set_tf32
 from .loop import LoopSettings, TrainLoop, set_lr
+from .resolve import resolve_config
 
 __all__ = ["train_classifier", "ClassifierTrainer", "load_classifier", "classifier_config_for", "noisy_accuracy", "ClassifierRun",
            "LoadedClassifier", "CLASSIFIER_KIND"]
@@ -71,8 +72,6 @@ class LoadedClassifier(NamedTuple):
 
 def classifier_config_for(config: TrainConfig, dataset: ArrayDataset) -> ClassifierConfig:
     """The down half of ``config``'s U-Net, sized for ``dataset``, with its class count."""
-    from .train import resolve_config
-
     if config.network_kind != "unet":
         raise ValueError(f"the noise-aware classifier needs image data and network.kind='unet', "
                          f"got network.kind={config.network_kind!r}")
