@@ -15,11 +15,12 @@ import torch
 from ..core.predictions import check_finite
 from ..sampling.api import make_generator, model_device
 from ..sampling.loop import SampleOptions
+from ..sampling.plan import ancestral_step_name, plan_sampling, scale_at
 from .dps import dps
 from .operators import LinearOperator, Mask
 from .replacement import repaint, replacement
 from .smc import smc
-from .steps import inverse_grid, scale_at, start_noise, step_function
+from .steps import step_function
 
 __all__ = ["METHODS", "solve_inverse", "inpaint"]
 
@@ -73,9 +74,10 @@ def solve_inverse(process: Any, model: Model, y: torch.Tensor, operator: LinearO
             :class:`Downsample` (or any :class:`LinearOperator` with A A^T = c I).
         method: ``"replace"`` (score-SDE app. I.2), ``"repaint"`` (Lugmayr et al. 2022),
             ``"dps"`` (Chung et al. 2023), ``"smc"`` (SMCDiff, Trippe et al. 2023).
-        sampler: the single step (:data:`ddpmkit.inverse.steps.STEP_SAMPLERS`; default
-            ``"ddpm"``, the ancestral step; ``smc`` takes only that). ``steps``: grid steps
-            (default T for the discrete process).
+        sampler: the single step (:data:`ddpmkit.inverse.steps.STEP_SAMPLERS`; default the
+            ancestral step: ``"ddpm"``, DDPM's chain from its top, where the process has a
+            fixed-small chain, else ``"sde"``; ``smc`` takes only these). ``steps``: grid steps
+            (default the process's training steps T).
         method_params: ``jump_length`` (10), ``jump_n_sample`` (10) for repaint; ``step_size``
             (1.0) for dps; ``particles`` (16), ``ess_threshold`` (0.5) for smc; ``eta`` for
             sampler ``"ddim"``; ``noise_std`` (0): y's own Gaussian noise (replace, repaint, smc
@@ -90,11 +92,13 @@ def solve_inverse(process: Any, model: Model, y: torch.Tensor, operator: LinearO
         if key not in allowed:
             raise ValueError(f"unknown parameter {key!r} for method {method!r}; known: {sorted(allowed)}")
     p = dict(method_params)
-    sampler = "ddpm" if sampler is None else sampler
+    sampler = ancestral_step_name(process) if sampler is None else sampler
     if method == "smc" and sampler not in ("ddpm", "sde"):
-        raise ValueError(f"method='smc' needs the ancestral kernel (sampler 'ddpm'), got sampler={sampler!r}")
+        raise ValueError(f"method='smc' needs the ancestral kernel (sampler 'sde', or 'ddpm' on a fixed-small "
+                         f"chain), got sampler={sampler!r}")
     step = step_function(sampler, p.pop("eta", None))
-    sigmas = inverse_grid(process, sampler, steps, p.pop("grid", None), p.pop("rho", 7.0))
+    plan = plan_sampling(process, sampler, steps, p.pop("grid", None), p.pop("rho", 7.0), over_denoiser=True)
+    sigmas = plan.sigmas
     sigma_y = operator.level(_number("noise_std", p.pop("noise_std", 0.0), 0.0))
     if method != "dps" and 0.0 < sigma_y < sigmas[0] and not np.any(sigmas == sigma_y):
         sigmas = np.sort(np.append(sigmas, sigma_y))[::-1].copy()   # condition exactly at y's own level
@@ -110,11 +114,11 @@ def solve_inverse(process: Any, model: Model, y: torch.Tensor, operator: LinearO
         if not isinstance(particles, int) or isinstance(particles, bool) or particles < 1:
             raise ValueError(f"particles must be an integer >= 1, got particles={particles!r}")
         ess = _number("ess_threshold", p.pop("ess_threshold", 0.5), 0.0, 1.0)
-        x = start_noise(process, (n * particles,) + shape[1:], float(sigmas[0]), generator, device, y.dtype)
+        x = plan.start_noise((n * particles,) + shape[1:], generator, device, y.dtype)
         opts = SampleOptions(generator=generator, progress=progress,
                              cond={k: _repeat(v, particles, n) for k, v in opts.cond.items()})
         return smc(D, x, sigmas, opts, operator, y, particles, sigma_y, ess)
-    x = start_noise(process, shape, float(sigmas[0]), generator, device, y.dtype)
+    x = plan.start_noise(shape, generator, device, y.dtype)
     if method == "dps":
         step_size = _number("step_size", p.pop("step_size", 1.0), 0.0)
         scales = np.array([scale_at(process, float(s)) for s in sigmas])

@@ -37,7 +37,7 @@ def dps(D: Denoiser, x: torch.Tensor, sigmas: np.ndarray, opts: SampleOptions, o
     ``scales``: s(sigma) at each grid level (host float64; default 1: VE / EDM). ``step_size`` 0
     is the unconditional sampler. The denoiser is differentiated, so the model must be.
     """
-    step = step or step_function("ddpm")
+    step = step or step_function("sde")
     s = np.ones(len(sigmas)) if scales is None else np.asarray(scales, dtype=np.float64)
 
     def move(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,14 +18,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..core.diffusion import GaussianDiffusion
 from ..core.predictions import check_finite
 from ..sampling.api import make_generator, sample
 from ..sampling.ddim import invert
-from ..sampling.grids import continuous_sigmas
+from ..sampling.grids import start_at
 from ..sampling.loop import Denoiser, SampleOptions, run_steps
-from ..sampling.registry import check_params
-from .steps import inverse_grid, sampler_entry
+from ..sampling.plan import plan_sampling
 
 __all__ = ["sdedit", "ddim_edit", "check_strength", "sdedit_grid", "invert_ode"]
 
@@ -49,10 +47,8 @@ def check_image(image: Any, name: str = "image") -> torch.Tensor:
 
 def sdedit_grid(process: Any, full: np.ndarray, strength: float) -> np.ndarray:
     """``full`` cut at sigma(t_0), t_0 = t_min + strength (t_max - t_min), which becomes its top
-    (never above ``full``'s own top)."""
-    t0 = float(process.t_min) + strength * (float(process.t_max) - float(process.t_min))
-    start = min(float(process.sigma(t0)), float(full[0]))
-    return np.append(start, full[full < start])
+    (never above ``full``'s own top): :func:`ddpmkit.sampling.grids.start_at`."""
+    return start_at(process, full, strength)
 
 
 def sdedit(process: Any, model: Model, image: torch.Tensor, strength: float, *, sampler: str = "ddim",
@@ -60,19 +56,19 @@ def sdedit(process: Any, model: Model, image: torch.Tensor, strength: float, *, 
            cond: dict[str, Any] | None = None, progress: bool = True, clip_x0: bool = False,
            **params: Any) -> torch.Tensor:
     """SDEdit (Meng et al. 2022, Alg. 1): noise ``image`` to ``strength`` and denoise with ``sampler``
-    (any registered sampler over a denoiser, or ``"ddpm"``); about ``strength * steps`` steps.
+    (any registered sampler over a denoiser, or ``"ddpm"``: DDPM's fixed-small chain, as its posterior
+    step; :mod:`ddpmkit.sampling.plan`); about ``strength * steps`` steps.
     ``params``: ``grid``, ``rho`` and the sampler's own (e.g. ``eta``)."""
     strength = check_strength(strength)
     image = check_image(image)
-    entry = sampler_entry(sampler)
-    check_params(entry, params)
-    grid = sdedit_grid(process, inverse_grid(process, sampler, steps, params.pop("grid", None),
-                                             params.pop("rho", 7.0)), strength)
+    grid, rho = params.pop("grid", None), params.pop("rho", 7.0)
+    plan = plan_sampling(process, sampler, steps, grid, rho, x_T_given=True, params=params,
+                         over_denoiser=True, strength=strength)
     if generator is None and seed is not None:
         generator = make_generator(seed, image.device)
     opts = SampleOptions(generator=generator, progress=progress, cond=dict(cond or {}))
-    x_hat = image + float(grid[0]) * opts.randn(image)
-    return entry.fn(process.denoiser(model, clip_x0), x_hat, grid, opts, **{**entry.defaults, **params})
+    x_hat = image + plan.sigma_start * opts.randn(image)
+    return plan.entry.fn(process.denoiser(model, clip_x0), x_hat, plan.sigmas, opts, **plan.params)
 
 
 @torch.no_grad()
@@ -103,11 +99,11 @@ def ddim_edit(process: Any, model: Model, image: torch.Tensor, *, steps: int = 5
     image = check_image(image)
     edit_model = model if edit_model is None else edit_model
     edit_cond = dict(cond or {}) if edit_cond is None else dict(edit_cond)
-    if isinstance(process, GaussianDiffusion):
+    if process.training_steps is not None:   # DDIM's own inversion, on the sub-sequence sample(ddim) runs
         z = invert(process, model, image, steps, fixed_point_iters=fixed_point_iters, cond=cond, progress=progress)
         return sample(process, edit_model, None, "ddim", steps, x_T=z, cond=edit_cond, progress=progress)
-    grid = continuous_sigmas(process, steps, getattr(process, "default_grid", "karras"))
-    top = invert_ode(process.denoiser(model), image, grid, SampleOptions(progress=progress, cond=dict(cond or {})),
-                     fixed_point_iters)
+    plan = plan_sampling(process, "euler", steps, x_T_given=True, over_denoiser=True)
+    top = invert_ode(process.denoiser(model), image, plan.sigmas,
+                     SampleOptions(progress=progress, cond=dict(cond or {})), fixed_point_iters)
     opts = SampleOptions(progress=progress, cond=edit_cond)
-    return sampler_entry("euler").fn(process.denoiser(edit_model), top, grid, opts)
+    return plan.entry.fn(process.denoiser(edit_model), top, plan.sigmas, opts, **plan.params)

@@ -9,8 +9,10 @@ N(mu_k, Sigma_k + sigma^2 I) and
 r_k the responsibilities: the exact denoiser, one Gaussian's being mu + Sigma (Sigma + sigma^2 I)^-1
 (x_hat - mu). Given the coordinates ``known`` of x_0, the exact conditional is the mixture of
 the components' Gaussian conditionals, re-weighted by w_k N(x_known; mu_k,known, Sigma_k,known).
-Everything in float64. :meth:`GaussianOracle.model` wraps the denoiser as a network for the
-discrete process (eps / x0 / v) or for EDM, so every sampler can be measured against the truth.
+Everything in float64. :meth:`GaussianOracle.model` wraps the denoiser as the network of any
+process (the discrete chain's eps / x0 / v at its time t, or a preconditioned network F with
+D = c_skip x_hat + c_out F(c_in x_hat, c_noise), EDM eq. 7), so every sampler can be measured
+against the truth.
 """
 from __future__ import annotations
 
@@ -19,10 +21,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..core.diffusion import GaussianDiffusion
-from ..core.edm import EDM
 
-__all__ = ["GaussianOracle", "gaussian_kl", "fit_gaussian"]
+__all__ = ["GaussianOracle", "gaussian_kl", "fit_gaussian", "sigma_of_noise"]
 
 
 def gaussian_kl(m0: torch.Tensor, c0: torch.Tensor, m1: torch.Tensor, c1: torch.Tensor) -> float:
@@ -36,6 +36,31 @@ def gaussian_kl(m0: torch.Tensor, c0: torch.Tensor, m1: torch.Tensor, c1: torch.
     logdet1 = 2.0 * float(torch.log(torch.diagonal(l1)).sum())
     logdet0 = float(torch.linalg.slogdet(c0)[1])
     return 0.5 * (float(torch.trace(solve)) + maha - d + logdet1 - logdet0)
+
+
+def sigma_of_noise(process: Any, c_noise: torch.Tensor) -> torch.Tensor:
+    """The noise levels (float64, on ``c_noise``'s device) whose network time
+    ``process.preconditioning(sigma)[3]`` is ``c_noise``: bisection in log sigma on the host, once per
+    distinct value (c_noise is monotone in sigma for every process), to float64 rounding."""
+    def noise(log_sigma: float) -> float:
+        return float(process.preconditioning(math.exp(log_sigma))[3])
+
+    lo0, hi0 = math.log(float(process.sigma_min)) - 12.0, math.log(float(process.sigma_max)) + 12.0
+    increasing = noise(hi0) > noise(lo0)
+    values, index = torch.unique(c_noise.detach().to("cpu", torch.float64).reshape(-1), return_inverse=True)
+    found = []
+    for target in values.tolist():
+        lo, hi = lo0, hi0
+        while True:
+            mid = 0.5 * (lo + hi)
+            if mid in (lo, hi):
+                break
+            if (noise(mid) < target) == increasing:
+                lo = mid
+            else:
+                hi = mid
+        found.append(math.exp(mid))
+    return torch.tensor(found, dtype=torch.float64)[index].to(c_noise.device)
 
 
 def fit_gaussian(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,29 +127,39 @@ class GaussianOracle:
 
     # ------------------------------------------------------------------ as a network
     def model(self, process: Any) -> Callable[..., torch.Tensor]:
-        """The exact network of ``process`` (discrete GaussianDiffusion with any prediction, or EDM)."""
-        if isinstance(process, GaussianDiffusion):
-            def discrete(x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
-                sigma = torch.as_tensor(process.sigma(t.detach().cpu().to(torch.float64).numpy()), dtype=torch.float64)
-                a = torch.rsqrt(1.0 + sigma**2).reshape((-1,) + (1,) * (x.dim() - 1)).to(x.device)
-                x_hat = x.to(torch.float64) / a
-                x0 = self.denoise(x_hat, sigma.to(x.device)).to(torch.float64)
-                eps = (x.to(torch.float64) - a * x0) / torch.sqrt(1.0 - a * a)
-                out = {"eps": eps, "x0": x0, "v": a * eps - torch.sqrt(1.0 - a * a) * x0}[process.prediction]
-                return out.to(x.dtype)
-            return discrete
-        if isinstance(process, EDM):
-            sd2 = process.sigma_data**2
+        """The exact network of ``process``: where it has training steps, the chain's network at
+        (x_t, t) in its prediction (eps / x0 / v); else the preconditioned network
+        F = (D - c_skip x_hat) / c_out at (c_in x_hat, c_noise) of ``process.preconditioning``."""
+        if process.training_steps is not None:
+            return self._chain_network(process)
+        return self._preconditioned_network(process)
 
-            def edm(x_in: torch.Tensor, c_noise: torch.Tensor, **cond: Any) -> torch.Tensor:
-                sigma = torch.exp(4.0 * c_noise.to(torch.float64)).reshape((-1,) + (1,) * (x_in.dim() - 1))
-                root = torch.sqrt(sigma**2 + sd2)
-                x_hat = x_in.to(torch.float64) * root
-                x0 = self.denoise(x_hat, sigma.reshape(-1)).to(torch.float64)
-                c_skip, c_out = sd2 / (sigma**2 + sd2), sigma * process.sigma_data / root
-                return ((x0 - c_skip * x_hat) / c_out).to(x_in.dtype)
-            return edm
-        raise ValueError(f"GaussianOracle.model supports GaussianDiffusion and EDM, got {type(process).__name__}")
+    def _chain_network(self, process: Any) -> Callable[..., torch.Tensor]:
+        def discrete(x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+            sigma = torch.as_tensor(process.sigma(t.detach().cpu().to(torch.float64).numpy()), dtype=torch.float64)
+            a = torch.rsqrt(1.0 + sigma**2).reshape((-1,) + (1,) * (x.dim() - 1)).to(x.device)
+            x_hat = x.to(torch.float64) / a
+            x0 = self.denoise(x_hat, sigma.to(x.device)).to(torch.float64)
+            eps = (x.to(torch.float64) - a * x0) / torch.sqrt(1.0 - a * a)
+            out = {"eps": eps, "x0": x0, "v": a * eps - torch.sqrt(1.0 - a * a) * x0}[process.prediction]
+            return out.to(x.dtype)
+        return discrete
+
+    def _preconditioned_network(self, process: Any) -> Callable[..., torch.Tensor]:
+        if not callable(getattr(process, "preconditioning", None)):
+            raise ValueError(f"GaussianOracle.model needs a process with training steps or a preconditioning(sigma), "
+                             f"got {type(process).__name__}")
+
+        def network(x_in: torch.Tensor, c_noise: torch.Tensor, **cond: Any) -> torch.Tensor:
+            sigma = sigma_of_noise(process, c_noise.detach().to(torch.float64).reshape(-1))
+            c_in, c_skip, c_out, _ = process.preconditioning(sigma)
+            column = (-1,) + (1,) * (x_in.dim() - 1)
+            c_in, c_skip, c_out = (torch.as_tensor(c, dtype=torch.float64, device=x_in.device).reshape(column)
+                                   if isinstance(c, torch.Tensor) else c for c in (c_in, c_skip, c_out))
+            x_hat = x_in.to(torch.float64) / c_in
+            x0 = self.denoise(x_hat, sigma).to(torch.float64)
+            return ((x0 - c_skip * x_hat) / c_out).to(x_in.dtype)
+        return network
 
     # ------------------------------------------------------------------ the exact conditional
     def conditional(self, known: torch.Tensor, y_known: torch.Tensor

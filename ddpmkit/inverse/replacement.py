@@ -98,7 +98,7 @@ def replacement(D: Denoiser, x: torch.Tensor, sigmas: np.ndarray, opts: SampleOp
     """Replacement sampling (score-SDE app. I.2) with any single-step sampler ``step`` (default
     the ancestral step) from ``x`` at ``sigmas[0]``; the result satisfies A x = y."""
     path = np.arange(len(sigmas))
-    return run_path("replace", D, x, sigmas, path, opts, step or step_function("ddpm"),
+    return run_path("replace", D, x, sigmas, path, opts, step or step_function("sde"),
                     replace_correction(operator, y, opts, sigma_y))
 
 
@@ -109,5 +109,5 @@ def repaint(D: Denoiser, x: torch.Tensor, sigmas: np.ndarray, opts: SampleOption
     """RePaint (Lugmayr et al. 2022, Alg. 1 with their jump schedule :func:`repaint_path`):
     replacement plus resampling. ``jump_n_sample = 1`` is plain replacement."""
     path = repaint_path(len(sigmas) - 1, jump_length, jump_n_sample)
-    return run_path("repaint", D, x, sigmas, path, opts, step or step_function("ddpm"),
+    return run_path("repaint", D, x, sigmas, path, opts, step or step_function("sde"),
                     replace_correction(operator, y, opts, sigma_y))

@@ -19,10 +19,12 @@ from .multistep import deis, ipndm, ipndm_v, unipc
 from .edm import dpmpp3m_sde, euler_churn, heun_churn
 from .ode import euler, euler_step, heun, heun_step, rk45
 from .score_sde import ald, ancestral_ve, euler_maruyama, pc, predictor_corrector, reverse_diffusion
-from .registry import SAMPLERS, Sampler, register
+from .plan import SamplingPlan, plan_sampling
+from .registry import SAMPLERS, Sampler, register, register_alias
 from .stochastic import ancestral_split, ddim, dpmpp2m_sde, euler_ancestral, langevin_step, posterior_step, sde
 
-__all__ = ["sample", "invert", "SampleOptions", "StepInfo", "SAMPLERS", "Sampler", "register", "SKIPS", "GRIDS", "SIGMA_MAX",
+__all__ = ["sample", "invert", "SampleOptions", "StepInfo", "SAMPLERS", "Sampler", "register", "register_alias",
+           "plan_sampling", "SamplingPlan", "SKIPS", "GRIDS", "SIGMA_MAX",
            "make_generator", "model_device", "subsequence", "respaced_for", "time_grid", "sigma_grid",
            "karras_sigmas", "run_steps", "euler", "heun", "rk45", "euler_ancestral", "ancestral_split", "ddim",
            "sde", "pc", "langevin_step", "dpmpp2m", "dpmpp3m", "dpmpp_multistep", "dpmpp_update",

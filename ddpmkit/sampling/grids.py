@@ -1,10 +1,13 @@
 """Where a sampler stops: sub-sequences of the training steps and sigma grids (float64, host).
 
 A sampler runs over a *sigma grid*: a decreasing sequence of noise levels that ends in 0
-(k-diffusion's convention), computed once on the host in float64 and cast once. For the
-discrete process the grid is either a sub-sequence of its training steps (``uniform``,
-``quadratic``, ``linspace``, ``trailing``, ``logsnr``: the model is only called where it was
-trained) or ``karras``: real-valued levels spaced as in EDM eq. 5 with exponent ``rho``.
+(k-diffusion's convention), computed once on the host in float64 and cast once. For a process
+with training steps (``process.training_steps``, the discrete chain) the grid is either a
+sub-sequence of them (``uniform``, ``quadratic``, ``linspace``, ``trailing``, ``logsnr``: the
+model is only called where it was trained) or ``karras``: real-valued levels spaced as in EDM
+eq. 5 with exponent ``rho``; in continuous time it spans the process's own range
+(:data:`CONTINUOUS_GRIDS`). These are builders: which grid a sampler runs on is decided in one
+place, :func:`ddpmkit.sampling.plan.plan_sampling`.
 """
 from __future__ import annotations
 
@@ -13,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..core.diffusion import GaussianDiffusion
 from ..core.schedules import space_timesteps
 
 __all__ = ["SKIPS", "GRIDS", "OPEN_GRIDS", "CONTINUOUS_GRIDS", "continuous_sigmas", "SIGMA_MAX", "subsequence", "respaced_for", "time_grid", "sigma_grid",
-           "karras_sigmas", "check_grid", "bounded"]
+           "karras_sigmas", "check_grid", "bounded", "grids_for", "start_at"]
 
 SKIPS = ("uniform", "quadratic", "linspace", "trailing", "logsnr")   # sub-sequences of training steps
 OPEN_GRIDS = ("logsnr_open", "karras_open")
@@ -62,10 +64,10 @@ def _strictly_increasing(seq: np.ndarray, T: int) -> np.ndarray:
     return seq
 
 
-def subsequence(process: GaussianDiffusion, steps: int, grid: str) -> np.ndarray:
+def subsequence(process: Any, steps: int, grid: str) -> np.ndarray:
     """The ``steps`` indices of ``process``'s schedule (ascending) a sampler visits.
 
-    ``grid`` (indices in [0, T), T = ``process.T``; c = T // steps):
+    ``grid`` (indices in [0, T), T = ``process.training_steps``; c = T // steps):
 
     - ``"uniform"``: 0, c, 2c, ... (the DDIM repo's ``skip_type="uniform"``, which is diffusers'
       ``timestep_spacing="leading"`` with ``steps_offset=0``; the DDIM repo's ``range(0, T, c)``
@@ -80,7 +82,7 @@ def subsequence(process: GaussianDiffusion, steps: int, grid: str) -> np.ndarray
     - ``"logsnr"``: the indices nearest to points uniform in log-SNR between the ends
       (DPM-Solver's recommendation for low-resolution pixel models, Lu et al. 2022, section 3.3).
     """
-    T = process.T
+    T = process.training_steps
     check_grid(grid, SKIPS)
     steps = _check_steps(steps, T)
     k = np.arange(steps, dtype=np.float64)
@@ -100,14 +102,14 @@ def subsequence(process: GaussianDiffusion, steps: int, grid: str) -> np.ndarray
     return _strictly_increasing(np.clip(seq, 0, T - 1), T)
 
 
-def respaced_for(process: GaussianDiffusion, steps: int, grid: str) -> GaussianDiffusion:
+def respaced_for(process: Any, steps: int, grid: str) -> Any:
     """``process`` respaced onto ``subsequence(process, steps, grid)`` (itself if that is every step).
 
     On the respaced process index i stands for original step ``timesteps[i]``; its betas are
     ``1 - alpha_bar[tau_i] / alpha_bar[tau_{i-1}]`` and ``alpha_bar_prev[0] = 1`` (iDDPM section 4).
     """
     keep = subsequence(process, steps, grid)
-    if keep.size == process.T:
+    if keep.size == process.training_steps:
         return process
     return process.respace([int(i) for i in keep])
 
@@ -128,7 +130,7 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return sigmas
 
 
-def bounded(process: GaussianDiffusion, sigma_max: float | None) -> GaussianDiffusion:
+def bounded(process: Any, sigma_max: float | None) -> Any:
     """``process`` cut to the training steps whose sigma is at most ``sigma_max`` (itself when
     every step is, or ``sigma_max`` is None): the same steps, with the same alpha_bar."""
     if sigma_max is None or process.sigma_max <= sigma_max:
@@ -140,7 +142,7 @@ def bounded(process: GaussianDiffusion, sigma_max: float | None) -> GaussianDiff
     return process.respace(list(range(keep)))
 
 
-def time_grid(process: GaussianDiffusion, steps: int, grid: str = "linspace", rho: float = 7.0,
+def time_grid(process: Any, steps: int, grid: str = "linspace", rho: float = 7.0,
               sigma_max: float | None = None) -> np.ndarray:
     """``steps`` decreasing times (original units): the training steps of ``subsequence`` (top
     first), or for ``"karras"`` the times of :func:`karras_sigmas` between the process's ends.
@@ -149,33 +151,58 @@ def time_grid(process: GaussianDiffusion, steps: int, grid: str = "linspace", rh
     :data:`SIGMA_MAX`); ``steps`` is then capped at the number of training steps left.
     """
     check_grid(grid)
-    steps = _check_steps(steps, process.T)
+    steps = _check_steps(steps, process.training_steps)
     process = bounded(process, sigma_max)
-    steps = min(steps, process.T)
+    steps = min(steps, process.training_steps)
     if grid in OPEN_GRIDS:   # the closed grid one level longer, its lowest level dropped
         base = grid[: -len("_open")]
-        return time_grid(process, min(steps + 1, process.T), base, rho)[:steps]
+        return time_grid(process, min(steps + 1, process.training_steps), base, rho)[:steps]
     if grid != "karras":
         return process.schedule.timesteps[subsequence(process, steps, grid)][::-1].astype(np.float64)
-    vp = process.continuous
-    t = vp.t_of_sigma(karras_sigmas(vp.sigma_min, vp.sigma_max, steps, rho))
-    t[0] = vp.t_max
+    t = process.t_of_sigma(karras_sigmas(process.sigma_min, process.sigma_max, steps, rho))
+    t[0] = process.t_max
     if steps > 1:
-        t[-1] = vp.t_min
+        t[-1] = process.t_min
     return t
 
 
-def sigma_grid(process: GaussianDiffusion, steps: int, grid: str = "linspace", rho: float = 7.0,
+def grids_for(process: Any, discrete_sampler: bool = False) -> tuple[str, ...]:
+    """The grids a sampler may run on: the training-step grids (:data:`GRIDS`; only the
+    sub-sequences :data:`SKIPS` for DDPM's chain) where ``process.training_steps`` is not None,
+    else :data:`CONTINUOUS_GRIDS`."""
+    if process.training_steps is None:
+        return CONTINUOUS_GRIDS
+    return SKIPS if discrete_sampler else GRIDS
+
+
+def sigma_grid(process: Any, steps: int, grid: str = "linspace", rho: float = 7.0,
                sigma_max: float | None = None) -> np.ndarray:
-    """The sigma grid of :func:`time_grid`, with the final 0 appended (float64, host)."""
-    return np.append(process.sigma(time_grid(process, steps, grid, rho, sigma_max)), 0.0)
+    """``steps`` decreasing noise levels of ``process`` and a final 0 (float64, host): the levels of
+    :func:`time_grid` where the process has training steps, else :func:`continuous_sigmas`.
+
+    ``sigma_max`` (training-step grids only) keeps the grid at or below that level (:func:`bounded`).
+    """
+    if process.training_steps is not None:
+        return np.append(process.sigma(time_grid(process, steps, grid, rho, sigma_max)), 0.0)
+    if sigma_max is not None:
+        raise ValueError(f"sigma_max bounds a grid of training steps; {type(process).__name__} has none, "
+                         f"got sigma_max={sigma_max!r}")
+    return continuous_sigmas(process, steps, grid, rho)
+
+
+def start_at(process: Any, full: np.ndarray, strength: float) -> np.ndarray:
+    """``full`` cut at sigma(t_0), t_0 = t_min + strength (t_max - t_min), which becomes its top
+    (never above ``full``'s own top): SDEdit's start (Meng et al. 2022, Alg. 1)."""
+    t0 = float(process.t_min) + strength * (float(process.t_max) - float(process.t_min))
+    start = min(float(process.sigma(t0)), float(full[0]))
+    return np.append(start, full[full < start])
 
 
 def continuous_sigmas(process: Any, steps: int, grid: str = "karras", rho: float = 7.0) -> np.ndarray:
     """The sigma grid of a continuous-time process, from ``sigma_max`` to ``sigma_min`` plus a final 0:
     ``"uniform"`` in t from ``t_max`` to ``t_min`` (score_sde), ``"logsnr"`` uniform in log sigma
     (log-SNR = -2 log sigma: the geometric NCSN / VE levels), ``"karras"`` (EDM eq. 5), and the
-    :data:`OPEN_GRIDS`."""
+    :data:`OPEN_GRIDS` (:func:`sigma_grid` calls it for a process without training steps)."""
     check_grid(grid, CONTINUOUS_GRIDS)
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")

@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..core.diffusion import GaussianDiffusion
-from ..core.vpsde import x0_eps_from_prediction
+from ..core.predictions import x0_eps_from_prediction
 
 __all__ = ["GUIDANCE_KINDS", "Guidance", "ClassifierGuidance", "ClassifierFreeGuidance", "ClassifierMeanShift",
            "check_labels", "class_grid_labels", "classifier_log_prob_grad", "guided_sample"]
@@ -159,7 +159,7 @@ class ClassifierGuidance:
 
     def __init__(self, process: GaussianDiffusion, model: Model, classifier: Model, scale: float,
                  num_classes: int | None = None, model_label: bool = False):
-        if not isinstance(process, GaussianDiffusion):
+        if process.training_steps is None:
             raise ValueError(f"classifier guidance needs the discrete process (its classifier is trained on its "
                              f"timesteps), got process={type(process).__name__}; use guidance='cfg'")
         self.process, self.model, self.classifier = process, model, classifier
@@ -169,7 +169,7 @@ class ClassifierGuidance:
 
     def eps_shift(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(-s sqrt(1 - alpha_bar_t) grad log p_phi(y | x_t, t), alpha_bar_t): the shift added to eps_theta."""
-        alpha_bar = _broadcast(self.process.continuous.alpha_bar_on(torch.as_tensor(t, device=x.device), x), x)
+        alpha_bar = _broadcast(self.process.alpha_bar_on(torch.as_tensor(t, device=x.device), x), x)
         grad = classifier_log_prob_grad(self.classifier, x, t, y)
         return -self.scale * torch.sqrt(1.0 - alpha_bar) * grad, alpha_bar
 

@@ -33,7 +33,7 @@ import torch
 
 from .loop import Denoiser, SampleOptions, host_sigmas, run_steps
 from .ode import check_positive
-from .stochastic import langevin_step, posterior_step
+from .stochastic import langevin_step, posterior_step, sde
 
 __all__ = ["pc", "ald", "reverse_diffusion", "euler_maruyama", "ancestral_ve", "predictor_corrector",
            "reverse_diffusion_step", "ancestral_ve_step", "PREDICTORS"]
@@ -99,9 +99,10 @@ def pc(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = N
 
     ``snr``: the corrector's signal-to-noise ratio r (0.16 is score_sde's CIFAR-10 default);
     ``alphas``: the alpha_i of Alg. 5 for each grid level (the discrete VP's 1 - beta_i;
-    1 for VE, the default). Calls: n + corrector_steps (n - 1).
+    1 for VE, the default). Calls: n + corrector_steps (n - 1). The registry's ``pc`` is an alias
+    of :func:`predictor_corrector` with ``predictor="ancestral_ve"``, which this is.
     """
-    return _run_pc("pc", D, x, sigmas, opts, "ancestral_ve", snr, corrector_steps, alphas)
+    return predictor_corrector(D, x, sigmas, opts, "ancestral_ve", snr, corrector_steps, alphas)
 
 
 @torch.no_grad()
@@ -135,9 +136,9 @@ euler_maruyama = reverse_diffusion
 
 @torch.no_grad()
 def ancestral_ve(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = None) -> torch.Tensor:
-    """score_sde's ancestral-sampling predictor for VE alone: the exact posterior step, i.e. the
-    same samples as :func:`ddpmkit.sampling.sde` for the same generator."""
-    return _run_pc("ancestral_ve", D, x, sigmas, opts, "ancestral_ve", 1.0, 0, None)
+    """score_sde's ancestral-sampling predictor for VE alone: the exact posterior step, i.e.
+    :func:`ddpmkit.sampling.sde` (DDIM with eta = 1; the registry's ``ancestral_ve`` is its alias)."""
+    return sde(D, x, sigmas, opts)
 
 
 @torch.no_grad()

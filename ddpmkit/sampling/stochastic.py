@@ -89,11 +89,10 @@ def sde(D: Denoiser, x: torch.Tensor, sigmas: Any, opts: SampleOptions | None = 
 
     The step is the posterior of the module docstring (eta = 1): its mean is the DDPM posterior
     mean and its variance the posterior's, the exponential-integrator solution of
-    dx = -2 sigma dsigma score + sqrt(2 sigma dsigma) dw over [sigma', sigma] with D held fixed.
+    dx = -2 sigma dsigma score + sqrt(2 sigma dsigma) dw over [sigma', sigma] with D held fixed:
+    :func:`ddim` with eta = 1 (the registry's ``sde`` is its alias).
     """
-    opts = opts or SampleOptions()
-    grid = host_sigmas(sigmas)
-    return run_steps("sde", lambda i, x: posterior_step(D, x, grid[i], grid[i + 1], 1.0, opts), x, grid, opts)
+    return euler_ancestral(D, x, sigmas, opts, 1.0)
 
 
 def langevin_step(D: Denoiser, x: torch.Tensor, sigma: float, snr: float, alpha: float,
