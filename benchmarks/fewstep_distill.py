@@ -7,7 +7,7 @@ distillation, FD-proxy at 1, 2, 4 and 8 network calls, and the wall time each to
 Every student is an ordinary run under ``--work`` (default benchmarks/out/distill/), trained with
 ``num_threads=1`` through ``dk.distill`` (CD, ECT, PD) or ``train(load_config("digits-ct"))``;
 a run whose last checkpoint exists is reused (its recorded wall time too). FD-proxy is
-``sample_quality``'s (the bundled digit classifier's features, reference the training split, floor
+``common.QualityRunner``'s (``sample_quality``: the bundled digit classifier's features, reference the training split, floor
 the held-out test split at the same count, x_0 clipped as ``ddpmkit sample`` does), seed 0. The
 teacher rows: DDIM and the best training-free few-step solvers on the teacher itself. The
 progressive student at 8 / 4 / 2 / 1 steps is the checkpoint at the end of each round.
@@ -25,12 +25,14 @@ from typing import Any
 import torch
 
 import ddpmkit as dk
+from common import QualityRunner
 from ddpmkit.data import load_dataset
-from ddpmkit.evaluation.evaluate import pick_extractor, sample_quality
-from ddpmkit.io.checkpoint import list_checkpoints, load_checkpoint
+from ddpmkit.evaluation.evaluate import pick_extractor
+from ddpmkit.io.checkpoint import list_checkpoints
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.sampling import SAMPLERS
 from ddpmkit.training.config import load_config
-from ddpmkit.training.monitor import save_sample_grid
+from ddpmkit.viz import save_sample_grid
 from ddpmkit.training.progressive import PD_GRID, progressive_rounds
 from ddpmkit.training.train import train
 
@@ -108,13 +110,11 @@ def rows_for(name: str, run: Path, args: argparse.Namespace) -> list[tuple[str, 
 def evaluate(teacher: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     ck = load_checkpoint(teacher)
     test, train_split = load_dataset(ck.config.data, "test"), load_dataset(ck.config.data, "train")
-    extractor = pick_extractor(test)
+    runner = QualityRunner(test, train_split, args.n, verbose=False)
     results: dict[str, Any] = {"rows": []}
     for name in ["teacher", *args.methods]:
         for row, process, model, sampler, params, calls in rows_for(name, teacher if name == "teacher" else work / name, args):
-            q = sample_quality(process, model, test.shape, extractor, train_split.x, test.x, [row], [calls],
-                               num_samples=args.n, seed=0, clip_x0=True, progress=False,
-                               sampler_params={row: {"sampler": sampler, **params}})
+            q = runner.rows(process, model, {row: {"sampler": sampler, **params}}, [calls], seed=0)
             results["floor"] = q["floor"]["fd"]
             r = q["rows"][0]
             results["rows"].append({"row": row, "sampler": sampler, "calls": calls, "nfe": r["nfe"], "fd": r["fd"]})

@@ -28,7 +28,7 @@ from ddpmkit.data import load_dataset
 from ddpmkit.evaluation.evaluate import pick_extractor
 from ddpmkit.evaluation.features import extract_features
 from ddpmkit.evaluation.metrics import feature_metrics
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.training.reflow import flow_sample
 
 CALLS = (1, 2, 4, 8)

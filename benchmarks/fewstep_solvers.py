@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep_solvers.py runs/digits            # the table
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep_solvers.py runs/digits --sweep    # grids x solvers
 
-FD-proxy (``sample_quality``: the digit classifier's features, reference the training split,
+FD-proxy (``common.QualityRunner``, i.e. ``sample_quality``: the digit classifier's features, reference the training split,
 floor the held-out test split at the same sample count (450 on the digits, so every cell has 450
 samples: FD is biased upwards at small counts, and only equal counts compare), x_0 clipped as
 ``ddpmkit sample`` does), seed 0: every row starts from the same noise. The table runs each solver on its default grid
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from common import QualityRunner
 from ddpmkit.data import load_dataset
-from ddpmkit.evaluation.evaluate import pick_extractor, sample_quality
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.sampling import SAMPLERS
 
 TABLE = {   # row -> (sampler, params, step counts)
@@ -48,15 +48,14 @@ SWEEP_STEPS = (2, 4, 5, 8)
 def run(run_dir: str, rows: dict[str, tuple[str, dict, tuple[int, ...]]], n: int | None) -> dict:
     ck = load_checkpoint(run_dir)
     test, train = load_dataset(ck.config.data, "test"), load_dataset(ck.config.data, "train")
-    extractor = pick_extractor(test)
+    runner = QualityRunner(test, train, n, verbose=False)
     model, process = ck.ema_model.eval(), ck.process
     results: dict = {"run": run_dir, "num_samples": n, "rows": []}
     for steps in sorted({s for _, _, ss in rows.values() for s in ss}):
         names = [name for name, (_, _, ss) in rows.items() if steps in ss]
         params = {name: {"sampler": rows[name][0], **rows[name][1]} for name in names}
         start = time.perf_counter()
-        q = sample_quality(process, model, test.shape, extractor, train.x, test.x, names, [steps],
-                           num_samples=n, seed=0, clip_x0=True, progress=False, sampler_params=params)
+        q = runner.rows(process, model, params, [steps], seed=0)
         results["floor"], results["num_samples"] = q["floor"]["fd"], q["num_samples"]
         for r in q["rows"]:
             sampler, extra, _ = rows[r["sampler"]]

@@ -36,7 +36,7 @@ from ddpmkit.cli.main import main as ddpmkit_main
 from ddpmkit.data import load_dataset
 from ddpmkit.evaluation.metrics.copies import copy_check
 from ddpmkit.io.files import write_json
-from ddpmkit.training.monitor import save_sample_grid
+from ddpmkit.viz import save_sample_grid
 
 FACES = 100          # the first 100 images of lfw_subset are the faces
 PICTURE_SAMPLES = 32

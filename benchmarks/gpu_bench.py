@@ -42,7 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import (_sync, build_pair, cuda_peak_memory, make_batch, n_params,  # noqa: E402
+from common import sync  # noqa: E402
+from throughput import (build_pair, cuda_peak_memory, make_batch, n_params,  # noqa: E402
                         paired_ratio, time_alternating, training_step)
 
 import ddpmkit as dk  # noqa: E402  (throughput puts the repository root on sys.path)
@@ -221,14 +222,14 @@ def bench_sampling(cfg: UNetConfig, n: int, batch: int, device: str = "cpu", ste
                 rows.append({**row, "note": f"skipped: warm-up failed: {_first_line(exc)}"})
                 continue
             batch_s: list[float] = []
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for i in range(-(-count // batch)):
                 t0 = time.perf_counter()
                 x = _sample_batch(process, model, shape, steps, i, device, amp)
                 if i == 0:
                     first[name] = x.float().clone()
-                _sync(device)
+                sync(device)
                 batch_s.append(time.perf_counter() - t0)
                 if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
                     break
@@ -237,10 +238,10 @@ def bench_sampling(cfg: UNetConfig, n: int, batch: int, device: str = "cpu", ste
             null = NullNet()
             null_s = []
             for _ in range(overhead_reps):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 _sample_batch(process, null, shape, steps, 0, device, amp)
-                _sync(device)
+                sync(device)
                 null_s.append(time.perf_counter() - t0)
             nfe = null.calls // overhead_reps
             row.update(n_done=done, complete=done >= count, seconds=total, images_per_s=done / total,
@@ -284,7 +285,7 @@ def bench_fp16_scaler(cfg: UNetConfig, device: str = "cpu", steps: int = 200, ba
         torch.cuda.reset_peak_memory_stats()
     shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
     losses, scales = [], []
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         x0 = torch.rand(shape, generator=g, device=device) * 2 - 1
@@ -296,7 +297,7 @@ def bench_fp16_scaler(cfg: UNetConfig, device: str = "cpu", steps: int = 200, ba
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach().float())
         scales.append(scaler.get_scale())
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     loss_t = torch.stack(losses).cpu()
     params_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
@@ -394,10 +395,10 @@ def profile_training_kernels(cfg: UNetConfig, batch: int, device: str = "cpu", t
         for name, model in build_pair(cfg, device, channels_last=True).items():
             step = training_step(model, x, t, target, amp=True)
             step(), step()
-            _sync(device)
+            sync(device)
             with profile(activities=activities) as prof:
                 step()
-                _sync(device)
+                sync(device)
             key = "self_device_time_total" if cuda else "self_cpu_time_total"
             events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
             events.sort(key=lambda e: -getattr(e, key))

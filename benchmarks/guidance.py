@@ -32,14 +32,14 @@ from typing import Any
 
 import torch
 
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.training.config import load_config
 from ddpmkit.data import load_dataset
 from ddpmkit.evaluation.evaluate import CountingModel
 from ddpmkit.evaluation.features import extract_features, load_digit_classifier
 from ddpmkit.sampling.guidance import Guidance, class_grid_labels, guided_sample
 from ddpmkit.evaluation.metrics import feature_metrics
-from ddpmkit.training.monitor import save_sample_grid
+from ddpmkit.viz import save_sample_grid
 from ddpmkit.nets.classifier import ClassifierConfig
 from ddpmkit.training.train import train
 from ddpmkit.training.train_classifier import classifier_config_for, load_classifier, train_classifier

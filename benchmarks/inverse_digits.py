@@ -42,9 +42,9 @@ from ddpmkit.data import load_dataset
 from ddpmkit.evaluation.features import extract_features, load_digit_classifier
 from ddpmkit.evaluation.metrics import frechet_distance_from_features
 from ddpmkit.inverse import Mask, solve_inverse
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.io.files import write_json
-from ddpmkit.training.monitor import save_sample_grid
+from ddpmkit.viz import save_sample_grid
 
 PICTURES = {"bottom": "inpainting_bottom.png", "random75": "inpainting_random.png"}
 

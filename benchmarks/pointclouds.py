@@ -53,7 +53,7 @@ from ddpmkit.data import load_dataset
 from ddpmkit.data.dataset import split_indices
 from ddpmkit.data.shapes import SHAPE_FAMILIES, make_shapes, point_to_surface
 from ddpmkit.evaluation.metrics.pointcloud import chamfer, mmd_cov, one_nna, pairwise_chamfer, pairwise_emd
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.io.files import write_json
 from ddpmkit.sampling import sample
 from ddpmkit.sampling.completion import complete_clouds, mirror_completion

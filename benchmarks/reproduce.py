@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -37,13 +36,14 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import (ROOT, QualityRunner, RunCache, code_info, fd_cell, machine_info, minutes,  # noqa: E402
+                    paired_bpd, paired_fd)
 from ddpmkit.training.config import TrainConfig, apply_overrides, load_config  # noqa: E402
 from ddpmkit.data import load_dataset  # noqa: E402
 from ddpmkit.core.diffusion import GaussianDiffusion  # noqa: E402
-from ddpmkit.evaluation.evaluate import pick_extractor, plot_quality, sample_quality  # noqa: E402
+from ddpmkit.evaluation.evaluate import plot_quality  # noqa: E402
 from ddpmkit.likelihood.bound import vlb_bpd  # noqa: E402
 from ddpmkit.training.train import TrainingDiverged, train  # noqa: E402
 
@@ -130,35 +130,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------ measurements
-class RunCache:
-    """Results stored beside a trained run (``reproduce_eval.json``) with the wall and CPU seconds
-    they took, so that an interrupted invocation resumes where it stopped and the report can
-    state the whole cost however many invocations made it."""
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / "reproduce_eval.json"
-        self.items: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
-
-    def get(self, key: str, phase: str, fn, *args, **kwargs) -> Any:
-        if key not in self.items:
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = fn(*args, **kwargs)
-            self.items[key] = {"phase": phase, "result": result, "wall_s": time.perf_counter() - wall,
-                               "cpu_s": time.process_time() - cpu}
-            partial = self.path.with_suffix(".partial")
-            partial.write_text(json.dumps(self.items))
-            partial.replace(self.path)
-        return self.items[key]["result"]
-
-    def costs(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for item in self.items.values():
-            entry = out.setdefault(item["phase"], {"wall_s": 0.0, "cpu_s": 0.0})
-            entry["wall_s"] += item["wall_s"]
-            entry["cpu_s"] += item["cpu_s"]
-        return out
-
-
 def model_config(spec: ModelSpec, args: argparse.Namespace, preset: dict[str, Any]) -> TrainConfig:
     """The digits preset (read once per invocation) with the row's diffusion fields, the step
     budget and a cache directory named by a hash of everything that shapes the weights."""
@@ -200,31 +171,11 @@ def bound_bpd(process: GaussianDiffusion, model, x: torch.Tensor, levels: int, p
             "n": len(total), "per_example": [round(v, 6) for v in total.tolist()]}
 
 
-class QualityRunner:
-    """sample_quality with this run's data, features, sample count and bootstrap."""
-
-    def __init__(self, args: argparse.Namespace, test, train_set):
-        self.args, self.test, self.train_set = args, test, train_set
-        self.extractor = pick_extractor(test)
-        self.floor: dict[str, Any] | None = None
-
-    def rows(self, process: GaussianDiffusion, model, names: dict[str, dict[str, Any]], steps: list[int],
-             seed: int = 0) -> dict[str, Any]:
-        q = sample_quality(process, model.eval(), self.test.shape, self.extractor, self.train_set.x, self.test.x,
-                           list(names), steps, num_samples=self.args.num_samples, seed=seed,
-                           sampler_params=names, progress=False, bootstrap=self.args.bootstrap)
-        for r in q["rows"]:
-            print(f"   {r['sampler']:>12s} S={r['steps']:<5d} seed {seed}: FD {r['fd']:.3f} +- {r['fd_boot_std']:.3f} "
-                  f"(floor {q['floor']['fd']:.3f}) {r['seconds']:.0f}s", flush=True)
-        return {"rows": [{**r, "seed": seed} for r in q["rows"]], "floor": q["floor"]}
-
-    def cached(self, cache: RunCache, phase: str, process: GaussianDiffusion, model,
-               names: dict[str, dict[str, Any]], steps: list[int], seed: int = 0) -> dict[str, Any]:
-        key = json.dumps({"variance": process.variance, "rows": names, "steps": steps, "seed": seed,
-                          "n": self.args.num_samples, "bootstrap": self.args.bootstrap}, sort_keys=True)
-        result = cache.get(key, phase, self.rows, process, model, names, steps, seed)
-        self.floor = result["floor"]
-        return result
+def cached_rows(runner: QualityRunner, cache: RunCache, phase: str, process: GaussianDiffusion, model,
+            names: dict[str, dict[str, Any]], steps: list[int], seed: int = 0) -> dict[str, Any]:
+    """The runner's cached rows of ``names`` x ``steps`` on ``process`` (told apart by its variance)."""
+    identity = {"variance": process.variance, "rows": names, "steps": steps, "seed": seed}
+    return runner.cached(cache, phase, identity, process, model, names, steps, seed)
 
 
 def sweep(runner: QualityRunner, cache: RunCache, model, process: GaussianDiffusion, args: argparse.Namespace
@@ -248,20 +199,8 @@ def sweep(runner: QualityRunner, cache: RunCache, model, process: GaussianDiffus
                 sampler, extra, variance = SWEEP_ROWS[name]
                 params = {"sampler": sampler, "grid": SKIP, **extra}
             phase = "sweep full T" if steps == [process.T] else ("sweep" if seed == 0 else "sweep extra seeds")
-            rows += runner.cached(cache, phase, processes[variance], model, {name: params}, steps, seed)["rows"]
+            rows += cached_rows(runner, cache, phase, processes[variance], model, {name: params}, steps, seed)["rows"]
     return rows
-
-
-def paired_fd(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
-    """FD(a) - FD(b) and the standard deviation of the paired bootstrap differences."""
-    diff = torch.tensor(a["fd_boot"]) - torch.tensor(b["fd_boot"])
-    return a["fd"] - b["fd"], float(diff.std())
-
-
-def paired_bpd(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
-    """bpd(a) - bpd(b) over the same examples and noise, with the standard error of the mean difference."""
-    diff = torch.tensor(a["per_example"], dtype=torch.float64) - torch.tensor(b["per_example"], dtype=torch.float64)
-    return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
 
 
 OTHER_SECTIONS = "## Score-based processes on the digits"   # benchmarks/score_family.py's, kept on rewrite
@@ -284,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     preset = base.to_dict()
     data_config = base.data
     test, train_set = load_dataset(data_config, "test"), load_dataset(data_config, "train")
-    runner = QualityRunner(args, test, train_set)
+    runner = QualityRunner(test, train_set, args.num_samples, args.bootstrap)
     x_bpd = test.x[:args.bpd_examples]
 
     models: dict[str, dict[str, Any]] = {}
@@ -318,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # sub-sequence, draw for draw (tests/test_evaluate.py checks the equality)
             entry["fd"] = {**reuse[0], "sampler": "ddpm", "same_as": "ddim-eta1"}
         else:
-            entry["fd"] = runner.cached(cache, "model FD", process, model, {"ddpm": {"sampler": "ddpm", "grid": SKIP}},
-                                        [steps])["rows"][0]
+            entry["fd"] = cached_rows(runner, cache, "model FD", process, model, {"ddpm": {"sampler": "ddpm", "grid": SKIP}},
+                                  [steps])["rows"][0]
         models[spec.name] = entry
         for phase, cost in [("train", train_info), *cache.costs().items()]:
             total = phases.setdefault(phase, {"wall_s": 0.0, "cpu_s": 0.0})
@@ -354,32 +293,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_outputs(report, Path(args.json), Path(args.doc), Path(args.plot))
     print(f"wrote {args.json}, {args.doc}, {args.plot} in {report['total_wall_s'] / 60:.1f} min", flush=True)
     return report
-
-
-def code_info() -> dict[str, Any]:
-    """The commit the run started from and the files that differed from it (a shared work tree)."""
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True).stdout.rstrip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-    return {"commit": git("rev-parse", "--short", "HEAD").strip(),
-            "modified": [line[3:] for line in git("status", "--short", "--untracked-files=no").splitlines()]}
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads_used": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
 # ------------------------------------------------------------------------------ the papers' claims
@@ -461,19 +374,11 @@ PAPER_SWEEP = {"ddim-eta0": "13.36 / 6.84 / 4.67 / 4.16 / 4.04", "ddim-eta0.5": 
                "dpmpp2m": "4.01 / 2.90 at 10 / 20 NFE (3M, score-SDE model)"}
 
 
-def _fd(row: dict[str, Any] | None) -> str:
-    return "-" if row is None else f"{row['fd']:.3f} ± {row['fd_boot_std']:.3f}"
-
-
 def _preset_summary(p: dict[str, Any]) -> str:
     n, o, d = p["network"], p["optim"], p["diffusion"]
     return (f"U-Net with {n.get('channels')} channels x {n.get('channel_mult')}, {n.get('num_res_blocks')} residual "
             f"blocks per level, attention at {n.get('attention_resolutions')}, dropout {n.get('dropout')}; AdamW lr "
             f"{o['lr']}, warm-up {o['warmup']}, batch {o['batch_size']}; EMA {p['ema_rates']}; T = {d['T']}")
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min"
 
 
 def render_markdown(r: dict[str, Any]) -> str:
@@ -486,10 +391,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         "# Reproducing the papers' orderings on the 8x8 digits", "",
         f"Generated by `{r['command']}` on {r['date']}: {mach['cpu']} ({mach['cores']} cores, "
         f"{mach['threads_used']} thread used), torch {mach['torch']}, Python {mach['python']}. All the work took "
-        f"**{_minutes(cpu_total)} of CPU time on one thread** (training {_minutes(r['phases']['train']['cpu_s'])}), "
-        f"{_minutes(wall_total)} of wall time on a shared machine (load average {r['load_average']['start'][0]:.1f} "
+        f"**{minutes(cpu_total)} of CPU time on one thread** (training {minutes(r['phases']['train']['cpu_s'])}), "
+        f"{minutes(wall_total)} of wall time on a shared machine (load average {r['load_average']['start'][0]:.1f} "
         f"at the start of the last invocation, {r['load_average']['end'][0]:.1f} at its end), as recorded when each "
-        f"piece was computed and cached under `runs/reproduce/` (the last invocation: {_minutes(r['total_wall_s'])}). "
+        f"piece was computed and cached under `runs/reproduce/` (the last invocation: {minutes(r['total_wall_s'])}). "
         "Code: commit "
         f"`{r['code']['commit']}`" + (f" with uncommitted changes in {', '.join(r['code']['modified'])}"
                                         if r['code']['modified'] else "") + ".", "",
@@ -519,7 +424,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += ["| sampler | " + " | ".join(f"S = {s}" for s in steps) + " | paper (CIFAR-10 FID, S = 10/20/50/100/1000) |",
               "|---|" + "---:|" * len(steps) + "---|"]
     for name in [*SWEEP_ROWS, "dpmpp2m"]:
-        lines.append(f"| {name} | " + " | ".join(_fd(rows.get((name, s))) for s in steps) + f" | {PAPER_SWEEP[name]} |")
+        lines.append(f"| {name} | " + " | ".join(fd_cell(rows.get((name, s))) for s in steps) + f" | {PAPER_SWEEP[name]} |")
     lines += [f"| *floor (test split)* | {fl['fd']:.3f} |" + " |" * (len(steps) - 1) + " |", "",
               "Cells marked - were not run: all-T rows cost "
               f"{T} network calls per sample, so only `{', '.join(st['full_rows'])}` get them.", "",
@@ -532,9 +437,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     for name, m in r["models"].items():
         b, f, t = m["bpd"], m["fd"], m["train"]
         nll, fid = PAPER_MODEL[name]
-        lines.append(f"| {name}: {m['label']} | {b['mean']:.3f} ± {b['sem']:.3f} | {b['decoder']:.3f} | {_fd(f)} | "
+        lines.append(f"| {name}: {m['label']} | {b['mean']:.3f} ± {b['sem']:.3f} | {b['decoder']:.3f} | {fd_cell(f)} | "
                      f"{f['precision']:.2f} / {f['recall']:.2f} | {nll} | {fid} | {t['step']} steps, "
-                     f"{_minutes(t['wall_s'])} / {_minutes(t['cpu_s'])} |")
+                     f"{minutes(t['wall_s'])} / {minutes(t['cpu_s'])} |")
     lines += [f"| {name} | diverged: {why} | | | | | | |" for name, why in r.get("diverged", {}).items()]
     lines += ["", "Paper numbers are on CIFAR-10 / ImageNet-64 with Inception FID: compare orderings, not values. "
               f"The `{SWEEP_MODEL}` FD is the `ddim-eta1` cell of the main table at S = {st['model_steps']}: DDIM with "
@@ -577,7 +482,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += ["## Time", "", f"Work: {w['train_images']:,} training images (forward + backward), "
               f"{w['sample_forwards']:,} single-image network evaluations for samples and {w['bound_forwards']:,} "
               "for the bound.", "", "| phase | wall | CPU |", "|---|---:|---:|"]
-    lines += [f"| {k} | {_minutes(v['wall_s'])} | {_minutes(v['cpu_s'])} |" for k, v in r["phases"].items()]
+    lines += [f"| {k} | {minutes(v['wall_s'])} | {minutes(v['cpu_s'])} |" for k, v in r["phases"].items()]
     lines += ["", "Each piece's cost is recorded when it is computed; a re-run loads the cached pieces. "
               "JSON with every number: `benchmarks/out/reproduce.json`.", ""]
     return "\n".join(lines)

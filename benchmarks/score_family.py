@@ -9,7 +9,7 @@ Models (presets ``digits``, ``digits-subvp``, ``digits-ncsn``, ``digits-edm``, a
 training-speed comparison the continuous VP with min-SNR weighting, ``digits-subvp`` with
 ``diffusion.process=vp diffusion.weighting=min_snr``) are trained by ``train(load_config(...))``
 and cached under ``runs/score_family/<name>-<config hash>/``; every measurement is cached beside
-its run (benchmarks/reproduce.py's ``RunCache``), so a re-run only renders. Measured per model:
+its run (``common.RunCache``, through ``common.QualityRunner``), so a re-run only renders. Measured per model:
 
 - FD-proxy of ``--num-samples`` samples in the committed digit classifier's features against the
   train split (the floor: the test split), +- the bootstrap sd (paired across rows: comparisons
@@ -43,10 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from reproduce import RunCache, _fd, _minutes, code_info, machine_info, paired_bpd, paired_fd  # noqa: E402
+from common import (QualityRunner, RunCache, code_info, fd_cell, machine_info, minutes, paired_bpd,  # noqa: E402
+                    paired_fd)
 from ddpmkit.data import load_dataset  # noqa: E402
-from ddpmkit.evaluation.evaluate import pick_extractor, sample_quality  # noqa: E402
-from ddpmkit.io.checkpoint import read_checkpoint  # noqa: E402
+from ddpmkit.io.checkpoint import list_checkpoints  # noqa: E402
+from ddpmkit.runs import load_run  # noqa: E402
 from ddpmkit.likelihood.ode import ode_bpd  # noqa: E402
 from ddpmkit.training.config import TrainConfig, apply_overrides, load_config  # noqa: E402
 from ddpmkit.training.train import train  # noqa: E402
@@ -169,33 +170,24 @@ def family_config(fam: Family, args: argparse.Namespace) -> TrainConfig:
 
 # ------------------------------------------------------------------------------ measurements
 class Evaluator:
-    """The data, the feature network and the cached measurements of one invocation."""
+    """The data, the cached quality runner (:class:`common.QualityRunner`) and the ODE bits/dim of one invocation."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         data = load_config("digits").data
         self.test, self.train = load_dataset(data, "test"), load_dataset(data, "train")
-        self.extractor = pick_extractor(self.test)
-        self.floor: dict[str, Any] | None = None
+        self.runner = QualityRunner(self.test, self.train, args.num_samples, args.bootstrap)
+
+    @property
+    def floor(self) -> dict[str, Any] | None:
+        return self.runner.floor
 
     def fd(self, cache: RunCache, process, model, row: str, steps: int, seed: int, phase: str,
            tag: str = "final") -> dict[str, Any] | None:
-        key = json.dumps({"fd": row, "steps": steps, "seed": seed, "n": self.args.num_samples,
-                          "bootstrap": self.args.bootstrap, "model": tag}, sort_keys=True)
-        if self.args.render_only and key not in cache.items:
-            return None
-
-        def run() -> dict[str, Any]:
-            q = sample_quality(process, model.eval(), self.test.shape, self.extractor, self.train.x, self.test.x,
-                               [row], [steps], num_samples=self.args.num_samples, seed=seed,
-                               sampler_params={row: ROWS[row]}, progress=False, bootstrap=self.args.bootstrap)
-            r = q["rows"][0]
-            print(f"   {tag:>6s} {row:>13s} n={steps:<4d} calls={r['nfe']:<5.0f} seed {seed}: FD {r['fd']:.3f} "
-                  f"+- {r['fd_boot_std']:.3f} (floor {q['floor']['fd']:.3f}) {r['seconds']:.0f}s", flush=True)
-            return {"row": {**r, "sampler": row, "seed": seed, "model": tag}, "floor": q["floor"]}
-        result = cache.get(key, phase, run)
-        self.floor = result["floor"]
-        return result["row"]
+        identity = {"rows": {row: ROWS[row]}, "steps": [steps], "seed": seed, "model": tag}
+        result = self.runner.cached(cache, phase, identity, process, model, {row: ROWS[row]}, [steps], seed, tag,
+                                    only_cached=self.args.render_only)
+        return None if result is None else result["rows"][0]
 
     def ode(self, cache: RunCache, process, model) -> dict[str, Any] | None:
         n = min(self.args.ode_examples, len(self.test))
@@ -223,11 +215,11 @@ def train_seconds(run_dir: Path) -> dict[int, float]:
 
 
 def ema_at(config: TrainConfig, step: int) -> torch.nn.Module:
-    """The EMA network of the run's checkpoint at ``step``."""
-    tensors, _, _ = read_checkpoint(Path(config.out) / "checkpoints" / f"step_{step:08d}.json")
-    net = config.build_network()
-    net.load_state_dict({k[len("ema.0."):]: v for k, v in tensors.items() if k.startswith("ema.0.")})
-    return net.eval()
+    """The EMA network of the run's checkpoint at ``step`` (:func:`ddpmkit.load_run`)."""
+    path = dict(list_checkpoints(Path(config.out) / "checkpoints")).get(step)
+    if path is None:
+        raise SystemExit(f"no checkpoint at step {step} in {config.out}")
+    return load_run(path).model
 
 
 def run_family(fam: Family, ev: Evaluator, args: argparse.Namespace, phases: list[str]) -> dict[str, Any] | None:
@@ -250,9 +242,7 @@ def run_family(fam: Family, ev: Evaluator, args: argparse.Namespace, phases: lis
         info = {"step": result.step, "seconds": train_seconds(run_dir).get(result.step, result.seconds),
                 "final_loss": result.metrics.get("loss")}
         (run_dir / "score_family_train.json").write_text(json.dumps(info, indent=1) + "\n")
-    cache = RunCache(run_dir)
-    cache.path = run_dir / "score_family_eval.json"
-    cache.items = json.loads(cache.path.read_text()) if cache.path.is_file() else {}
+    cache = RunCache(run_dir, "score_family_eval.json")
     entry: dict[str, Any] = {"label": fam.label, "preset": fam.preset, "overrides": list(fam.overrides),
                              "run": str(run_dir), "train": info, "rows": [], "speed": []}
     if "ode" in phases and fam.samplers:
@@ -353,7 +343,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [SECTION, "",
              f"Generated by `{report['command']}` on {report['date']} ({report['machine']['cpu']}, "
              f"{report['machine']['cores']} cores; {st['workers']} one-thread worker processes; torch "
-             f"{report['machine']['torch']}); wall time of the last invocation {_minutes(report['total_wall_s'])}. "
+             f"{report['machine']['torch']}); wall time of the last invocation {minutes(report['total_wall_s'])}. "
              f"Code: commit `{report['code']['commit']}`.", "",
              f"Every model is the same U-Net (the `digits` preset's), trained **{st['train_steps']} steps** "
              "(batch 128, AdamW 2e-3, cosine decay, EMA 0.999) from its preset by "
@@ -374,14 +364,14 @@ def render(report: dict[str, Any]) -> str:
             cells = []
             for b in budgets:
                 r = row_of(report, name, row, steps_for(row, b))
-                cells.append("-" if r is None else f"{_fd(r)} ({_calls(r)})")
+                cells.append("-" if r is None else f"{fd_cell(r)} ({_calls(r)})")
             ode = fam.get("ode")
-            extra = (f"{ode['mean']:.3f} ± {ode['sem']:.3f} | {_minutes(fam['train']['seconds'])}" if i == 0 and ode
+            extra = (f"{ode['mean']:.3f} ± {ode['sem']:.3f} | {minutes(fam['train']['seconds'])}" if i == 0 and ode
                      else " | ")
             lines.append(f"| {name if i == 0 else ''} | {row} | " + " | ".join(cells) + f" | {extra} |")
     edm35 = row_of(report, "edm", "heun", (EDM_CALLS + 1) // 2)
     if edm35:
-        lines.append(f"| edm | heun (18 steps, EDM's default) | {_fd(edm35)} ({_calls(edm35)}) |" + " |" * (len(budgets) + 1))
+        lines.append(f"| edm | heun (18 steps, EDM's default) | {fd_cell(edm35)} ({_calls(edm35)}) |" + " |" * (len(budgets) + 1))
     lines += [f"| *floor (test split)* | | {fl['fd']:.3f} |" + " |" * (len(budgets) + 1), "",
               "A - marks a cell not run: the costly budget runs only each model's main sampler (and ALD).", ""]
 
@@ -415,7 +405,7 @@ def render(report: dict[str, Any]) -> str:
                   "|---|" + "---:|" * len(st["speed_steps"]) + "---|"]
         for name, pts in speed.items():
             by = {p["step"]: p for p in pts}
-            cells = [f"{_fd(by[s])} ({by[s]['train_seconds']:.0f} s)" if s in by and by[s]["train_seconds"] is not None
+            cells = [f"{fd_cell(by[s])} ({by[s]['train_seconds']:.0f} s)" if s in by and by[s]["train_seconds"] is not None
                      else "-" for s in st["speed_steps"]]
             hit = [p for p in pts if p["fd"] <= fl["fd"]]
             first = f"step {hit[0]['step']} ({hit[0]['train_seconds']:.0f} s)" if hit else "not reached"

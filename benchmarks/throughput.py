@@ -3,7 +3,9 @@ share of sampling time the samplers spend outside the network.
 
 Part 1 (networks), for the DDPM CIFAR-10 U-Net (Ho et al. 2020, appendix B; 35.7M parameters)
 and the digits preset's network, each mapped to the closest UNet2DModel (:func:`diffusers_kwargs`):
-training-step images/s (forward + backward + AdamW step, MSE to a noise target) and forward
+training-step images/s (ours: ``Trainer.train_step`` of a ``digits``-preset run with that network,
+i.e. the batch draw, the process's loss, backward, clipping, AdamW and the EMA update, exactly as
+ddpmkit trains; diffusers: forward + backward + AdamW step, MSE to a noise target) and forward
 images/s (no_grad), in both memory layouts (contiguous and channels_last, the trainer's), timed
 alternately ours / theirs / ours / theirs so that load on a shared machine hits both alike; the
 speed ratio ours/theirs as the median of back-to-back pairs (:func:`paired_ratio`); forward FLOPs per image
@@ -30,6 +32,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -41,10 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import ROOT, sync  # noqa: E402
+from ddpmkit.data import ArrayDataset  # noqa: E402
 from ddpmkit.training.config import load_config  # noqa: E402
+from ddpmkit.training.train import Trainer  # noqa: E402
 from ddpmkit.nets import UNet, UNetConfig  # noqa: E402
 from ddpmkit.sampling import sample  # noqa: E402
 
@@ -144,11 +149,6 @@ def count_forward_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> i
     return counter.get_total_flops() // x.shape[0]
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def matmul_gflops(n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
     """Median rate of an ``n x n`` float32 matrix product, GFLOP/s (2 n^3 FLOPs per product)."""
     g = torch.Generator().manual_seed(0)
@@ -156,17 +156,18 @@ def matmul_gflops(n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
     torch.mm(a, b)
     times = []
     for _ in range(reps):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def training_step(model: nn.Module, x: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
                   amp: bool = False) -> Callable[[], None]:
-    """A closure doing one forward + backward + AdamW step (bf16 autocast when ``amp``)."""
+    """A closure doing one forward + backward + AdamW step (bf16 autocast when ``amp``): the peer's
+    (diffusers') training step, MSE to ``target``; ddpmkit's own is :func:`trainer_for`'s ``train_step``."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else nullcontext()
 
@@ -179,6 +180,21 @@ def training_step(model: nn.Module, x: torch.Tensor, t: torch.Tensor, target: to
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def trainer_for(cfg: UNetConfig, x: torch.Tensor, out: str | Path, device: str = "cpu", channels_last: bool = True,
+                amp: bool = False, compile: bool = False) -> Trainer:
+    """A :class:`Trainer` of the ``digits`` preset with the network ``cfg`` on the images ``x`` (one
+    global batch of them; bf16 autocast when ``amp``), its network in the ``channels_last`` layout
+    (the trainer's own) or contiguous. Time ``trainer.train_step``: ddpmkit's training step itself."""
+    config = load_config("digits", ["sample_every=0", "checkpoint_every=0", "log_every=1000000", "num_threads=0",
+                                    f"optim.batch_size={len(x)}", f"device={device}", f"out={out}",
+                                    f"precision={'bf16' if amp else 'fp32'}", f"compile={str(compile).lower()}"])
+    data = ArrayDataset(x.detach().float().cpu().contiguous(), None, None, None, "throughput", kind="image")
+    trainer = Trainer(config.replace(network=replace(cfg, dropout=0.0)), progress=False, dataset=data)
+    if not channels_last:
+        trainer.model.to(memory_format=torch.contiguous_format)   # in place: the optimiser keeps its parameters
+    return trainer
 
 
 def forward_pass(model: nn.Module, x: torch.Tensor, t: torch.Tensor, amp: bool = False) -> Callable[[], None]:
@@ -208,10 +224,10 @@ def time_alternating(fns: dict[str, Callable[[], None]], reps: int, device: str 
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -241,15 +257,21 @@ def _peak_rss_kib() -> int:
 def _memory_child(spec: dict[str, Any]) -> None:
     torch.set_num_threads(spec["threads"])
     cfg = bench_configs()[spec["config"]]
-    torch.manual_seed(0)
-    model = UNet(cfg) if spec["which"] == "ours" else DiffusersUNet(cfg)   # only the one measured
     x, t, target = make_batch(cfg, spec["batch"])
-    mib = 1024.0  # ru_maxrss is in KiB on Linux
-    base = _peak_rss_kib()
-    forward_pass(model, x, t)()
-    fwd = _peak_rss_kib()
-    training_step(model, x, t, target)()
-    train = _peak_rss_kib()
+    with tempfile.TemporaryDirectory() as work:   # only the one measured: ours in its Trainer
+        torch.manual_seed(0)
+        if spec["which"] == "ours":
+            trainer = trainer_for(cfg, x, work)
+            model, step = trainer.model, trainer.train_step
+        else:
+            model = DiffusersUNet(cfg)
+            step = training_step(model, x, t, target)
+        mib = 1024.0  # ru_maxrss is in KiB on Linux
+        base = _peak_rss_kib()
+        forward_pass(model, x, t)()
+        fwd = _peak_rss_kib()
+        step()
+        train = _peak_rss_kib()
     print(json.dumps({"forward_mib": (fwd - base) / mib, "train_mib": (train - base) / mib, "base_mib": base / mib}))
 
 
@@ -271,10 +293,10 @@ class TimedModel:
         self.inside, self.calls = 0.0, 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         out = self.model(x, t, **cond)
-        _sync(self.device)
+        sync(self.device)
         self.inside += time.perf_counter() - start
         self.calls += 1
         return out
@@ -286,10 +308,10 @@ def sampling_overhead(process: Any, model: Callable[..., torch.Tensor], sampler:
     timed = TimedModel(model, device)
     autocast = torch.autocast(device, dtype=torch.bfloat16) if amp else nullcontext()
     with torch.no_grad(), autocast:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         sample(process, timed, shape, sampler, steps, seed=0, device=device, progress=False)
-        _sync(device)
+        sync(device)
         total = time.perf_counter() - start
     return {"sampler": sampler, "steps": steps, "nfe": timed.calls, "total_s": total,
             "network_s": timed.inside, "overhead": 1.0 - timed.inside / total,
@@ -326,26 +348,33 @@ def bench_networks(name: str, cfg: UNetConfig, batch: int, reps: int, args: argp
         models = {layout: {k: torch.compile(m) for k, m in pair.items()} for layout, pair in models.items()}
     rows = [{"config": name, "layout": layout, "batch": batch, "reps": reps, "params": params,
              "forward_flops": flops} for layout in layouts]
-    for mode in ("train", "forward"):
-        fns = {}
-        for layout, pair in models.items():
-            x, t, target = batches[layout]
-            for k, m in pair.items():
-                fns[(layout, k)] = (training_step(m, x, t, target, amp=cuda) if mode == "train"
-                                    else forward_pass(m, x, t, amp=cuda))
-        times = time_alternating(fns, reps, args.device)
-        for row in rows:
-            mine = {k: v for (layout, k), v in times.items() if layout == row["layout"]}
-            rate = {k: batch / statistics.median(v) for k, v in mine.items()}
-            per_image = {k: (3 if mode == "train" else 1) * flops[k] for k in rate}
-            row[mode] = {"images_per_s": rate, "ratio_ours_over_diffusers": paired_ratio(mine["diffusers"], mine["ours"]),
-                         "seconds": mine,
-                         "fraction_of_matmul_rate": {k: rate[k] * per_image[k] / 1e9 / peak for k in rate}}
-            if cuda:
-                row[mode]["peak_mib"] = {k: cuda_peak_memory(fns[(row["layout"], k)]) for k in rate}
-            print(f"  {name:13s} {row['layout']:13s} {mode:7s} ours {rate['ours']:8.2f} img/s  "
-                  f"diffusers {rate['diffusers']:8.2f} img/s  ratio {row[mode]['ratio_ours_over_diffusers']:.3f}",
-                  flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        trainers = {layout: trainer_for(cfg, batches[layout][0], Path(work) / layout, args.device,
+                                        layout == "channels_last", amp=cuda, compile=cuda and args.compile)
+                    for layout in layouts}
+        for mode in ("train", "forward"):
+            fns = {}
+            for layout, pair in models.items():
+                x, t, target = batches[layout]
+                for k, m in pair.items():
+                    if mode == "forward":
+                        fns[(layout, k)] = forward_pass(m, x, t, amp=cuda)
+                    else:   # ours: ddpmkit's own training step; diffusers: its model in a plain loop
+                        fns[(layout, k)] = (trainers[layout].train_step if k == "ours"
+                                            else training_step(m, x, t, target, amp=cuda))
+            times = time_alternating(fns, reps, args.device)
+            for row in rows:
+                mine = {k: v for (layout, k), v in times.items() if layout == row["layout"]}
+                rate = {k: batch / statistics.median(v) for k, v in mine.items()}
+                per_image = {k: (3 if mode == "train" else 1) * flops[k] for k in rate}
+                row[mode] = {"images_per_s": rate, "ratio_ours_over_diffusers": paired_ratio(mine["diffusers"], mine["ours"]),
+                             "seconds": mine,
+                             "fraction_of_matmul_rate": {k: rate[k] * per_image[k] / 1e9 / peak for k in rate}}
+                if cuda:
+                    row[mode]["peak_mib"] = {k: cuda_peak_memory(fns[(row["layout"], k)]) for k in rate}
+                print(f"  {name:13s} {row['layout']:13s} {mode:7s} ours {rate['ours']:8.2f} img/s  "
+                      f"diffusers {rate['diffusers']:8.2f} img/s  ratio {row[mode]['ratio_ours_over_diffusers']:.3f}",
+                      flush=True)
     if not cuda and not args.no_memory:
         mem = {k: peak_memory(name, k, batch, args.threads) for k in models[layouts[0]]}
         for mode in ("train", "forward"):
@@ -378,9 +407,12 @@ def profile_cifar(args: argparse.Namespace, top: int = 15) -> dict[str, Any]:
     cfg = bench_configs()["cifar10-ddpm"]
     x, t, target = make_batch(cfg, args.cifar_batch, args.device)
     result = {}
-    for name, model in build_pair(cfg, args.device).items():
-        rows = profile_training_step(training_step(model, x, t, target), top=0)
-        result[name] = {"total_self_cpu_ms": sum(r["self_cpu_ms"] for r in rows), "top": rows[:top], "all": rows}
+    with tempfile.TemporaryDirectory() as work:
+        steps = {"ours": trainer_for(cfg, x, work, args.device).train_step,
+                 "diffusers": training_step(build_pair(cfg, args.device)["diffusers"], x, t, target)}
+        for name, step in steps.items():
+            rows = profile_training_step(step, top=0)
+            result[name] = {"total_self_cpu_ms": sum(r["self_cpu_ms"] for r in rows), "top": rows[:top], "all": rows}
     ours = {r["op"]: r for r in result["ours"]["all"]}
     theirs = {r["op"]: r for r in result["diffusers"]["all"]}
     diff = [{"op": op, "ours_ms": ours.get(op, {}).get("self_cpu_ms", 0.0),
@@ -432,7 +464,9 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{100 * r['fraction_of_matmul_rate']['diffusers']:.1f} | "
                          f"{mem.get('ours', float('nan')):.0f} | {mem.get('diffusers', float('nan')):.0f} |")
     lines += ["", *shipped_lines(report["networks"]),
-              "", "Train = forward + backward + AdamW step, counted as 3x the forward FLOPs. Peak memory on CPU: "
+              "", "Train = one training step, counted as 3x the forward FLOPs: ours is `Trainer.train_step` (the "
+              "batch draw, the process's loss, backward, clipping, AdamW and the EMA update), diffusers' a forward + "
+              "backward + AdamW step on an MSE to a fixed target. Peak memory on CPU: "
               "growth of the resident high-water mark (VmHWM) over the level after building model and batch, in a fresh "
               "process (forward measured first, then a training step); on CUDA: max_memory_allocated.", ""]
     if report.get("samplers"):

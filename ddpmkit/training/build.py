@@ -1,7 +1,7 @@
 """From a config to objects: the network and the process, and the network's size-dependent fields.
 
     network = build_network(config.network)        # a U-Net comes channels-last
-    process = build_process(config.diffusion)      # a GaussianDiffusion, or a VE / VP / SubVP / EDM
+    process = build_process(config.diffusion)      # GaussianDiffusion, VE, VP, SubVP, EDM, RectifiedFlow, ...
     attention = attention_at_size((4,), old_size=8, new_size=28, levels=2)   # (14,)
 
 The network kinds ("unet", "mlp", "pointnet", "unet1d") are those of :data:`ddpmkit.nets.NETWORK_KINDS`, the one
@@ -9,13 +9,16 @@ registry; :func:`network_kinds` returns it. Nothing here imports the config data
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ..core.consistency import Consistency
-from ..core.diffusion import PREDICTIONS, GaussianDiffusion
+from ..core.diffusion import GaussianDiffusion
 from ..core.edm import EDM
 from ..core.flow import RectifiedFlow
 from ..core.schedules import Schedule
@@ -25,35 +28,49 @@ from ..nets import NETWORK_KINDS
 from ..nets import build_network as _build_module
 
 __all__ = ["network_kinds", "network_kind", "build_network", "build_process", "level_sides",
-           "attention_at_size", "PROCESSES", "PROCESS_KEYS", "CONTINUOUS_KEYS", "continuous_class",
-           "check_process_keys", "describe_process", "SCHEDULES", "discrete_schedule"]
+           "attention_at_size", "PROCESSES", "PROCESS_CLASSES", "process_keywords", "process_keyword_hint",
+           "unused_key", "check_diffusion", "DISCRETE_ONLY", "describe_process", "SCHEDULES", "discrete_schedule"]
 
-CONTINUOUS_PROCESSES: dict[str, type] = {"ve": VE, "vp": VP, "subvp": SubVP, "edm": EDM, "flow": RectifiedFlow,
-                                         "consistency": Consistency}
-PROCESSES = ("discrete",) + tuple(CONTINUOUS_PROCESSES)
+PROCESS_CLASSES: dict[str, type] = {"discrete": GaussianDiffusion, "ve": VE, "vp": VP, "subvp": SubVP, "edm": EDM,
+                                    "flow": RectifiedFlow, "consistency": Consistency}
+"""The class of each ``diffusion.process``: its constructor says which config keys the process takes."""
+PROCESSES = tuple(PROCESS_CLASSES)
 """The values of ``diffusion.process``."""
 SCHEDULES = ("linear", "cosine", "sigmoid", "scaled_linear")
 """The values of ``diffusion.schedule`` (the discrete process's, :meth:`Schedule.named`)."""
 
-_LOSS_KEYS = ("weighting", "snr_gamma")
-PROCESS_KEYS: dict[str, tuple[str, ...]] = {
-    "discrete": (),
-    "ve": _LOSS_KEYS + ("sigma_min", "sigma_max", "score_scaling", "time_scale"),
-    "vp": _LOSS_KEYS + ("beta_min", "beta_max", "t_min", "time_scale"),
-    "subvp": _LOSS_KEYS + ("beta_min", "beta_max", "t_min", "time_scale"),
-    "edm": _LOSS_KEYS + ("sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std"),
-    "flow": _LOSS_KEYS + ("t_min", "t_max", "time_sampling", "p_mean", "p_std", "time_scale"),
-    "consistency": ("sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std"),   # prediction "v": schedule, T too
-}
-"""The ``diffusion`` keys each process uses beyond ``prediction`` (None in a config: the process's default)."""
-CONTINUOUS_KEYS = tuple(dict.fromkeys(k for keys in PROCESS_KEYS.values() for k in keys))
+_FIELD_ARGUMENTS = ("prediction", "variance", "schedule")
+"""Constructor arguments that the config's own fields supply (``schedule`` from schedule, T, beta_range)."""
+DISCRETE_ONLY = {"variance": "fixed_small", "objective": "simple", "timestep_sampler": "uniform", "beta_range": None}
+"""The discrete chain's config fields and their defaults (the loss options and the schedule's ends)."""
 
 
-def continuous_class(process: str) -> type:
-    """The class of a continuous ``diffusion.process`` ("ve", "vp", "subvp", "edm")."""
-    if process not in CONTINUOUS_PROCESSES:
-        raise ValueError(f"process must be one of {list(CONTINUOUS_PROCESSES)}, got process={process!r}")
-    return CONTINUOUS_PROCESSES[process]
+@functools.lru_cache(maxsize=None)
+def process_keywords(process: str) -> tuple[str, ...]:
+    """The config keys that ``process``'s constructor takes beyond the config's fields: the names in
+    its signature (``sigma_data``, ``sigma_min``, ...), in order."""
+    params = inspect.signature(PROCESS_CLASSES[process]).parameters.values()
+    return tuple(p.name for p in params if p.name not in _FIELD_ARGUMENTS
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def process_keyword_hint(key: str, process: str) -> Any:
+    """The type of a process keyword as ``X | None`` (None: the constructor's default), from the
+    signature of ``process``'s constructor, else of the first process that takes ``key``; None
+    when no process takes it."""
+    for name in (process, *PROCESSES) if process in PROCESS_CLASSES else PROCESSES:
+        if key in process_keywords(name):
+            hint = typing.get_type_hints(PROCESS_CLASSES[name].__init__).get(key, Any)
+            return hint | None if hint is not Any else Any
+    return None
+
+
+def unused_key(key: str, process: str, *value: Any) -> None:
+    """The one-line error of a ``diffusion`` key that ``process`` does not take, naming the keys it
+    takes (and the value, when one is given)."""
+    taken = process_keywords(process) if process in PROCESS_CLASSES else ()
+    got = f", got {key}={value[0]!r}" if value else ""
+    raise ValueError(f"diffusion.{key} is not used by process={process!r} (it takes {list(taken)}){got}")
 
 
 def network_kinds() -> Mapping[str, type]:
@@ -82,44 +99,42 @@ def _fail(key: str, value: Any, why: str) -> None:
     raise ValueError(f"diffusion.{key} {why}, got {key}={value!r}")
 
 
-def check_process_keys(diffusion: Any) -> None:
+def check_diffusion(diffusion: Any) -> None:
     """One-line ValueErrors, naming the key, for what a ``DiffusionConfig``'s process cannot take.
 
-    The discrete process: its ``prediction``; ``objective`` "simple" with a learned variance.
-    Every process: a key of :data:`CONTINUOUS_KEYS` set (not None) that it does not use. A
-    continuous process: ``variance``, ``objective`` or ``timestep_sampler`` away from their
-    defaults (``schedule``, ``T``, ``hybrid_lambda`` are ignored), a ``prediction`` or
-    ``weighting`` it does not take, ``snr_gamma`` <= 0, and the process's own checks
-    (sigma_min < sigma_max, ...).
+    The process's constructor is the judge: a keyword it does not take (:func:`process_keywords`)
+    is refused naming the process and the keys it takes, and the process is built, so a bad value
+    is the constructor's own message. Beside it, the loss's keys: ``weighting`` (one of the
+    class's ``weightings``; refused where it has none), ``snr_gamma`` > 0 (min_snr only), and the
+    discrete chain's fields (:data:`DISCRETE_ONLY`) left at their defaults by the other processes.
     """
-    if diffusion.process == "discrete":
-        discrete_schedule(diffusion, T=1)   # beta_range: two values, for the linear schedules only
-        if diffusion.prediction not in PREDICTIONS:
-            _fail("prediction", diffusion.prediction, f"must be one of {list(PREDICTIONS)}")
+    process = diffusion.process
+    cls, taken = PROCESS_CLASSES[process], process_keywords(process)
+    try:   # the values first, by the constructor (its message starts with the argument's name)
+        _construct(diffusion, {k: v for k, v in diffusion.process_args if k in taken})
+    except ValueError as err:
+        message = str(err)
+        raise ValueError(message if message.startswith("diffusion.") else f"diffusion.{message}") from None
+    for key, value in diffusion.process_args:
+        if key not in taken:
+            unused_key(key, process, value)
+    if process == "discrete":
         if diffusion.variance == "learned_range" and diffusion.objective == "simple":
             # L_simple has no gradient for the variance half (improved-diffusion switches to hybrid silently)
             _fail("objective", diffusion.objective, "leaves a learned_range variance untrained: use hybrid or vlb")
-    used = PROCESS_KEYS[diffusion.process]
-    for key in CONTINUOUS_KEYS + (() if diffusion.process == "discrete" else ("beta_range",)):
-        if getattr(diffusion, key) is not None and key not in used:
-            _fail(key, getattr(diffusion, key), f"is not used by process={diffusion.process!r} (it takes {list(used)})")
-    if diffusion.process == "discrete":
-        return
-    for key, default in (("variance", "fixed_small"), ("objective", "simple"), ("timestep_sampler", "uniform")):
-        if getattr(diffusion, key) != default:
-            _fail(key, getattr(diffusion, key), f"is for process='discrete' only (process={diffusion.process!r} "
-                  "trains with diffusion.weighting)")
-    cls = continuous_class(diffusion.process)
-    for key, options in (("prediction", cls.predictions), ("weighting", cls.weightings)):
-        value = getattr(diffusion, key)
-        if value is not None and value not in options:
-            _fail(key, value, f"must be one of {list(options)} for process={diffusion.process!r}")
+    else:
+        for key, default in DISCRETE_ONLY.items():
+            if getattr(diffusion, key) != default:
+                _fail(key, getattr(diffusion, key), f"is for process='discrete' only (process={process!r} "
+                      "trains with diffusion.weighting)")
+    weightings = getattr(cls, "weightings", ())
+    for key, used in (("weighting", bool(weightings)), ("snr_gamma", "min_snr" in weightings)):
+        if getattr(diffusion, key) is not None and not used:
+            unused_key(key, process, getattr(diffusion, key))
+    if diffusion.weighting is not None and diffusion.weighting not in weightings:
+        _fail("weighting", diffusion.weighting, f"must be one of {list(weightings)} for process={process!r}")
     if diffusion.snr_gamma is not None and not diffusion.snr_gamma > 0:
         _fail("snr_gamma", diffusion.snr_gamma, "must be a number > 0")
-    try:
-        build_process(diffusion)
-    except ValueError as err:   # the process's own message starts with the argument's name
-        raise ValueError(f"diffusion.{err}") from None
 
 
 def describe_process(diffusion: Any) -> str:
@@ -127,7 +142,7 @@ def describe_process(diffusion: Any) -> str:
     d = diffusion
     if d.process == "discrete":
         return f"{d.schedule}/{d.prediction}/{d.variance}/{d.objective}"
-    return f"{d.process}/{d.prediction}/{d.weighting or continuous_class(d.process).default_weighting}"
+    return f"{d.process}/{d.prediction}/{d.weighting or PROCESS_CLASSES[d.process].default_weighting}"
 
 
 def discrete_schedule(diffusion: Any, T: int | None = None) -> Schedule:
@@ -143,18 +158,21 @@ def discrete_schedule(diffusion: Any, T: int | None = None) -> Schedule:
 
 
 def build_process(diffusion: Any) -> Any:
-    """The process a ``DiffusionConfig`` describes: :class:`GaussianDiffusion` for "discrete",
-    else ``VE`` / ``VP`` / ``SubVP`` / ``EDM`` with the keys of :data:`PROCESS_KEYS` that are set
-    (the loss keys ``weighting`` and ``snr_gamma`` are the trainer's, not the process's)."""
-    if diffusion.process == "discrete":
-        return GaussianDiffusion(discrete_schedule(diffusion), diffusion.prediction,
-                                 diffusion.variance)
-    cls = continuous_class(diffusion.process)
-    kwargs = {k: getattr(diffusion, k) for k in PROCESS_KEYS[diffusion.process]
-              if k not in _LOSS_KEYS and getattr(diffusion, k) is not None}
-    if diffusion.process == "consistency" and diffusion.prediction == "v":   # the chain's network and time
-        kwargs["schedule"] = discrete_schedule(diffusion)
-    return cls(prediction=diffusion.prediction, **kwargs)
+    """The process a ``DiffusionConfig`` describes: the class of :data:`PROCESS_CLASSES` called with
+    the config's ``prediction`` (and ``variance`` where it takes one), its schedule where it needs
+    one, and the process keywords that are set (a key left out takes the constructor's default)."""
+    return _construct(diffusion, dict(diffusion.process_args))
+
+
+def _construct(diffusion: Any, keywords: dict[str, Any]) -> Any:
+    cls = PROCESS_CLASSES[diffusion.process]
+    params = inspect.signature(cls).parameters
+    kwargs = {"prediction": diffusion.prediction, **keywords}
+    if "variance" in params:
+        kwargs["variance"] = diffusion.variance
+    if "schedule" in params and (params["schedule"].default is inspect.Parameter.empty or diffusion.prediction == "v"):
+        kwargs["schedule"] = discrete_schedule(diffusion)   # the chain itself, or a consistency model's v network
+    return cls(**kwargs)
 
 
 def level_sides(image_size: int, levels: int) -> tuple[int, ...]:

@@ -3,8 +3,9 @@
     cfg = load_config("digits", ["optim.lr=1e-3", "ema_rates=0.999,0.9999"])
     cfg.save("runs/x/config.json"); load_config("runs/x/config.json") == cfg
 
-* :mod:`.run_config`: the frozen dataclasses (``TrainConfig``, ``DiffusionConfig``,
-  ``OptimConfig``), their checks and their dict/JSON round trip;
+* :mod:`.run_config`: the frozen dataclasses (``TrainConfig``, ``OptimConfig``; ``DiffusionConfig``
+  from :mod:`.diffusion_config`, whose process keys its constructor judges), their checks and
+  their dict/JSON round trip;
 * :mod:`.overrides`: ``key=value`` parsing, applied before any check, and the derived fields
   (a U-Net's size follows ``data.image_size``, its attention levels follow its size);
 * :mod:`.presets`: the TOML presets, config files and run directories (``load_config``);

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from ..config_base import coerce
 from .build import attention_at_size, level_sides, network_kinds
-from .run_config import SECTIONS, TrainConfig
+from .run_config import SECTIONS, DiffusionConfig, TrainConfig
 
 try:
     import tomllib
@@ -55,6 +55,9 @@ def _field_hint(key: str, tree: Mapping[str, Any]) -> Any:
         raise ValueError(f"config key {key!r} must name a field of the {head!r} section, e.g. {head}.<field>")
     if head == "network" and parts[1] == "kind":
         return str
+    if head == "diffusion":   # a field, or a keyword of the process's constructor
+        section = tree.get("diffusion") if isinstance(tree.get("diffusion"), Mapping) else {}
+        return DiffusionConfig.key_hint(parts[1], section.get("process", "discrete"))
     hints = typing.get_type_hints(_network_class(tree) if head == "network" else SECTIONS[head])
     if parts[1] not in hints:
         raise ValueError(f"unknown config key {key!r}; {head} has: {sorted(hints)}")
@@ -87,8 +90,11 @@ def _parse_scalar(text: str, hint: Any) -> Any:
 
 def _parse_value(text: str, hint: Any) -> Any:
     text = text.strip()
-    if typing.get_origin(hint) is tuple:
-        item = typing.get_args(hint)[0]
+    base, optional = _unwrap_optional(hint)
+    if optional and text.lower() in ("none", "null"):
+        return None
+    if typing.get_origin(base) is tuple:   # also an optional tuple (diffusion.beta_range)
+        item = typing.get_args(base)[0]
         inner = text[1:-1] if text[:1] in "[(" and text[-1:] in "])" else text
         return [_parse_scalar(part.strip(), item) for part in inner.split(",") if part.strip()]
     return _parse_scalar(text, hint)

@@ -1,6 +1,6 @@
 """The training configuration as frozen dataclasses: :class:`TrainConfig` and its sections
-:class:`DiffusionConfig` and :class:`OptimConfig` (with ``DataConfig`` and the network configs of
-:mod:`ddpmkit.nets`), each checking its own values, and their round trip through plain dicts/JSON.
+:class:`OptimConfig` and :class:`DiffusionConfig` (in :mod:`.diffusion_config`, with ``DataConfig`` and
+the network configs of :mod:`ddpmkit.nets`), each checking its own values, and their round trip through plain dicts/JSON.
 
     cfg = TrainConfig.from_dict(json.loads(path.read_text())); cfg.save(path)
 
@@ -18,95 +18,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config_base import DictConfig, coerce   # the one type check of every config field
-from ..core.diffusion import VARIANCES
-from ..core.losses import OBJECTIVES
 from ..data.config import DataConfig
+from ..data.kinds import check_data_record
 from ..io.files import write_json
 from ..nets import network_config_from_dict, network_config_to_dict
 from ..sampling import SAMPLERS
-from .build import PROCESSES, SCHEDULES, build_network, build_process, check_process_keys, network_kind, network_kinds
+from .build import PROCESSES, SCHEDULES, build_network, network_kind, network_kinds
+from .diffusion_config import TIMESTEP_SAMPLERS, DiffusionConfig, check_at_least, check_option, fail
 
 __all__ = ["DiffusionConfig", "OptimConfig", "TrainConfig", "check_resumable", "SECTIONS", "PRECISIONS",
            "SCHEDULES", "TIMESTEP_SAMPLERS", "LR_DECAYS", "PROCESSES"]
 
-TIMESTEP_SAMPLERS = ("uniform", "importance")
 LR_DECAYS = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def _fail(owner: str, name: str, value: Any, why: str) -> None:
-    raise ValueError(f"{owner}.{name} {why}, got {name}={value!r}")
-
-
-def _choice(owner: str, name: str, value: Any, options: Sequence[str]) -> None:
-    if value not in options:
-        _fail(owner, name, value, f"must be one of {list(options)}")
-
-
-def _at_least(owner: str, name: str, value: Any, low: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
-        _fail(owner, name, value, f"must be a number >= {low}")
-
-
-@dataclass(frozen=True)
-class DiffusionConfig(DictConfig):
-    """The process and its objective: "discrete" (the default; DDPM sec. 3-4, iDDPM sec. 3) or a continuous
-    "ve" | "vp" | "subvp" | "edm" | "flow" (weighted DSM); a key left None takes the process's default."""
-
-    schedule: str = "cosine"          # linear (DDPM) | cosine (iDDPM eq. 17) | sigmoid | scaled_linear
-    T: int = 1000
-    prediction: str = "eps"           # eps | x0 | v (discrete, vp, flow); score (ve); edm (edm)
-    variance: str = "fixed_small"     # fixed_small | fixed_large | learned_range (iDDPM eq. 15)
-    objective: str = "simple"         # simple (DDPM eq. 14) | vlb | hybrid (iDDPM eq. 16)
-    timestep_sampler: str = "uniform"  # uniform | importance (iDDPM eq. 18)
-    hybrid_lambda: float = 0.001
-    process: str = "discrete"         # discrete | ve | vp | subvp | edm | flow
-    weighting: str | None = None      # ncsn | likelihood | min_snr | edm | flow (continuous only)
-    snr_gamma: float | None = None    # gamma of min_snr (Hang et al. 2023; 5)
-    sigma_min: float | None = None    # ve (0.01), edm (0.002)
-    sigma_max: float | None = None    # ve (50), edm (80)
-    score_scaling: bool | None = None  # ve: NCSNv2 technique 3, score = F / sigma
-    time_scale: float | None = None   # ve (1), vp / subvp / flow (999): the network sees time_scale * t
-    beta_min: float | None = None     # vp / subvp (0.1)
-    beta_max: float | None = None     # vp / subvp (20)
-    t_min: float | None = None        # vp / subvp (1e-5), flow (1e-3)
-    t_max: float | None = None        # flow (1 - 1e-3): sigma(t_max) = t_max / (1 - t_max)
-    time_sampling: str | None = None  # flow: uniform | logit_normal (logit t ~ N(p_mean, p_std^2), SD3)
-    sigma_data: float | None = None   # edm (0.5)
-    p_mean: float | None = None       # edm (-1.2), flow (0)
-    p_std: float | None = None        # edm (1.2), flow (1)
-    beta_range: tuple[float, ...] | None = None   # linear, scaled_linear: (first, last) beta as given
-
-    def __post_init__(self) -> None:
-        owner = "diffusion"
-        _choice(owner, "process", self.process, PROCESSES)
-        _choice(owner, "schedule", self.schedule, SCHEDULES)
-        if not isinstance(self.T, int) or isinstance(self.T, bool) or self.T < 1:
-            _fail(owner, "T", self.T, "must be an integer >= 1")
-        _choice(owner, "variance", self.variance, VARIANCES)
-        _choice(owner, "objective", self.objective, OBJECTIVES)
-        _choice(owner, "timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
-        _at_least(owner, "hybrid_lambda", self.hybrid_lambda, 0.0)
-        check_process_keys(self)   # prediction, variance vs objective, and the keys of each process
-
-    def build(self) -> Any:
-        """The process: a GaussianDiffusion, or a VE / VP / SubVP / EDM (:func:`build.build_process`)."""
-        return build_process(self)
-
-    @property
-    def continuous(self) -> bool:   # a continuous-time process, not the discrete GaussianDiffusion
-        return self.process != "discrete"
-
-    def loss_options(self) -> dict[str, Any]:
-        """The keyword arguments of the process's ``loss`` that this config sets: the discrete chain's
-        ``objective`` and ``hybrid_lambda``; a continuous process's ``weighting`` and ``snr_gamma``
-        (a key left None takes the process's default)."""
-        if self.process == "discrete":
-            return {"objective": self.objective, "hybrid_lambda": self.hybrid_lambda}
-        options: dict[str, Any] = {"weighting": self.weighting}
-        if self.snr_gamma is not None:
-            options["snr_gamma"] = self.snr_gamma
-        return options
 
 
 @dataclass(frozen=True)
@@ -133,17 +57,17 @@ class OptimConfig(DictConfig):
     def __post_init__(self) -> None:
         owner = "optim"
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            _fail(owner, "lr", self.lr, "must be a number > 0")
-        _at_least(owner, "weight_decay", self.weight_decay, 0.0)
+            fail(owner, "lr", self.lr, "must be a number > 0")
+        check_at_least(owner, "weight_decay", self.weight_decay, 0.0)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            _fail(owner, "betas", self.betas, "must be two numbers in [0, 1)")
-        _at_least(owner, "eps", self.eps, 0.0)
-        _choice(owner, "decay", self.decay, LR_DECAYS)
-        _at_least(owner, "grad_clip", self.grad_clip, 0.0)
+            fail(owner, "betas", self.betas, "must be two numbers in [0, 1)")
+        check_at_least(owner, "eps", self.eps, 0.0)
+        check_option(owner, "decay", self.decay, LR_DECAYS)
+        check_at_least(owner, "grad_clip", self.grad_clip, 0.0)
         for name, low in (("warmup", 0), ("batch_size", 1), ("micro_batch", 0), ("steps", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                _fail(owner, name, value, f"must be an integer >= {low}")
+                fail(owner, name, value, f"must be an integer >= {low}")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of update number ``step + 1``: linear warm-up, then ``decay``."""
@@ -189,6 +113,10 @@ class TrainConfig:
         keep_last: keep this many checkpoints (0 = all).
         num_threads: torch.set_num_threads (0 = leave torch's default).
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+        data_kind / data_shape / data_levels: what the data set said it holds (image, points,
+            series or vector), one example's shape and its quantisation levels (None: continuous),
+            recorded by the trainer (``resolve_config``); None in a config that has not trained
+            (and in runs older than these fields: :func:`ddpmkit.runs.data_record` asks their data).
     """
 
     name: str = "run"
@@ -213,34 +141,40 @@ class TrainConfig:
     keep_last: int = 3
     num_threads: int = 0
     device: str = "auto"
+    data_kind: str | None = None
+    data_shape: tuple[int, ...] | None = None
+    data_levels: int | None = None
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"
         network_kind(self.network)
+        if (self.data_kind, self.data_shape, self.data_levels) != (None, None, None):
+            check_data_record(owner, self.data_kind, self.data_shape, self.data_levels)
         rates = self.ema_rates
         if not rates or any(not 0.0 <= r < 1.0 for r in rates) or len(set(rates)) != len(rates):
-            _fail(owner, "ema_rates", rates, "must be distinct numbers in [0, 1)")
-        _choice(owner, "precision", self.precision, PRECISIONS)
+            fail(owner, "ema_rates", rates, "must be distinct numbers in [0, 1)")
+        check_option(owner, "precision", self.precision, PRECISIONS)
         for name in ("compile", "tf32"):
             if not isinstance(getattr(self, name), bool):
-                _fail(owner, name, getattr(self, name), "must be true or false")
+                fail(owner, name, getattr(self, name), "must be true or false")
         cd = self.class_dropout
         if isinstance(cd, bool) or not isinstance(cd, (int, float)) or not 0.0 <= cd < 1.0:
-            _fail(owner, "class_dropout", cd, "must be a number in [0, 1)")
+            fail(owner, "class_dropout", cd, "must be a number in [0, 1)")
         if cd > 0 and getattr(self.network, "num_classes", None) is None:
-            _fail(owner, "class_dropout", cd, "needs a class-conditional network (set network.num_classes)")
+            fail(owner, "class_dropout", cd, "needs a class-conditional network (set network.num_classes)")
         for name, low in (("seed", 0), ("log_every", 1), ("sample_every", 0), ("sample_count", 1),
                           ("sample_steps", 1), ("checkpoint_every", 0), ("keep_last", 0),
                           ("num_threads", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                _fail(owner, name, value, f"must be an integer >= {low}")
+                fail(owner, name, value, f"must be an integer >= {low}")
         for name in ("name", "out", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                _fail(owner, name, getattr(self, name), "must be a non-empty string")
-        _choice(owner, "sample_sampler", self.sample_sampler, sorted(SAMPLERS))   # not only at the first preview
-        if self.diffusion.continuous and SAMPLERS[self.sample_sampler].discrete:
-            _fail(owner, "sample_sampler", self.sample_sampler, f"needs process='discrete', not {self.diffusion.process!r}")
+                fail(owner, name, getattr(self, name), "must be a non-empty string")
+        check_option(owner, "sample_sampler", self.sample_sampler, sorted(SAMPLERS))   # not only at the first preview
+        if SAMPLERS[self.sample_sampler].discrete and self.diffusion.build().training_steps is None:
+            fail(owner, "sample_sampler", self.sample_sampler,
+                  f"needs process='discrete' (discrete training steps), not {self.diffusion.process!r}")
 
     # ------------------------------------------------------------------ dict / JSON
     def to_dict(self) -> dict[str, Any]:
