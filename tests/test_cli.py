@@ -11,7 +11,7 @@ from PIL import Image
 
 import ddpmkit
 from ddpmkit.cli.main import build_parser, main
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.training.train import train
 
 TINY = ["num_threads=1", "network.channels=8", "network.num_res_blocks=1", "network.norm_groups=4",

@@ -9,8 +9,8 @@ import torch
 
 import ddpmkit as dk
 from ddpmkit.cli.main import main
-from ddpmkit.io.checkpoint import load_checkpoint
-from ddpmkit.io.openai_format import openai_flags, openai_network_config, openai_state_dict, read_openai
+from ddpmkit.runs import load_checkpoint
+from ddpmkit.published.openai_format import openai_flags, openai_network_config, openai_state_dict, read_openai
 from ddpmkit.nets.unet import UNet
 
 FLAGS = dict(image_size=16, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="8",
@@ -107,9 +107,9 @@ def test_export_openai_round_trip(openai_file, tmp_path):
 
 def _diffusers_ready():
     try:
-        from ddpmkit.io.diffusers_format import read_diffusers, write_diffusers   # noqa: F401
+        from ddpmkit.published.diffusers_format import read_diffusers, write_diffusers   # noqa: F401
     except ImportError as err:
-        return f"ddpmkit.io.diffusers_format is not ready ({err})"
+        return f"ddpmkit.published.diffusers_format is not ready ({err})"
     return None
 
 

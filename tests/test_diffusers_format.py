@@ -14,9 +14,9 @@ import torch
 
 import ddpmkit as dk
 from ddpmkit.core.schedules import Schedule
-from ddpmkit.io.diffusers_format import (UNET_DEFAULTS, diffusers_unet_config, read_diffusers,
+from ddpmkit.published.diffusers_format import (UNET_DEFAULTS, diffusers_unet_config, read_diffusers,
                                          unet_config_from_diffusers, write_diffusers)
-from ddpmkit.io.diffusers_scheduler import SCHEDULER_CLASSES, SCHEDULER_DEFAULTS, diffusion_from_scheduler
+from ddpmkit.published.diffusers_scheduler import SCHEDULER_CLASSES, SCHEDULER_DEFAULTS, diffusion_from_scheduler
 from ddpmkit.nets.unet import UNet, UNetConfig
 from ddpmkit.training.run_config import DiffusionConfig
 

@@ -10,7 +10,8 @@ import torch
 
 import ddpmkit as dk
 from ddpmkit.cli.main import main
-from ddpmkit.io.checkpoint import load_checkpoint, read_checkpoint
+from ddpmkit.io.checkpoint import read_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.training.config import load_config
 from ddpmkit.training.train import train
 

@@ -10,7 +10,7 @@ from PIL import Image
 from ddpmkit.cli.inverse import named_mask, read_images, read_mask
 from ddpmkit.cli.main import main
 from ddpmkit.data import load_dataset, to_uint8_images
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 
 from test_cli import run_dir  # noqa: F401  (the tiny trained digits run, 8x8, T = 20)
 

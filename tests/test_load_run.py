@@ -71,9 +71,10 @@ def test_the_readme_python_example_runs_as_written(tiny_run):
 
 def test_the_old_import_path_and_a_missing_run(tmp_path):
     import ddpmkit.checkpoint as old
-    from ddpmkit.io import checkpoint as new
+    import ddpmkit.runs as new
+    from ddpmkit.io import checkpoint as checkpoint_format
 
-    assert old.load_checkpoint is new.load_checkpoint and old.FORMAT == new.FORMAT
+    assert old.load_checkpoint is new.load_checkpoint and old.FORMAT == checkpoint_format.FORMAT
     with pytest.raises(ValueError) as err:
         dk.load_run(tmp_path / "nowhere")
     assert "nowhere" in str(err.value) and "\n" not in str(err.value)

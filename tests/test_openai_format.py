@@ -3,7 +3,7 @@ flags -> process mapping and bad input.
 
 The expected key list is generated here from the structure of their ``UNetModel`` (guided-diffusion
 unet.py: input_block_chans, ds, the layer order of ResBlock / AttentionBlock), independently of
-:func:`ddpmkit.io.openai_format._key_map`; their attention and timestep embedding are written
+:func:`ddpmkit.published.openai_format._key_map`; their attention and timestep embedding are written
 out from their formulas as oracles.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpmkit.io.openai_format import (flags_for, openai_diffusion, openai_flags, openai_network_config,
+from ddpmkit.published.openai_format import (flags_for, openai_diffusion, openai_flags, openai_network_config,
                                       openai_process, openai_state_dict, parse_flags, read_openai)
 from ddpmkit.nets.unet import UNet, UNetConfig
 

@@ -11,7 +11,7 @@ import torch
 from ddpmkit.cli.main import main
 from ddpmkit.data import DataConfig, load_dataset
 from ddpmkit.evaluation.metrics import generation_metrics
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 
 TINY = ["num_threads=1", "data.n=12", "data.points=32", "network.widths=16,16", "network.encoder_widths=16",
         "network.context_dim=16", "network.time_dim=8", "optim.batch_size=4", "optim.steps=2", "log_every=1",

@@ -19,7 +19,7 @@ from test_rectified_flow import MU, SD, exact_network
 import ddpmkit as dk
 from ddpmkit.core.flow import flow_sigmas
 from ddpmkit.data import ArrayDataset
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.sampling import SampleOptions
 from ddpmkit.training.config import load_config
 from ddpmkit.training.reflow import reflow, teacher_pairs

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from ddpmkit.io.checkpoint import load_checkpoint, read_checkpoint
+from ddpmkit.io.checkpoint import read_checkpoint
+from ddpmkit.runs import load_checkpoint
 from ddpmkit.training.config import TrainConfig, load_config
 from ddpmkit.training.ema import EMA, ema_decay
 from ddpmkit.training.train import Trainer, TrainingDiverged, train

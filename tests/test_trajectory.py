@@ -10,7 +10,7 @@ import ddpmkit as dk
 from ddpmkit.cli.main import main
 from ddpmkit.cli.trajectory import (Snapshot, TrajectoryRecorder, draw_trajectory, snapshot_steps,
                                     trajectory_size)
-from ddpmkit.io.checkpoint import load_checkpoint
+from ddpmkit.runs import load_checkpoint
 
 from test_cli import run_dir  # noqa: F401  (the tiny trained run, a fixture)
 

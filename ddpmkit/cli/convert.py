@@ -1,4 +1,4 @@
-"""``ddpmkit import`` / ``ddpmkit export``: published weights in and out (:mod:`ddpmkit.io.convert`).
+"""``ddpmkit import`` / ``ddpmkit export``: published weights in and out (:mod:`ddpmkit.published.convert`).
 
     ddpmkit import ddpm-cifar10-32 --format diffusers --out runs/cifar10-google
     ddpmkit import 64x64_diffusion.pt --format openai --flags flags.json --out runs/adm64
@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..data.config import DataConfig
+from ..io.files import read_json_object
+from ..published.convert import EXPORT_FORMATS, FORMATS, export_checkpoint, import_checkpoint
+from ..published.openai_format import parse_flags
+
 __all__ = ["add_convert_commands", "read_flags", "data_option"]
 
 
 def read_flags(path: str | None, items: list[str]) -> dict[str, Any]:
     """The OpenAI flags of ``--flags FILE.json`` overridden by ``key=value`` / ``--key value`` items."""
-    from ..io.files import read_json_object
-    from ..io.openai_format import parse_flags
-
     flags: dict[str, Any] = {} if path is None else read_json_object(path, f"--flags {path}")
     flags.update(parse_flags(items))
     return flags
@@ -31,8 +33,6 @@ def data_option(text: str | None) -> Any:
     as a :class:`DataConfig`, or None."""
     if text is None:
         return None
-    from ..data.config import DataConfig
-
     name, _, path = text.partition(":")
     return DataConfig(name=name, path=path or None)
 
@@ -49,8 +49,6 @@ class _FlagsParser(argparse.ArgumentParser):
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from ..io.convert import import_checkpoint
-
     if args.format != "openai" and (args.flags or args.items):
         raise ValueError("--flags and key=value flags are read only with --format openai")
     flags = read_flags(args.flags, args.items) if args.format == "openai" else None
@@ -66,13 +64,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if spec:   # their sampling-time respacing: ddpmkit picks the steps when sampling
         sampler, steps = ("ddim", str(spec)[4:]) if str(spec).startswith("ddim") else ("ddpm", str(spec))
         print(f"timestep_respacing={spec}: sample as their script did with --sampler {sampler} --steps {steps}"
-              + ("" if str(steps).isdigit() else " (per-section counts: use ddpmkit.io.openai_format.openai_process)"))
+              + ("" if str(steps).isdigit() else " (per-section counts: use ddpmkit.published.openai_format.openai_process)"))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..io.convert import export_checkpoint
-
     path = export_checkpoint(args.run, args.out, format=args.format, raw_weights=args.raw_weights,
                              new_attention_order=args.new_attention_order)
     print(f"wrote {args.format} model to {path}")
@@ -81,8 +77,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def add_convert_commands(sub: Any) -> None:
     """Register ``import`` and ``export`` on the ``ddpmkit`` sub-command parser ``sub``."""
-    from ..io.convert import EXPORT_FORMATS, FORMATS
-
     p = sub.add_parser("import", help="turn published weights (diffusers folder, OpenAI .pt) into a ddpmkit run")
     p.add_argument("src", help="a diffusers model or pipeline folder, or an OpenAI improved/guided-diffusion .pt file")
     p.add_argument("--format", required=True, choices=FORMATS, help="the source's format")

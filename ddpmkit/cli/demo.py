@@ -20,33 +20,13 @@ import torch
 from ..training.config import load_config
 from ..data import load_dataset
 from ..evaluation.evaluate import bits_per_dim, pick_extractor, quality_table, sample_quality
-from ..training.monitor import save_sample_grid
 from ..sampling import sample
 from ..training.train import train
+from ..viz import plot_loss, save_sample_grid
 
 SAMPLERS = (("ddim", 50), ("dpmpp2m", 20))
 BPD_EXAMPLES = 150   # test digits whose bound is computed (all T terms each): keeps the demo short
 ODE_EXAMPLES = 60    # of those, the ones whose exact likelihood is computed by the ODE
-
-
-def plot_loss(metrics_path: Path, out: Path) -> Path:
-    """The training loss (and its smoothed curve) against the step, from metrics.jsonl."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if "loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (mean per log interval)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
 
 
 def run(overrides: Sequence[str] = (), progress: bool = True) -> dict[str, Any]:
@@ -67,7 +47,7 @@ def run(overrides: Sequence[str] = (), progress: bool = True) -> dict[str, Any]:
         with torch.no_grad():
             x = sample(process, model, shape, sampler=name, steps=steps, seed=config.seed, clip_x0=True,
                        progress=False)
-        grids[name] = str(save_sample_grid(x, run_dir / f"samples_{name}.png", test.levels))
+        grids[name] = str(save_sample_grid(x, run_dir / f"samples_{name}.png", test.levels, kind=test.kind))
     sample_seconds = time.perf_counter() - t1
 
     t2 = time.perf_counter()

@@ -12,21 +12,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..training.distill import distill
+from ..training.distributed import resolve_device
+from ..viz import plot_loss
+from .common import at_least_one
+
 __all__ = ["add_distill_command"]
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from ..training.distill import distill
-    from ..training.distributed import resolve_device
-
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be an integer >= 1, got --steps {args.steps}")
+    at_least_one("--steps", args.steps)
     result = distill(args.run, args.method, args.out, args.steps, mode=args.mode, solver=args.solver,
                      teacher_steps=args.teacher_steps, train_steps=args.train_steps, overrides=args.overrides,
                      resume=args.resume, max_steps=args.max_steps, progress=not args.quiet,
                      device=str(resolve_device(args.device)))
-    from .demo import plot_loss
-
     metrics = result.run_dir / "metrics.jsonl"
     if metrics.is_file() and metrics.stat().st_size:
         print(f"loss curve: {plot_loss(metrics, result.run_dir / 'loss.png')}")

@@ -21,6 +21,9 @@ import numpy as np
 import torch
 
 from ..sampling.guidance import GUIDANCE_KINDS, Guidance, check_labels, class_grid_labels
+from ..training.config import load_config
+from ..training.train_classifier import load_classifier, train_classifier
+from .common import at_least_one
 
 __all__ = ["add_train_classifier_command", "cmd_train_classifier", "add_guidance_arguments", "prepare_sampling",
            "GuidedSampling", "check_same_schedule"]
@@ -40,11 +43,7 @@ def add_train_classifier_command(sub: Any) -> None:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from ..training.config import load_config
-    from ..training.train_classifier import train_classifier
-
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be an integer >= 1, got --steps {args.steps}")
+    at_least_one("--steps", args.steps)
     config = load_config(args.config, args.overrides)
     run = train_classifier(config, args.steps, out=args.out, resume=args.resume, progress=not args.quiet)
     if run.stopped_by:
@@ -100,8 +99,6 @@ def prepare_sampling(args: argparse.Namespace, ckpt: Any, model: Any, device: to
     elif kind == "classifier":
         if args.classifier is None:
             raise ValueError("--guidance classifier needs --classifier RUN_OR_CHECKPOINT")
-        from ..training.train_classifier import load_classifier
-
         loaded = load_classifier(args.classifier, device=device)
         check_same_schedule(ckpt.process, loaded.process)
         classifier, num_classes = loaded.model, loaded.classifier_config.num_classes

@@ -31,6 +31,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..data import to_uint8_images
+from ..data.dataset import codes_to_unit
+from ..inverse import METHODS, Downsample, Greyscale, Mask, ddim_edit, sdedit, solve_inverse
+from ..io.files import atomic_write, write_npz
+from ..sampling.guidance import check_labels
+from ..sampling.plan import ancestral_step_name
+from ..training.distributed import resolve_device
+from ..viz import save_sample_grid
+from .common import at_least_one, load_for_command
+from .guidance import add_guidance_arguments, prepare_sampling
 
 __all__ = ["add_inverse_commands", "read_images", "read_mask", "named_mask", "make_operator", "NAMED_MASKS"]
 
@@ -56,8 +68,6 @@ def read_images(path: str | Path, levels: int | None = None) -> torch.Tensor:
             raise ValueError(f"{path}: values must be finite and lie in [-1, 1]")
         x = torch.from_numpy(np.clip(array, -1.0, 1.0).astype(np.float32))
         return x if x.ndim == 4 else x[None]
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as picture:
             grey = picture.mode in GREY_MODES
@@ -67,8 +77,6 @@ def read_images(path: str | Path, levels: int | None = None) -> torch.Tensor:
     pixels = pixels[..., None] if grey else pixels
     x = torch.from_numpy(pixels * (2.0 / 255.0) - 1.0).permute(2, 0, 1)[None].contiguous()
     if levels is not None and levels != 256:
-        from ..data.dataset import codes_to_unit, to_uint8_images
-
         x = codes_to_unit(to_uint8_images(x, levels, channels_last=False), levels)
     return x
 
@@ -150,8 +158,6 @@ def read_mask(spec: str, shape: tuple[int, ...], generator: torch.Generator | No
 
 def make_operator(name: str, mask: torch.Tensor | None = None) -> Any:
     """``grey`` -> Greyscale(), ``downN`` -> Downsample(N), ``mask`` -> Mask(mask)."""
-    from ..inverse import Downsample, Greyscale, Mask
-
     if name == "mask":
         return Mask(mask)
     if name == "grey":
@@ -165,27 +171,21 @@ def make_operator(name: str, mask: torch.Tensor | None = None) -> Any:
 # ---------------------------------------------------------------------------- the commands
 def _load(args: argparse.Namespace) -> tuple[Any, Any, torch.device, tuple[int, ...], int | None]:
     """The checkpoint, its (EMA) network, the device, the data's example shape and levels."""
-    from ..io.checkpoint import load_checkpoint
-    from ..training.distributed import resolve_device
-    from .main import _at_least_one, _data_shape_levels
-
-    _at_least_one("--n", args.n)
-    _at_least_one("--steps", args.steps)
+    at_least_one("--n", args.n)
+    at_least_one("--steps", args.steps)
     if Path(args.out).suffix.lower() not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got --out {args.out}")
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, device=device)
-    shape, levels = _data_shape_levels(ckpt.config)
-    if len(shape) != 3:
-        raise ValueError(f"{args.checkpoint}: inverse problems here need an image model, its data has shape {shape}")
-    return ckpt, ckpt.ema_model, device, tuple(shape), levels
+    ckpt, data = load_for_command(args.checkpoint, device)
+    if data.kind != "image":
+        raise ValueError(f"{args.checkpoint}: inverse problems here need an image model, its data are "
+                         f"{data.kind} of shape {data.shape}")
+    return ckpt, ckpt.ema_model, device, tuple(data.shape), data.levels
 
 
 def _guided(args: argparse.Namespace, ckpt: Any, model: Any, device: torch.device, count: int) -> Any:
     """The guidance wrapper and labels of :func:`ddpmkit.cli.guidance.prepare_sampling` for
     ``--n`` outputs per input; refuses guidance that needs sampler parameters."""
-    from .guidance import prepare_sampling
-
     guided = prepare_sampling(args, ckpt, model, device)
     if guided.params:
         raise ValueError(f"--guidance {args.guidance} with --sampler {args.sampler} changes the sampler's mean; "
@@ -196,10 +196,6 @@ def _guided(args: argparse.Namespace, ckpt: Any, model: Any, device: torch.devic
 
 def _write(out: str | Path, grid: torch.Tensor, ncol: int, levels: int | None, arrays: dict[str, Any]) -> Path:
     """A PNG of the images ``grid`` (``ncol`` a row), or an .npz of ``arrays``, written atomically."""
-    from ..data import to_uint8_images
-    from ..io.files import atomic_write, write_npz
-    from ..training.monitor import save_sample_grid
-
     out = Path(out)
     if out.suffix.lower() == ".npz":
         if levels is not None:
@@ -211,7 +207,7 @@ def _write(out: str | Path, grid: torch.Tensor, ncol: int, levels: int | None, a
     def write_png(tmp: Path) -> None:
         sibling = tmp.with_suffix(".png")   # save_sample_grid picks the format from the suffix
         try:
-            save_sample_grid(images, sibling, levels, ncol).replace(tmp)
+            save_sample_grid(images, sibling, levels, ncol, kind="image").replace(tmp)
         finally:
             sibling.unlink(missing_ok=True)
 
@@ -225,8 +221,6 @@ def _method_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_solve(args: argparse.Namespace) -> int:
     """``ddpmkit inpaint`` (operator ``mask``) and ``ddpmkit solve`` (``grey``, ``downN``)."""
-    from ..inverse import solve_inverse
-
     ckpt, model, device, shape, levels = _load(args)
     images = read_images(args.image, levels)
     generator = torch.Generator().manual_seed(args.seed)
@@ -251,15 +245,14 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     grid = torch.cat([*head, x.reshape(len(y), k, *shape)], dim=1)
     arrays = {"x": x, "input": images, "observation": y, **({} if mask is None else {"mask": mask})}
     path = _write(args.out, grid.reshape(-1, *shape), grid.shape[1], levels, arrays)
-    print(f"wrote {len(x)} solutions ({args.method}, {args.sampler or 'ddpm'} {args.steps} steps) "
+    step = args.sampler or ancestral_step_name(ckpt.process)
+    print(f"wrote {len(x)} solutions ({args.method}, {step} {args.steps} steps) "
           f"of {len(y)} observation(s) to {path}")
     return 0
 
 
 def _cmd_edit(args: argparse.Namespace) -> int:
     """``ddpmkit edit``: SDEdit (Meng et al. 2022) or DDIM inversion editing (``--invert``)."""
-    from ..inverse import ddim_edit, sdedit
-
     if not 0.0 < args.strength <= 1.0:
         raise ValueError(f"--strength must lie in (0, 1], got --strength {args.strength}")
     ckpt, model, device, shape, levels = _load(args)
@@ -272,8 +265,6 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     if args.invert:
         source = {}
         if args.source_class is not None:
-            from ..sampling.guidance import check_labels
-
             classes = getattr(ckpt.config.network, "num_classes", None)
             if classes is None:
                 raise ValueError(f"--source-class {args.source_class} given, but the network is not class-conditional")
@@ -293,8 +284,6 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- the parsers
 def _common(p: argparse.ArgumentParser, out: str) -> None:
-    from .guidance import add_guidance_arguments
-
     p.add_argument("checkpoint", help="a run directory or a checkpoint .json (an image model)")
     p.add_argument("--image", required=True, help="a .png (grey or RGB) or an .npz (key x: float (B, C, H, W) "
                                                   "in [-1, 1]) of the model's size")
@@ -309,12 +298,12 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _solver_options(p: argparse.ArgumentParser) -> None:
-    from ..inverse import METHODS
-
     p.add_argument("--method", choices=METHODS, default="repaint",
                    help="replace (Song et al. 2021 app. I), repaint (Lugmayr et al. 2022), dps (Chung et al. "
                         "2023), smc (particles, Trippe et al. 2023); default repaint")
-    p.add_argument("--sampler", default=None, help="the step under the method: ddpm (default), sde, ddim, euler, heun; smc: ddpm")
+    p.add_argument("--sampler", default=None, help="the step under the method: ddpm (DDPM's chain; the default on a "
+                   "fixed-small discrete run), sde (the ancestral step over the denoiser; the default elsewhere), ddim, "
+                   "euler, heun; smc: the ancestral step only")
     p.add_argument("--steps", type=int, default=100, help="sampling steps (default 100)")
     p.add_argument("--jump-length", type=int, default=None, help="repaint: steps to jump back (default 10)")
     p.add_argument("--jump-n-sample", type=int, default=None,

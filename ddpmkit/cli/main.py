@@ -29,18 +29,31 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data import to_uint8_images
+from ..evaluation.evaluate import evaluate_checkpoint
+from ..io.files import write_npz
+from ..nets import compile_for_inference
+from ..sampling import SAMPLERS, sample
+from ..training.build import describe_process
+from ..training.config import list_presets, load_config
 from ..training.distributed import resolve_device, set_tf32
+from ..training.folder_preset import folder_config
+from ..training.train import train
+from ..viz import plot_loss, save_sample_grid
+from .common import at_least_one, load_for_command
+from .convert import add_convert_commands, data_option
+from .distill import add_distill_command
+from .doctor import add_doctor_command
+from .samplers import add_samplers_command
+from .guidance import add_guidance_arguments, add_train_classifier_command, prepare_sampling
+from .inverse import add_inverse_commands
+from .points import add_points_commands, point_condition, save_point_samples
+from . import trajectory   # the module: its draw_trajectory is looked up when drawn
 
 __all__ = ["main", "build_parser"]
 
 TRAJECTORY_SAMPLES = 4   # rows of samples in --trajectory's picture
 TRAJECTORY_STEPS = 8     # evenly spaced steps of the loop in it
-
-
-def _at_least_one(option: str, value: int | None) -> None:
-    """One-line ValueError for a count below 1 (``--n 0`` would write an empty file)."""
-    if value is not None and value < 1:
-        raise ValueError(f"{option} must be an integer >= 1, got {option} {value}")
 
 
 class AutocastNetwork(torch.nn.Module):
@@ -58,15 +71,11 @@ class AutocastNetwork(torch.nn.Module):
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from ..training.build import describe_process
-    from ..training.config import list_presets, load_config
-
     for name in list_presets():
         cfg = load_config(name)
         net, d = cfg.network, cfg.diffusion
         size = getattr(net, "image_size", None)
-        weighting = d.weighting or (d.build().default_weighting if d.continuous else "")
-        process = f"T={d.T} {describe_process(d)}" if not d.continuous else f"{d.build()!r} weighting={weighting}"
+        process = f"{d.build()!r} {describe_process(d)}"
         print(f"{name:14s} process={d.process:8s} data={cfg.data.name:10s} network={cfg.network_kind}"
               f"{'' if size is None else f' {size}x{size}'} {process} "
               f"sampler={cfg.sample_sampler}/{cfg.sample_steps} steps={cfg.optim.steps} batch={cfg.optim.batch_size}")
@@ -74,13 +83,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..training.config import load_config
-    from ..training.train import train
-
     folder = _image_folder(args.config, args.overrides)
     if folder is not None:   # `ddpmkit train folder DIR` / `ddpmkit train DIR`: sized from the images
-        from ..training.folder_preset import folder_config
-
         plan = folder_config(*folder)
         print(*plan.lines, sep="\n")
         config, on_step = plan.config, _loss_curve(plan.config)
@@ -99,8 +103,6 @@ def _image_folder(source: str, overrides: Sequence[str]) -> tuple[str, list[str]
     """``(folder, key=value overrides)`` when ``ddpmkit train`` is given a folder of images: the
     ``folder`` preset with the folder as its first argument (or ``data.path=``), or a directory
     that is neither a preset nor a run (no config.json); None otherwise."""
-    from ..training.config import list_presets
-
     settings = [item for item in overrides if "=" in item]
     if source == "folder":
         paths = [item for item in overrides if "=" not in item]
@@ -117,8 +119,6 @@ def _image_folder(source: str, overrides: Sequence[str]) -> tuple[str, list[str]
 def _loss_curve(config: Any) -> Any:
     """An ``on_step`` hook that redraws ``<out>/loss.png`` from metrics.jsonl at every preview
     step (and when called with None, at the end)."""
-    from .demo import plot_loss
-
     metrics, picture = Path(config.out) / "metrics.jsonl", Path(config.out) / "loss.png"
 
     def draw(trainer: Any) -> None:
@@ -132,42 +132,30 @@ def _loss_curve(config: Any) -> Any:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from ..io.checkpoint import load_checkpoint
-    from ..io.files import write_npz
-    from .guidance import prepare_sampling
-    from ..data import to_uint8_images
-    from ..training.monitor import save_sample_grid
-    from ..sampling import sample
-    from .points import is_point_data, point_condition, save_point_samples
-
-    _at_least_one("--n", args.n)
+    at_least_one("--n", args.n)
     device = resolve_device(args.device)
     set_tf32(device, args.tf32)
-    ckpt = load_checkpoint(args.checkpoint, device=device, ema_rate=args.ema_rate)
+    ckpt, data = load_for_command(args.checkpoint, device, args.ema_rate)
     model = ckpt.ema_model if not args.raw_weights else ckpt.model
     if args.compile:
-        from ..nets import compile_for_inference
-
         model = compile_for_inference(model, device)
     if args.precision == "bf16":
         model = AutocastNetwork(model, device)
-    data_shape, levels = _data_shape_levels(ckpt.config)
-    _default_sampler_steps(args, ckpt.config)
+    data_shape, levels = data.shape, data.levels
+    _default_sampler_steps(args, ckpt.config, ckpt.process)
     params: dict[str, Any] = {}
     if args.eta is not None:
         params["eta"] = args.eta
     params.update({k: v for k, v in (("grid", args.grid), ("rho", args.rho)) if v is not None})
     guided = prepare_sampling(args, ckpt, model, device)
-    points = is_point_data(data_shape)   # point clouds: the completion condition, picture + .npz
+    points = data.kind == "points"   # point clouds: the completion condition, picture + .npz
     if points:
         guided.cond.update(point_condition(args.partial_from, ckpt.config, guided.n, device))
     elif args.partial_from is not None:
-        raise ValueError(f"--partial-from is for point-cloud models, got data of shape {data_shape}")
+        raise ValueError(f"--partial-from is for point-cloud models, got {data.kind} data of shape {data_shape}")
     recorder = None
     if args.trajectory is not None:
-        from .trajectory import TrajectoryRecorder
-
-        recorder = TrajectoryRecorder(TRAJECTORY_SAMPLES, TRAJECTORY_STEPS)
+        recorder = trajectory.TrajectoryRecorder(TRAJECTORY_SAMPLES, TRAJECTORY_STEPS)
     generator = torch.Generator(device).manual_seed(args.seed)
     x = sample(ckpt.process, guided.model, (guided.n, *data_shape), sampler=args.sampler, steps=args.steps,
                generator=generator, device=device, clip_x0=args.clip and levels is not None,
@@ -184,40 +172,29 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             arrays["y"] = guided.cond["y"].cpu().numpy()
         write_npz(out, arrays)
     else:
-        save_sample_grid(x.cpu(), out, levels, guided.nrow)
+        save_sample_grid(x.cpu(), out, levels, guided.nrow, kind=data.kind)
     print(f"wrote {guided.n} samples ({args.sampler}, {args.steps} steps) to {out}")
     if recorder is not None:
-        from .trajectory import draw_trajectory
-
-        path = draw_trajectory(recorder.snapshots, args.trajectory)
+        path = trajectory.draw_trajectory(recorder.snapshots, args.trajectory)
         print(f"wrote the reverse process of {min(guided.n, TRAJECTORY_SAMPLES)} samples at "
               f"{len(recorder.snapshots)} steps to {path}")
     return 0
 
 
-def _default_sampler_steps(args: argparse.Namespace, config: Any) -> None:
-    """Fill ``--sampler`` / ``--steps`` left out: ddim and 50 for the discrete process, the run's
-    preview ``sample_sampler`` / ``sample_steps`` for a continuous one (which has no T to default to)."""
-    continuous = config.diffusion.continuous
+def _default_sampler_steps(args: argparse.Namespace, config: Any, process: Any) -> None:
+    """Fill ``--sampler`` / ``--steps`` left out: ddim and 50 for a process trained at discrete
+    steps, the run's preview ``sample_sampler`` / ``sample_steps`` for one in continuous time
+    (which has no T to default to)."""
+    discrete_steps = process.training_steps is not None
     if args.sampler is None:
-        args.sampler = config.sample_sampler if continuous else "ddim"
+        args.sampler = "ddim" if discrete_steps else config.sample_sampler
     if args.steps is None:
-        args.steps = config.sample_steps if continuous else 50
-
-
-def _data_shape_levels(config: Any) -> tuple[tuple[int, ...], int | None]:
-    """The per-example shape and level count of a config's data (:func:`ddpmkit.runs.data_shape_levels`)."""
-    from ..runs import data_shape_levels
-
-    return data_shape_levels(config)
+        args.steps = 50 if discrete_steps else config.sample_steps
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation.evaluate import evaluate_checkpoint
-    from .convert import data_option
-
-    _at_least_one("--n", args.n)
-    _at_least_one("--num-samples", args.num_samples)
+    at_least_one("--n", args.n)
+    at_least_one("--num-samples", args.num_samples)
 
     report = evaluate_checkpoint(
         args.checkpoint, split=args.split, n=args.n, device=resolve_device(args.device),
@@ -232,13 +209,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ddpmkit`` parser; ``--sampler`` lists the samplers registered when it is built."""
-    from ..sampling import SAMPLERS
-    from .convert import add_convert_commands
-    from .distill import add_distill_command
-    from .guidance import add_guidance_arguments, add_train_classifier_command
-    from .inverse import add_inverse_commands
-    from .points import add_points_commands
-
     samplers = ", ".join(sorted(SAMPLERS))
     parser = argparse.ArgumentParser(prog="ddpmkit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ddpmkit {__version__}",
@@ -260,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a checkpoint")
     p.add_argument("checkpoint", help="a run directory or a checkpoint .json")
     p.add_argument("--sampler", default=None, help=f"the sampler, one of: {samplers} (default ddim; for a "
-                   "continuous process the run's sample_sampler)")
+                   "continuous process the run's sample_sampler); `ddpmkit samplers` shows which are aliases")
     p.add_argument("--steps", type=int, default=None, help="sampling steps, at most the process's T (default 50; "
                    "for a continuous process the run's sample_steps)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
@@ -315,10 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_eval)
     add_convert_commands(sub)   # import, export
-    from .doctor import add_doctor_command
-
     add_doctor_command(sub)     # doctor: the installation, for bug reports
     add_distill_command(sub)    # distill
+    add_samplers_command(sub)   # samplers: the names, their grids and aliases
     return parser
 
 

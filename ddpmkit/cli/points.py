@@ -20,18 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import load_dataset
+from ..data.pointfiles import read_points
+from ..data.shapes import normalize_clouds
 from ..io.files import write_npz
+from ..sampling.point_denoise import DENOISE_METHODS, denoise_points
+from ..training.distributed import resolve_device
+from ..viz import clouds_image, save_sample_grid
+from .common import at_least_one, load_checkpoint
 
-__all__ = ["add_points_commands", "is_point_data", "point_condition", "save_point_samples",
-           "bounding_radius", "PARTIAL_SOURCES"]
+__all__ = ["add_points_commands", "point_condition", "save_point_samples", "bounding_radius", "PARTIAL_SOURCES"]
 
 PARTIAL_SOURCES = ("test",)   # besides a file: the partial clouds of the run's own test split
 MIN_POINTS = 4                # fewer points give no meaningful scale and bounding sphere
-
-
-def is_point_data(shape: tuple[int, ...]) -> bool:
-    """Whether one example of this shape is a point cloud (points, 3)."""
-    return len(shape) == 2 and shape[-1] == 3
 
 
 def point_condition(partial_from: str | None, config: Any, n: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -50,16 +51,12 @@ def point_condition(partial_from: str | None, config: Any, n: int, device: torch
         return {}
     source = partial_from or "test"
     if source == "test":
-        from ..data import load_dataset
-
         test = load_dataset(config.data, "test")
         if "partial" not in test.cond:
             raise ValueError(f"--partial-from test: the run's data {config.data.name!r} has no partial clouds "
                              "(data.partial_points is not set); give a point file")
         partial = test.cond["partial"]
     else:
-        from ..data.pointfiles import read_points
-
         partial = torch.from_numpy(read_points(source))
         partial = partial[None] if partial.ndim == 2 else partial
     index = torch.arange(n) % len(partial)
@@ -71,8 +68,6 @@ def save_point_samples(x: torch.Tensor, out: str | Path, partial: torch.Tensor |
     """Point-cloud samples (n, P, 3) as a picture (3-D scatter plots from three views, the
     partial clouds in red) and an ``.npz`` (``x``, and ``partial`` when given), at ``out`` with
     the suffixes ``.png`` and ``.npz`` (whichever ``out`` names, the other beside it)."""
-    from ..training.monitor import save_sample_grid
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     picture = out.with_suffix(".png") if out.suffix in (".npz", ".png") else out.with_name(out.name + ".png")
@@ -81,14 +76,13 @@ def save_point_samples(x: torch.Tensor, out: str | Path, partial: torch.Tensor |
     if partial is not None:
         arrays["partial"] = partial.detach().cpu().numpy()
     write_npz(arrays_path, arrays)
-    save_sample_grid(x.detach().cpu(), picture, None, nrow, partial=None if partial is None else partial.cpu())
+    save_sample_grid(x.detach().cpu(), picture, None, nrow, partial=None if partial is None else partial.cpu(),
+                     kind="points")
     return [picture, arrays_path]
 
 
 def _read_clouds(path: str) -> tuple[np.ndarray, bool]:
     """The clouds of a point file as (S, N, 3) float64, and whether the file held one cloud."""
-    from ..data.pointfiles import read_points
-
     clouds = np.asarray(read_points(path), dtype=np.float64)
     single = clouds.ndim == 2
     clouds = clouds[None] if single else clouds
@@ -104,13 +98,7 @@ def bounding_radius(clouds: np.ndarray) -> np.ndarray:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    from ..data.shapes import normalize_clouds
-    from ..io.checkpoint import load_checkpoint
-    from ..sampling.point_denoise import denoise_points
-    from ..training.distributed import resolve_device
-    from .main import _at_least_one
-
-    _at_least_one("--steps", args.steps)
+    at_least_one("--steps", args.steps)
     if (args.noise is None) == (args.sigma is None):
         raise ValueError("give exactly one of --noise (a fraction of each cloud's bounding-sphere radius) and "
                          "--sigma (in the normalised units of the training data)")
@@ -147,8 +135,6 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     print(f"denoised {len(clouds)} cloud(s) of {clouds.shape[1]} points ({args.method}, {args.steps} steps, sigma "
           f"{', '.join(f'{s:.4g}' for s in sigma[:4])}{'...' if len(sigma) > 4 else ''} in normalised units) to {out}")
     if args.picture:
-        from ..training.monitor import clouds_image
-
         both = np.concatenate([normalised, clean.double().cpu().numpy()])
         clouds_image(both, nrow=len(clouds), max_clouds=2 * min(len(clouds), 8)).save(args.picture)
         print(f"wrote the noisy (top) and denoised (bottom) clouds to {args.picture}")
@@ -157,8 +143,6 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 def add_points_commands(sub: Any) -> None:
     """Register ``ddpmkit denoise`` on the ``ddpmkit`` sub-parsers."""
-    from ..sampling.point_denoise import DENOISE_METHODS
-
     p = sub.add_parser("denoise", help="denoise point clouds with a point model's score (Luo & Hu 2021)")
     p.add_argument("checkpoint", help="a run directory or checkpoint .json of an unconditional point model")
     p.add_argument("--input", required=True, help="a point file: .npy / .npz / .ply, one cloud (N, 3) or (S, N, 3)")

@@ -10,6 +10,7 @@ Quantised data keep their level count (``levels``) for the discretized decoder a
 """
 from .config import DATASET_NAMES, DataConfig
 from .dataset import ArrayDataset, to_uint8_images
+from .kinds import DATA_KINDS
 from .load import load_dataset
 
-__all__ = ["DataConfig", "ArrayDataset", "load_dataset", "to_uint8_images", "DATASET_NAMES"]
+__all__ = ["DataConfig", "ArrayDataset", "load_dataset", "to_uint8_images", "DATASET_NAMES", "DATA_KINDS"]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .kinds import EXAMPLE_RANK, check_data_record
+
 __all__ = ["ArrayDataset", "to_uint8_images", "codes_to_unit", "split_indices", "resize_images"]
 
 
@@ -114,6 +116,10 @@ class ArrayDataset:
         cond: per-example conditions the model takes as keyword arguments, each a tensor whose
             first axis is aligned with ``x`` (e.g. ``{"partial": (N, M, 3)}``, the partial clouds
             of point-cloud completion); batches slice them with ``x``.
+        kind: what the examples are, one of :data:`~ddpmkit.data.kinds.DATA_KINDS` ("image",
+            "points", "series", "vector"), said by the loader that read them. Left out, it is the
+            one kind of the examples' rank (images (C, H, W), vectors (D,)); (P, 3) point clouds
+            and (C, L) sequences share a rank, so their loaders name them, else it stays None.
     """
 
     x: torch.Tensor
@@ -123,6 +129,7 @@ class ArrayDataset:
     name: str
     flip: bool = False
     cond: dict[str, torch.Tensor] = field(default_factory=dict)
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or self.x.dtype != torch.float32 or self.x.ndim < 2:
@@ -136,6 +143,11 @@ class ArrayDataset:
                 raise ValueError(f"num_classes must exceed every label, got num_classes={self.num_classes!r}")
         if self.levels is not None and not 2 <= self.levels <= 256:
             raise ValueError(f"levels must be in [2, 256] or None, got levels={self.levels!r}")
+        if self.kind is None:
+            ranks = [kind for kind, rank in EXAMPLE_RANK.items() if rank == len(self.shape)]
+            self.kind = ranks[0] if len(ranks) == 1 else None
+        else:
+            check_data_record(f"ArrayDataset {self.name!r}", self.kind, self.shape)
         if self.flip and not self.is_image:
             raise ValueError(f"flip applies to images (N, C, H, W) only, got x of shape {tuple(self.x.shape)}")
         for key, value in self.cond.items():
@@ -153,7 +165,7 @@ class ArrayDataset:
 
     @property
     def is_image(self) -> bool:
-        return self.x.ndim == 4
+        return self.kind == "image"
 
     def to(self, device: torch.device | str) -> "ArrayDataset":
         """A copy with the tensors on ``device``."""

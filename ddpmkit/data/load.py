@@ -12,6 +12,7 @@ from .folder import load_folder
 from .series import load_series
 from .formats import Loaded, load_cifar10, load_mnist, load_npz
 from .toys import NUM_CLASSES, sample_toy
+from .pointsets import load_pointset
 
 __all__ = ["load_dataset", "SPLITS"]
 
@@ -68,8 +69,10 @@ def _to_dataset(loaded: Loaded, config: DataConfig, split: str) -> ArrayDataset:
     y = None if loaded.labels is None else torch.from_numpy(np.asarray(loaded.labels, np.int64))
     if config.flip and not is_image:
         raise ValueError(f"flip=True needs image data, got {config.name} data of shape {tuple(x.shape[1:])}")
+    # the kind of what was read; other data take the one kind of their rank (vectors), see ArrayDataset.kind
+    kind = "image" if is_image else "series" if config.name == "series" else None
     return ArrayDataset(x=x, y=y, levels=levels, num_classes=None if y is None else loaded.num_classes,
-                        name=f"{config.name}-{split}", flip=config.flip)
+                        name=f"{config.name}-{split}", flip=config.flip, kind=kind)
 
 
 def load_dataset(config: DataConfig, split: str = "train") -> ArrayDataset:
@@ -84,12 +87,10 @@ def load_dataset(config: DataConfig, split: str = "train") -> ArrayDataset:
         raise ValueError(f"config must be a DataConfig, got {type(config).__name__}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got split={split!r}")
-    if config.name == "none":   # an imported model (ddpmkit.io.convert) carries no data set
+    if config.name == "none":   # an imported model (ddpmkit.published.convert) carries no data set
         raise ValueError("data 'none' (an imported model) has no examples: name a data set, e.g. "
                          "`ddpmkit eval RUN --data cifar10:/data/cifar-10-batches-py`")
     if config.name in POINT_NAMES:   # point clouds (S, N, 3), with their completion condition
-        from .pointsets import load_pointset
-
         return load_pointset(config, split)
     if config.name == "digits":
         loaded = _load_digits(config, split)

@@ -21,7 +21,8 @@ import torch
 
 from .config import DataConfig
 from .dataset import ArrayDataset, split_indices
-from .shapes import normalize_clouds
+from .pointfiles import POINT_SUFFIXES, read_points
+from .shapes import SHAPE_FAMILIES, cut_by_plane, make_shapes, normalize_clouds
 
 __all__ = ["load_pointset", "DEFAULT_SHAPE_POINTS", "knn_patches", "missing_points"]
 
@@ -84,8 +85,6 @@ def _subsample(cloud: np.ndarray, points: int | None, seed: int, index: int, whe
 def _load_point_files(config: DataConfig) -> np.ndarray:
     """Every cloud of ``config.path`` as (S, points, 3) float64, in file-name order (read by
     :func:`read_points`: nothing is unpickled)."""
-    from .pointfiles import POINT_SUFFIXES, read_points
-
     path = Path(config.path)
     if path.is_file():
         stack = read_points(path)
@@ -121,8 +120,6 @@ def load_pointset(config: DataConfig, split: str) -> ArrayDataset:
     ``cond["partial"]`` (S, partial_points, 3)."""
     labels, num_classes = None, None
     if config.name == "shapes":
-        from .shapes import SHAPE_FAMILIES, make_shapes
-
         shapes = make_shapes(config.n, config.points or DEFAULT_SHAPE_POINTS, seed=config.seed)
         clouds = np.asarray(shapes.points)
         labels, num_classes = np.asarray(shapes.family, np.int64), len(SHAPE_FAMILIES)
@@ -130,8 +127,6 @@ def load_pointset(config: DataConfig, split: str) -> ArrayDataset:
         clouds = _load_point_files(config)
     cond: dict[str, torch.Tensor] = {}
     if config.partial_points is not None:
-        from .shapes import cut_by_plane
-
         if config.partial_points >= clouds.shape[1]:
             raise ValueError(f"data.partial_points={config.partial_points} must be smaller than the "
                              f"{clouds.shape[1]} points per cloud")
@@ -149,4 +144,4 @@ def load_pointset(config: DataConfig, split: str) -> ArrayDataset:
         y = None if y is None else y.repeat_interleave(per_cloud)
     x = torch.from_numpy(np.ascontiguousarray(chosen, dtype=np.float32))
     return ArrayDataset(x=x, y=y, levels=None, num_classes=num_classes, name=f"{config.name}-{split}",
-                        cond={k: v[index] for k, v in cond.items()})
+                        cond={k: v[index] for k, v in cond.items()}, kind="points")

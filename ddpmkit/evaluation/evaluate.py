@@ -15,36 +15,28 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.diffusion import GaussianDiffusion
-from ..io.checkpoint import load_checkpoint
-from ..io.files import atomic_write
 from ..data import ArrayDataset, load_dataset
+from ..io.files import atomic_write
 from ..likelihood.bound import vlb_bpd
 from ..likelihood.ode import ode_bpd
 from ..sampling import sample
+from ..training.restore import load_checkpoint
+from ..viz import plot_quality
+from .counting import CountingModel
+from .features import IdentityFeatures, extract_features, load_digit_classifier, load_inception
+from .metrics import FeatureStats, copy_check, feature_metrics, frechet_distance_from_features
+from .pointclouds import POINT_QUALITY_KEYS, point_quality_table, point_sample_quality
 
 __all__ = ["evaluate_checkpoint", "evaluate_model", "CountingModel", "pick_extractor", "bits_per_dim",
            "sample_quality", "frechet_bootstrap", "NO_BOUND"]
 
 NO_BOUND = "n/a: the variational bound is the discrete process's; use the ODE bits/dim"
-
-
-class CountingModel:
-    """Wraps a model and counts its calls (the number of function evaluations, NFE)."""
-
-    def __init__(self, model: Callable[..., torch.Tensor]):
-        self.model = model
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
-        self.calls += 1
-        return self.model(x, t, **cond)
 
 
 def _mean_sem(values: torch.Tensor) -> dict[str, float]:
@@ -55,8 +47,6 @@ def _mean_sem(values: torch.Tensor) -> dict[str, float]:
 
 def pick_extractor(data: ArrayDataset, inception_weights: str | None = None, device: Any = "cpu"):
     """The feature network for a data set (see the module docstring), or None for none."""
-    from .features import IdentityFeatures, load_digit_classifier, load_inception
-
     if inception_weights:
         return load_inception(inception_weights, device=device)
     # load_dataset names splits "<data>-<split>"; the committed classifier reads the 8x8 digits as
@@ -76,7 +66,7 @@ def bits_per_dim(process, model, x: torch.Tensor, levels: int | None, *, bound: 
     one gets ``bound_note`` = :data:`NO_BOUND` instead) and by the probability-flow ODE."""
     out: dict[str, Any] = {"levels": levels, "unit": "bits/dim" if levels else "bits/dim (continuous density)"}
     cond = cond or {}
-    if bound and not isinstance(process, GaussianDiffusion):
+    if bound and not process.supports_bound:
         out["bound_note"] = NO_BOUND
     elif bound:
         totals, priors, decoders = [], [], []
@@ -110,8 +100,6 @@ def frechet_bootstrap(reference: torch.Tensor, features: torch.Tensor, rounds: i
     so two feature sets of equal length, each sample derived from the same starting noise, are
     resampled in pairs and the difference of their bootstrap FDs is a paired comparison.
     """
-    from .metrics import FeatureStats, frechet_distance_from_features
-
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got rounds={rounds!r}")
     ref = FeatureStats.from_features(reference)
@@ -139,9 +127,6 @@ def sample_quality(process, model, shape: Sequence[int], extractor, reference: t
     of samples nearer to a training example than 99% of the test split is; about 0.01 without
     copying), affordable for small images such as the digits.
     """
-    from .features import extract_features
-    from .metrics import copy_check, feature_metrics
-
     n = len(held_out) if num_samples is None else int(num_samples)
     ref = extract_features(extractor, reference, batch_size)
     sub = held_out if n >= len(held_out) else held_out[:n]
@@ -155,7 +140,7 @@ def sample_quality(process, model, shape: Sequence[int], extractor, reference: t
         params = dict((sampler_params or {}).get(name, {"sampler": name}))
         sampler = params.pop("sampler")
         for s in steps:
-            if s > getattr(process, "T", math.inf):   # a continuous process takes any number of steps
+            if s > (process.training_steps or math.inf):   # a process in continuous time takes any number of steps
                 continue
             counter = CountingModel(model)
             gen = torch.Generator(reference.device).manual_seed(seed)
@@ -197,9 +182,7 @@ def evaluate_model(config, process, model, *, split: str = "test", n: int | None
         report["bpd"] = bits_per_dim(process, model, x, test.levels, bound=bound, ode=ode,
                                      ode_examples=ode_examples, generator=gen, progress=progress,
                                      cond={k: v[:len(x)].to(device) for k, v in test.cond.items()})
-    if samplers and steps and test.x.ndim == 3 and test.shape[-1] == 3:   # point clouds: PointFlow's metrics
-        from .pointclouds import point_sample_quality
-
+    if samplers and steps and test.kind == "points":   # point clouds: PointFlow's metrics
         report["point_quality"] = point_sample_quality(process, model, load_dataset(config.data, "train"), test,
                                                        samplers, steps, num_samples, seed, progress=progress,
                                                        device=device)
@@ -227,8 +210,6 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         s["fd_floor"] = round(report["quality"]["floor"]["fd"], 4)
         s["fd"] = {f"{r['sampler']}@{r['steps']}": round(r["fd"], 4) for r in report["quality"]["rows"]}
     if "point_quality" in report:
-        from .pointclouds import POINT_QUALITY_KEYS
-
         quality = report["point_quality"]
         s["floor"] = {k: round(quality["floor"][k], 4) for k in POINT_QUALITY_KEYS}
         s["point_metrics"] = {f"{r['sampler']}@{r['steps']}": {k: round(r[k], 4) for k in POINT_QUALITY_KEYS}
@@ -252,31 +233,6 @@ def quality_table(quality: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_quality(quality: dict[str, Any], path: str | Path) -> Path:
-    """FD against NFE, one line per sampler (log axes), with the floor as a dashed line and the
-    bootstrap standard deviations (when the rows have them) as error bars."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["sampler"] for r in quality["rows"]):
-        rows = [r for r in quality["rows"] if r["sampler"] == name]
-        errors = [r["fd_boot_std"] for r in rows] if all("fd_boot_std" in r for r in rows) else None
-        ax.errorbar([r["nfe"] for r in rows], [r["fd"] for r in rows], yerr=errors, marker="o", capsize=3,
-                    label=name)
-    ax.axhline(quality["floor"]["fd"], color="gray", linestyle="--", label="floor (test split)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("network evaluations (NFE)")
-    ax.set_ylabel("Frechet distance (feature space)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
-
-
 def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path | None = None, device: Any = "cpu",
                         data: Any = None, **options: Any) -> dict[str, Any]:
     """Load a checkpoint, run :func:`evaluate_model`, and write eval.json / eval.md / eval.png.
@@ -294,8 +250,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path | None = None
         atomic_write(out_dir / "eval.md", lambda tmp: tmp.write_text(table))
         plot_quality(report["quality"], out_dir / "eval.png")
     if "point_quality" in report:
-        from .pointclouds import point_quality_table
-
         points_table = point_quality_table(report["point_quality"]) + "\n"
         atomic_write(out_dir / "eval.md", lambda tmp: tmp.write_text(points_table))
     return report

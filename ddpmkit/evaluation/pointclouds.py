@@ -17,6 +17,9 @@ from typing import Any, Sequence
 import torch
 
 from ..data import ArrayDataset
+from ..sampling import sample
+from .counting import CountingModel
+from .metrics.pointcloud import chamfer, generation_metrics
 
 __all__ = ["point_sample_quality", "point_quality_table", "POINT_QUALITY_KEYS"]
 
@@ -30,10 +33,6 @@ def point_sample_quality(process: Any, model: Any, train: ArrayDataset, test: Ar
                          device: Any = "cpu") -> dict[str, Any]:
     """Generation metrics per sampler x steps against ``n = min(num_samples, len(test))`` test
     clouds, with the floor (``n`` training clouds against the same test clouds)."""
-    from ..sampling import sample
-    from .evaluate import CountingModel
-    from .metrics.pointcloud import chamfer, generation_metrics
-
     n = len(test) if num_samples is None else min(int(num_samples), len(test))
     if n < 2 or len(train) < n:
         raise ValueError(f"point-cloud metrics need 2 <= n <= the training clouds ({len(train)}), got n={n}")
@@ -43,7 +42,7 @@ def point_sample_quality(process: Any, model: Any, train: ArrayDataset, test: Ar
     rows = []
     for name in samplers:
         for s in steps:
-            if s > getattr(process, "T", math.inf):
+            if s > (process.training_steps or math.inf):   # a process in continuous time takes any number
                 continue
             counter = CountingModel(model)
             gen = torch.Generator(device).manual_seed(seed)

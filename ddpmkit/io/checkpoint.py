@@ -11,6 +11,10 @@ written to a temporary file in the same directory, flushed to disk (fsync) and r
 target (``os.replace`` is atomic), and ``latest`` is switched last: a crash at any moment
 leaves ``latest`` naming a complete checkpoint. Loading never unpickles anything; a truncated
 or corrupted file raises :class:`CheckpointError`, a one-line message naming the file.
+
+This is the format only (it knows nothing of the training config): a run's networks and process
+are rebuilt from a checkpoint by :func:`ddpmkit.training.restore.load_checkpoint`, and
+:func:`ddpmkit.load_run` adds what its data look like.
 """
 from __future__ import annotations
 
@@ -19,13 +23,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..training.config import TrainConfig
 from .files import atomic_write, write_json
 
 __all__ = [
@@ -42,8 +45,6 @@ __all__ = [
     "optimizer_state_tensors",
     "load_optimizer_state",
     "FORMAT",
-    "LoadedCheckpoint",
-    "load_checkpoint",
 ]
 
 FORMAT = "ddpmkit-checkpoint-v1"
@@ -191,49 +192,3 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint tensors {tensor_path} cannot be read: {err}") from None
     return tensors, meta, json_path
-
-
-class LoadedCheckpoint(NamedTuple):
-    """A checkpoint made ready to use: ``config, model, ema_model, process, state = ...``."""
-
-    config: Any            # TrainConfig
-    model: Any             # nn.Module with the raw weights, in eval mode
-    ema_model: Any         # nn.Module with the averaged weights of the chosen rate
-    process: Any           # GaussianDiffusion, or a continuous VE / VP / SubVP / EDM (config.diffusion.process)
-    state: dict[str, Any]  # the trainer state (step, ...), plus "path"
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    ema_rate: float | None = None) -> LoadedCheckpoint:
-    """Rebuild the networks and the process of a checkpoint (no unpickling anywhere).
-
-    The networks come ready for inference: eval mode, no gradients (``.requires_grad_(True)``
-    and ``.train()`` to fine-tune).
-
-    ``path``: see :func:`find_checkpoint`. ``ema_rate`` picks one of the saved averages (the
-    first when None).
-    """
-    tensors, meta, json_path = read_checkpoint(path, device="cpu")
-    try:
-        config = TrainConfig.from_dict(meta["config"])
-        state = dict(meta["state"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint file {json_path} has a bad config or state: {err}") from None
-    rates = [float(r) for r in state.get("ema_rates", config.ema_rates)]
-    rate = rates[0] if ema_rate is None else float(ema_rate)
-    if rate not in rates:
-        raise ValueError(f"ema_rate must be one of the saved rates {rates}, got ema_rate={ema_rate!r}")
-
-    def network(prefix: str) -> Any:
-        module = config.build_network()
-        weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            module.load_state_dict(weights)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise CheckpointError(f"checkpoint tensors of {json_path} do not fit the network: {first}") from None
-        return module.to(device).eval().requires_grad_(False)
-
-    state["path"] = str(json_path)
-    return LoadedCheckpoint(config, network("model."), network(f"ema.{rates.index(rate)}."),
-                            config.diffusion.build(), state)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.pointsets import knn_patches
 from .loop import SampleOptions
 from .ode import check_positive
 from .score_sde import ald
@@ -89,8 +90,6 @@ def patch_denoiser(D: Callable[..., torch.Tensor], k: int) -> Callable[..., torc
     least its own). ``sigma``: a float or one level per cloud (B,). The neighbourhoods follow the
     current x, so they are recomputed at every call.
     """
-    from ..data.pointsets import knn_patches
-
     def denoise(x: torch.Tensor, sigma: float | torch.Tensor, **cond: Any) -> torch.Tensor:
         if cond:
             raise ValueError(f"a patch denoiser takes no condition, got {sorted(cond)}")

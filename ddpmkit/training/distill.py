@@ -36,7 +36,8 @@ from typing import Any, Sequence
 import torch
 
 from ..data import load_dataset
-from ..io.checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint
+from ..io.checkpoint import read_checkpoint
+from .restore import LoadedCheckpoint, load_checkpoint
 from ..core.predictions import check_choice
 from .consistency import SOLVERS, ConsistencyObjective, PairSchedule
 from .ema import EMA

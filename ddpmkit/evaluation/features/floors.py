@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from ...data import DataConfig, load_dataset
 from ..metrics import metric_floor
 from .base import FeatureExtractor, extract_features
+from .digits import load_digit_classifier
 
 __all__ = ["extractor_floor", "digits_floor"]
 
@@ -26,9 +28,6 @@ def digits_floor(extractor: FeatureExtractor | None = None, seed: int = 0, **opt
 
     KID subsets are drawn from ``torch.Generator().manual_seed(seed)``.
     """
-    from ...data import DataConfig, load_dataset
-    from .digits import load_digit_classifier
-
     extractor = extractor if extractor is not None else load_digit_classifier()
     train = load_dataset(DataConfig(name="digits"), "train").x
     test = load_dataset(DataConfig(name="digits"), "test").x

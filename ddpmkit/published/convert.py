@@ -20,7 +20,15 @@ from typing import Any, Mapping
 
 import torch
 
+from ..data.config import DataConfig
+from ..io.checkpoint import LATEST, save_checkpoint
+from ..io.files import atomic_write, write_json
+from ..nets.unet import UNetConfig
+from ..training.config import TrainConfig
+from ..training.restore import LoadedCheckpoint, load_checkpoint
+from .diffusers_format import read_diffusers, write_diffusers
 from .imported import ImportedModel
+from .openai_format import flags_for, openai_state_dict, read_openai
 
 __all__ = ["import_checkpoint", "export_checkpoint", "read_imported", "write_imported", "imported_config",
            "export_clip", "FORMATS", "EXPORT_FORMATS", "IMPORTED_EMA_RATE"]
@@ -33,34 +41,28 @@ IMPORTED_EMA_RATE = 0.9999   # the label of the EMA slot the imported weights fi
 def read_imported(src: str | Path, format: str, flags: Mapping[str, Any] | None = None) -> ImportedModel:
     """The :class:`ImportedModel` of a diffusers folder or an OpenAI ``.pt`` file (with its flags)."""
     if format == "openai":
-        from .openai_format import read_openai
-
         return read_openai(src, flags or {})
     if format == "diffusers":
         if flags:
             raise ValueError(f"flags are read only with format='openai' (a diffusers folder has its config), "
                              f"got {sorted(flags)[0]!r}")
-        from .diffusers_format import read_diffusers
-
         return read_diffusers(src)
     raise ValueError(f"format must be one of {list(FORMATS)}, got format={format!r}")
 
 
-def imported_config(model: ImportedModel, out: str | Path) -> Any:
-    """The :class:`TrainConfig` of an imported run: data ``"none"`` at the network's image size."""
-    from ..data.config import DataConfig
-    from ..training.config import TrainConfig
-
-    return TrainConfig(name="imported", data=DataConfig(name="none", image_size=model.network.image_size),
-                       network=model.network, diffusion=model.diffusion, ema_rates=(IMPORTED_EMA_RATE,),
-                       out=str(out))
+def imported_config(model: ImportedModel, out: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` of an imported run: data ``"none"`` at the network's image size
+    (8-bit images of the network's channels, recorded as the run's data)."""
+    net = model.network
+    return TrainConfig(name="imported", data=DataConfig(name="none", image_size=net.image_size),
+                       network=net, diffusion=model.diffusion, ema_rates=(IMPORTED_EMA_RATE,),
+                       out=str(out), data_kind="image", data_shape=(net.in_channels, net.image_size, net.image_size),
+                       data_levels=256)
 
 
 def write_imported(model: ImportedModel, out: str | Path) -> Path:
     """Write ``model`` as a run directory at ``out`` (config.json + checkpoint of step 0); refuses
     a directory that already holds a checkpoint. Returns the checkpoint's JSON path."""
-    from .checkpoint import LATEST, save_checkpoint
-
     out = Path(out)
     if (out / "checkpoints" / LATEST).exists():
         raise ValueError(f"{out} already holds a run (checkpoints/{LATEST}); choose a new --out")
@@ -76,15 +78,13 @@ def write_imported(model: ImportedModel, out: str | Path) -> Path:
 
 
 def import_checkpoint(src: str | Path, format: str = "diffusers", *, flags: Mapping[str, Any] | None = None,
-                      out: str | Path | None = None, device: str | torch.device = "cpu") -> Any:
-    """Read published weights and return them as :func:`ddpmkit.io.checkpoint.load_checkpoint` does.
+                      out: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Read published weights and return them as :func:`ddpmkit.training.restore.load_checkpoint` does.
 
     With ``out`` the run directory is written there (and can be sampled / evaluated later); with
     ``out=None`` it goes to a temporary directory that is deleted once loaded (the returned
     object holds everything in memory; its ``state["path"]`` is then the source).
     """
-    from .checkpoint import load_checkpoint
-
     model = read_imported(src, format, flags)
     if out is not None:
         write_imported(model, out)
@@ -100,15 +100,12 @@ def export_checkpoint(run: str | Path, out: str | Path, format: str = "diffusers
     """Write a ddpmkit U-Net run's (first EMA, or raw) weights in a published format.
 
     ``format="diffusers"``: a pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``) that
-    ``DDPMPipeline.from_pretrained`` loads (:func:`ddpmkit.io.diffusers_format.write_diffusers`;
+    ``DDPMPipeline.from_pretrained`` loads (:func:`ddpmkit.published.diffusers_format.write_diffusers`;
     configurations diffusers cannot express are refused there). ``format="openai"``: ``out`` is a
     ``.pt`` state dict in their key layout, with the flags that rebuild it in ``out`` + ``.json``.
     The clipping of x_0 while sampling (diffusers' ``clip_sample``, OpenAI's ``clip_denoised``) is
     the imported source's (:func:`export_clip`).
     """
-    from ..nets.unet import UNetConfig
-    from .checkpoint import load_checkpoint
-
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {list(EXPORT_FORMATS)}, got format={format!r}")
     ckpt = load_checkpoint(run, device="cpu")
@@ -117,8 +114,6 @@ def export_checkpoint(run: str | Path, out: str | Path, format: str = "diffusers
     net = ckpt.model if raw_weights else ckpt.ema_model
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     if format == "diffusers":
-        from .diffusers_format import write_diffusers
-
         return Path(write_diffusers(ckpt.config.network, state, ckpt.config.diffusion, out, pipeline=True,
                                     clip_sample=export_clip(ckpt.state)))
     return _write_openai(ckpt.config, state, Path(out), new_attention_order, export_clip(ckpt.state))
@@ -133,9 +128,6 @@ def export_clip(state: Mapping[str, Any]) -> bool:
 
 def _write_openai(config: Any, state: dict[str, torch.Tensor], out: Path, new_attention_order: bool,
                   clip: bool) -> Path:
-    from .files import atomic_write, write_json
-    from .openai_format import flags_for, openai_state_dict
-
     if out.suffix not in (".pt", ".pth"):
         raise ValueError(f"an OpenAI export is a .pt file, got out={str(out)!r}")
     flags = flags_for(config.network, config.diffusion, new_attention_order=new_attention_order)

@@ -31,8 +31,8 @@ import torch
 from ..nets.unet import UNet, UNetConfig
 from .diffusers_scheduler import diffusion_from_scheduler, scheduler_config
 from .diffusers_weights import read_weights, write_weights
-from .files import read_json_object
-from .files import write_json
+from ..io.files import read_json_object
+from ..io.files import write_json
 from .imported import ImportedModel, check_same_keys
 
 __all__ = ["read_diffusers", "write_diffusers", "diffusers_unet_config", "unet_config_from_diffusers",

@@ -31,7 +31,7 @@ import torch
 
 from ..nets.unet import UNet, UNetConfig
 from .imported import ImportedModel, check_same_keys
-from .torch_load import load_weights_only
+from ..io.torch_load import load_weights_only
 from .openai_flags import (EMBEDDING, FLAG_DEFAULTS, IGNORED_FLAGS, LAYOUT, flags_for, openai_diffusion, openai_flags,
                            openai_network_config, openai_process, parse_flags)
 

@@ -4,8 +4,8 @@ already translated into ddpmkit's terms: a U-Net config, a state dict that loads
 (Ho et al. 2020, "Denoising Diffusion Probabilistic Models"; Nichol & Dhariwal 2021, "Improved
 Denoising Diffusion Probabilistic Models").
 
-The readers (:func:`ddpmkit.io.diffusers_format.read_diffusers`,
-:func:`ddpmkit.io.openai_format.read_openai`) return it; :func:`ddpmkit.io.convert.import_checkpoint`
+The readers (:func:`ddpmkit.published.diffusers_format.read_diffusers`,
+:func:`ddpmkit.published.openai_format.read_openai`) return it; :func:`ddpmkit.published.convert.import_checkpoint`
 writes it as an ordinary ddpmkit run.
 """
 from __future__ import annotations

@@ -14,8 +14,8 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write, first_line, read_json_object
-from .torch_load import load_weights_only
+from ..io.files import atomic_write, first_line, read_json_object
+from ..io.torch_load import load_weights_only
 
 __all__ = ["WEIGHT_NAMES", "read_weights", "write_weights"]
 
