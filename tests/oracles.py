@@ -13,7 +13,7 @@ can fail. Everything is computed in float64 and cast to the input's dtype.
 
 An oracle is a model under the ddpmkit contract, ``oracle(x_t, t) -> output``, where ``t`` is a
 timestep of the *training* schedule it was built on: integer, or real-valued between two of
-its steps (then log alpha_bar is interpolated linearly, as in ddpmkit.core.vpsde).
+its steps (then log alpha_bar is interpolated linearly, as in ddpmkit.core.discrete_time).
 """
 from __future__ import annotations
 

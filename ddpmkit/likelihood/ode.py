@@ -1,6 +1,6 @@
 """Exact likelihood by the probability-flow ODE (Song et al. 2021, sec. 4.3 and app. D.2).
 
-The ODE is solved in the variables of the noise-level contract (:mod:`ddpmkit.core.vpsde`):
+The ODE is solved in the variables of the noise-level contract (:mod:`ddpmkit.core.process`):
 ``y = x / sqrt(alpha_bar) = x_0 + sigma eps`` and ``u = log sigma``, where
 ``dy/du = y - D(y, sigma) =: F(y, u)`` with the process's denoiser D. By the instantaneous
 change of variables (Chen et al. 2018, thm. 1),

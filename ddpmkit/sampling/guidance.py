@@ -31,7 +31,7 @@ own output through the linear map between eps and it at fixed x_t), and for ``le
 the variance half of the channels untouched (the conditional pass's, for classifier-free
 guidance). They receive the *original* timesteps (the process maps respaced indices), and read
 alpha_bar from the process's schedule at those timesteps (interpolated in log alpha_bar between
-steps for the fractional times of ODE samplers, as :mod:`ddpmkit.core.vpsde` does).
+steps for the fractional times of ODE samplers, as :mod:`ddpmkit.core.discrete_time` does).
 """
 from __future__ import annotations
 
