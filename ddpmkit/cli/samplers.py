@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..sampling.registry import listing
+
 __all__ = ["add_samplers_command", "samplers_table"]
 
 
 def samplers_table() -> str:
     """One line per registered sampler: name, kind, default grid, parameters, "alias of ..."."""
-    from ..sampling.registry import listing
-
     rows = listing()
     width = max(len(r["name"]) for r in rows)
     lines = [f"{'sampler':{width}s}  {'kind':8s}  {'grid':11s}  parameters / alias"]

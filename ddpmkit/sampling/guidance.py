@@ -41,8 +41,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..core.diffusion import GaussianDiffusion
+from ..core.process import Process
 from ..core.predictions import x0_eps_from_prediction
+from .api import model_device, sample
 
 __all__ = ["GUIDANCE_KINDS", "Guidance", "ClassifierGuidance", "ClassifierFreeGuidance", "ClassifierMeanShift",
            "check_labels", "class_grid_labels", "classifier_log_prob_grad", "guided_sample"]
@@ -157,7 +158,7 @@ class ClassifierGuidance:
         num_classes: the classifier's class count, to check the labels (None: not checked).
     """
 
-    def __init__(self, process: GaussianDiffusion, model: Model, classifier: Model, scale: float,
+    def __init__(self, process: Process, model: Model, classifier: Model, scale: float,
                  num_classes: int | None = None, model_label: bool = False):
         if process.training_steps is None:
             raise ValueError(f"classifier guidance needs the discrete process (its classifier is trained on its "
@@ -230,7 +231,7 @@ class ClassifierFreeGuidance:
     one, and both return that model's output exactly.
     """
 
-    def __init__(self, process: GaussianDiffusion, model: Model, scale: float, num_classes: int):
+    def __init__(self, process: Process, model: Model, scale: float, num_classes: int):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got num_classes={num_classes!r}")
         self.process, self.model = process, model
@@ -293,7 +294,7 @@ class Guidance:
         if self.kind == "classifier" and self.classifier is None:
             raise ValueError("guidance='classifier' needs a classifier (e.g. --classifier CKPT), got none")
 
-    def wrap(self, process: GaussianDiffusion, model: Model, sampler: str) -> tuple[Model, dict[str, Any]]:
+    def wrap(self, process: Process, model: Model, sampler: str) -> tuple[Model, dict[str, Any]]:
         """(the model to sample, extra sampler parameters) for ``sampler``."""
         if self.kind == "cfg":
             return ClassifierFreeGuidance(process, model, self.scale, self.num_classes), {}
@@ -306,15 +307,13 @@ class Guidance:
         return model, {}
 
 
-def guided_sample(process: GaussianDiffusion, model: Model, shape: Sequence[int], y: torch.Tensor | Sequence[int],
+def guided_sample(process: Process, model: Model, shape: Sequence[int], y: torch.Tensor | Sequence[int],
                   guidance: Guidance, sampler: str = "ddim", steps: int | None = None, **options: Any) -> torch.Tensor:
     """Samples of the classes ``y`` (one label per example) under ``guidance``.
 
     ``options`` go to :func:`ddpmkit.sampling.sample` (``generator``, ``seed``, ``clip_x0``,
     ``device``, ``progress``, the sampler's own parameters ...).
     """
-    from .api import model_device, sample
-
     if guidance.num_classes is not None:
         y = check_labels(y, guidance.num_classes)
     y = torch.as_tensor(y)
