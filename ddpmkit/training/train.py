@@ -10,9 +10,10 @@ Determinism: every random number comes from an explicit stream whose state is ch
 the data order is a seeded permutation per epoch (a function of the step), the discrete chain's
 timesteps (its ``timestep_sampler``), flips and label dropout come from ``data_gen``, the noise
 from ``noise_gen`` (where the process has no timestep sampler, its training levels first: the
-draws of ``process.loss`` in their order), and dropout from torch's global generator (seeded per rank, saved per rank). Every rank draws the whole global batch's
-randomness and keeps its own slice, so N processes compute what one process computes with the
-same global batch. Resuming from a checkpoint continues bit for bit (on the CPU).
+draws of ``process.loss`` in their order), and dropout from torch's global generator (seeded per
+rank, saved per rank). Every rank draws the whole global batch's randomness and keeps its own
+slice, so N processes compute what one process computes with the same global batch. Resuming
+from a checkpoint continues bit for bit (on the CPU).
 """
 from __future__ import annotations
 
