@@ -29,8 +29,13 @@ generation and completion, 512 for denoising: each part uses its run's ``data.po
   distance (exact, :func:`ddpmkit.data.shapes.point_to_surface`) before and after: gradient ascent
   on the score (30 steps, step 0.2, decay 0.95; at Luo & Hu's fixed sigma, and with sigma annealed
   to sigma/4, the default), one Tweedie step D(x, sigma), annealed Langevin (30 levels, sigma/4),
-  and a classical baseline, the mean of each point's 8 nearest neighbours (Laplacian smoothing).
-  The noise level is given to the denoisers (no estimation).
+  and a classical baseline, the mean of each point's 8 nearest neighbours (Laplacian smoothing);
+  against the posterior mean (issue 23): the probability-flow ODE from sigma to 0 started at the
+  noisy cloud (10 Euler steps = DDIM eta 0, SDEdit's cut without added noise), two Tweedie steps
+  (at sigma, then sigma/2), and ``method="ode"`` (a Tweedie step, then the ODE from sigma/2 to 0).
+  The noise level is given to the denoisers (no estimation). Each row's spread is the standard
+  deviation over ``--rounds`` bootstrap resamples of the clouds: of its mean Chamfer, and of its
+  mean difference to one Tweedie step on the same (resampled) clouds (paired).
 
 Writes benchmarks/out/pointclouds.json and the pictures docs/pointclouds_{generation,completion,denoise}.png
 (a row of 4 clouds per run, the truth last; completions with their partial in red).
@@ -57,10 +62,13 @@ from ddpmkit.runs import load_checkpoint
 from ddpmkit.io.files import write_json
 from ddpmkit.sampling import sample
 from ddpmkit.sampling.completion import complete_clouds, mirror_completion
-from ddpmkit.sampling.point_denoise import denoise_points
+from ddpmkit.sampling.loop import SampleOptions
+from ddpmkit.sampling.ode import euler
+from ddpmkit.sampling.point_denoise import denoise_points, ode_grid, patch_denoiser
 from ddpmkit.training.monitor import clouds_image
 
 NOISE_LEVELS = (0.01, 0.02, 0.03)
+TWEEDIE = "one Tweedie step D(x, sigma)"
 GEN_KEYS = ("1-nna-cd", "cov-cd", "mmd-cd")
 ASYMMETRIC = ("cone", "mushroom", "lamp", "table")   # the families that are not centrally symmetric
 PARTS = ("generation", "completion", "denoising")
@@ -224,6 +232,22 @@ def _knn_mean(x: torch.Tensor, k: int = 8) -> torch.Tensor:
     return torch.gather(x[:, None].expand(-1, x.shape[1], -1, -1), 2, index[..., None].expand(-1, -1, -1, 3)).mean(2)
 
 
+def _flow_from_sigma(ckpt: Any, x: torch.Tensor, sigma: torch.Tensor, patch_points: int,
+                     steps: int = 10) -> torch.Tensor:
+    """The probability-flow ODE from each cloud's own sigma to 0, started at the noisy cloud (Euler =
+    DDIM eta 0 on method="ode"'s grid from sigma: 10 levels down to sigma/10, then 0)."""
+    D = patch_denoiser(ckpt.process.denoiser(ckpt.ema_model), patch_points)
+    floor = float(ckpt.process.sigma_min)
+    return torch.cat([euler(D, x[i:i + 1], ode_grid(float(s), steps, floor), SampleOptions(progress=False))
+                      for i, s in enumerate(sigma.tolist())])
+
+
+def _bootstrap(values: np.ndarray, rounds: int, seed: int) -> float:
+    """The standard deviation of the mean of ``values`` (one per cloud) over ``rounds`` resamples of the clouds."""
+    rng = np.random.default_rng(seed)
+    return float(np.std([values[rng.integers(0, len(values), len(values))].mean() for _ in range(rounds)]))
+
+
 def denoising(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
     ckpt = load_checkpoint(Path(args.runs) / "shapes-denoise")
     config = ckpt.config.data
@@ -243,8 +267,8 @@ def denoising(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
         methods = {
             "noisy input": lambda: x,
             "kNN mean (k=8)": lambda: _knn_mean(x),
-            "one Tweedie step D(x, sigma)": lambda: denoise_points(ckpt.process, ckpt.ema_model, x, sigma=sigma.numpy(),
-                                                                   steps=1, step_size=1.0, **patch),
+            TWEEDIE: lambda: denoise_points(ckpt.process, ckpt.ema_model, x, sigma=sigma.numpy(), steps=1,
+                                            step_size=1.0, **patch),
             "score ascent, fixed sigma (Luo & Hu)": lambda: denoise_points(ckpt.process, ckpt.ema_model, x,
                                                                           sigma=sigma.numpy(), anneal=1.0, **patch),
             "score ascent, sigma -> sigma/4 (default)": lambda: denoise_points(ckpt.process, ckpt.ema_model, x,
@@ -252,16 +276,30 @@ def denoising(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
             "annealed Langevin (30 levels)": lambda: torch.cat([
                 denoise_points(ckpt.process, ckpt.ema_model, x[i:i + 1], sigma=float(sigma[i]), method="langevin",
                                generator=torch.Generator().manual_seed(args.seed), **patch) for i in range(len(x))]),
+            "probability-flow ODE from sigma to 0 (10 Euler steps)": lambda: _flow_from_sigma(
+                ckpt, x, sigma, config.patch_points),
+            "two Tweedie steps, at sigma and sigma/2": lambda: denoise_points(
+                ckpt.process, ckpt.ema_model, x, sigma=sigma.numpy(), steps=2, step_size=1.0, decay=1.0, anneal=0.5,
+                **patch),
+            "Tweedie, then the ODE from sigma/2 to 0 (ode, 5 steps)": lambda: denoise_points(
+                ckpt.process, ckpt.ema_model, x, sigma=sigma.numpy(), method="ode", steps=5, **patch),
         }
-        rows = {}
+        rows: dict[str, Any] = {}
+        per_cloud: dict[str, np.ndarray] = {}
         for name, run in methods.items():
             start = time.perf_counter()
             y = run().double()
             seconds = time.perf_counter() - start
             p2s = point_to_surface(y.numpy(), params)
-            rows[name] = {"chamfer": float(chamfer(y, clean).mean()), "p2s": float(np.mean(p2s)), "seconds": seconds}
+            cd = chamfer(y, clean).numpy()
+            per_cloud[name] = cd
+            rows[name] = {"chamfer": float(cd.mean()), "chamfer_spread": _bootstrap(cd, args.rounds, args.seed),
+                          "p2s": float(np.mean(p2s)), "seconds": seconds}
             if level == 0.02:
                 pictures[name] = y.float()
+        for name, row in rows.items():   # paired with one Tweedie step on the same clouds
+            row["vs_tweedie"] = float((per_cloud[name] - per_cloud[TWEEDIE]).mean())
+            row["vs_tweedie_spread"] = _bootstrap(per_cloud[name] - per_cloud[TWEEDIE], args.rounds, args.seed)
         results[f"{round(level * 100)}%"] = {"sigma_mean": float(sigma.mean()), "rows": rows}
     out["denoising"] = {"n": len(clean), "step": ckpt.state["step"], "levels": results,
                         "radius_mean": float(radius.mean())}
@@ -304,13 +342,19 @@ def tables(out: dict) -> str:
     if d:
         names = list(next(iter(d["levels"].values()))["rows"])
         lines += [f"Denoising ({d['n']} test shapes, noise std relative to the bounding-sphere radius, mean radius "
-                  f"{d['radius_mean']:.2f}; model at step {d['step']}): Chamfer / point-to-surface", "",
-                  "| method | " + " | ".join(f"{k} CD | {k} P2S" for k in d["levels"]) + " |",
-                  "|---|" + "---:|---:|" * len(d["levels"])]
+                  f"{d['radius_mean']:.2f}; model at step {d['step']}): Chamfer +- bootstrap spread, its difference "
+                  "to one Tweedie step on the same clouds +- paired bootstrap spread, point-to-surface", "",
+                  "| method | " + " | ".join(f"{k} CD | {k} vs Tweedie | {k} P2S" for k in d["levels"]) + " |",
+                  "|---|" + "---:|---:|---:|" * len(d["levels"])]
+
+        def cells(row: dict) -> str:
+            versus = (f"{row['vs_tweedie']:+.5f} +- {row['vs_tweedie_spread']:.5f}"
+                      if row.get("vs_tweedie") is not None else "")
+            spread = f" +- {row['chamfer_spread']:.4f}" if "chamfer_spread" in row else ""
+            return f"{row['chamfer']:.4f}{spread} | {versus} | {row['p2s']:.4f}"
+
         for name in names:
-            cells = " | ".join(f"{v['rows'][name]['chamfer']:.4f} | {v['rows'][name]['p2s']:.4f}"
-                               for v in d["levels"].values())
-            lines.append(f"| {name} | {cells} |")
+            lines.append(f"| {name} | " + " | ".join(cells(v["rows"][name]) for v in d["levels"].values()) + " |")
     return "\n".join(lines)
 
 

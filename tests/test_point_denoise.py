@@ -7,6 +7,10 @@ D(x, sigma) = mu + (1 - r) (x - mu) with r = sigma^2 / (s^2 + sigma^2), so
   posterior mean (Tweedie);
 - annealed Langevin is a linear Gaussian chain whose variance about mu follows
   V <- (1 - c r_i)^2 V + 2 c sigma_i^2 exactly, and the final denoising step scales by (1 - r_L).
+- method="ode" is one Tweedie step, then Euler (DDIM eta 0) steps x' - mu = (s^2 + sigma' sigma) /
+  (s^2 + sigma^2) (x - mu) down the grid, the last one (to 0) a Tweedie step; as the steps grow
+  the Euler product tends to the exact probability-flow map from a to b,
+  x_b - mu = sqrt((s^2 + b^2) / (s^2 + a^2)) (x_a - mu).
 The closed forms are written here from scratch (float64), not with the library's helpers.
 """
 from __future__ import annotations
@@ -115,6 +119,7 @@ def test_langevin_matches_the_linear_gaussian_chain():
     ({"sigma": 0.03, "anneal": 1.5}, "anneal must be in"),
     ({"sigma": 0.03, "anneal": 0.01}, "anneal \\* sigma must lie"),
     ({"sigma": 0.03, "method": "langevin", "step_size": 2.5}, "step_size must be < 2"),
+    ({"sigma": 0.03, "method": "ode", "anneal": 0.01}, "anneal \\* sigma must lie"),
 ])
 def test_bad_arguments_are_one_line_errors(kwargs, message):
     process, oracle = _setup(0.05)
@@ -141,6 +146,53 @@ def test_one_level_per_cloud_equals_separate_calls():
     together = denoise_points(process, oracle, y, sigma=torch.tensor(levels, dtype=torch.float64), anneal=0.6)
     for i, level in enumerate(levels):
         alone = denoise_points(process, oracle, y[i:i + 1], sigma=level, anneal=0.6)
+        torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-7, atol=1e-9)
+
+
+def _ode_levels(process, sigma: float, steps: int, start: float = 0.5) -> np.ndarray:
+    """The ODE's levels (without the final 0): geometric from start sigma to a tenth of it, at least
+    the process's sigma_min (the method's documented grid, written out here)."""
+    top = max(start * sigma, float(process.sigma_min))
+    return np.geomspace(top, max(0.1 * top, float(process.sigma_min)), steps)
+
+
+@pytest.mark.parametrize("steps,start", [(5, None), (1, 0.5), (12, 0.8)])
+def test_ode_method_follows_the_closed_form(steps, start):
+    s, sigma = 0.05, 0.03
+    process, oracle = _setup(s)
+    y = _noisy(s, sigma, 2, POINTS)
+    out = denoise_points(process, oracle, y, sigma=sigma, steps=steps, method="ode", anneal=start)
+    levels = _ode_levels(process, sigma, steps, 0.5 if start is None else start)
+    factor = s**2 / (s**2 + sigma**2)                                   # the Tweedie step
+    for high, low in zip(levels, np.append(levels[1:], 0.0)):           # Euler = DDIM eta 0; the last: Tweedie
+        factor *= (s**2 + low * high) / (s**2 + high**2)
+    torch.testing.assert_close(out, MU + factor * (y - MU), rtol=1e-7, atol=1e-9)
+
+
+def test_ode_method_converges_to_the_exact_flow():
+    """2000 Euler steps: the product is the exact probability-flow map from a = sigma / 2 to b = a / 10
+    to within Euler's first-order error, O(log(a / b) / steps) ~ 1e-3 relative."""
+    s, sigma, steps = 0.1, 0.3, 2000
+    process, oracle = _setup(s)
+    y = _noisy(s, sigma, 1, POINTS)
+    out = denoise_points(process, oracle, y, sigma=sigma, steps=steps, method="ode")
+    a, b = sigma / 2, sigma / 20
+    assert b > process.sigma_min    # the grid is not clipped
+    flow = math.sqrt((s**2 + b**2) / (s**2 + a**2))
+    factor = s**2 / (s**2 + sigma**2) * flow * s**2 / (s**2 + b**2)
+    torch.testing.assert_close(out, MU + factor * (y - MU), rtol=1e-3, atol=1e-6)
+    one_step = denoise_points(process, oracle, y, sigma=sigma, steps=1, method="ode")   # far from it: the test can fail
+    assert not torch.allclose(one_step, out, rtol=1e-3, atol=1e-6)
+
+
+def test_ode_method_with_one_level_per_cloud_equals_separate_calls():
+    s = 0.05
+    process, oracle = _setup(s)
+    y = _noisy(s, 0.03, 3, POINTS)
+    levels = [0.02, 0.03, 0.05]
+    together = denoise_points(process, oracle, y, sigma=np.array(levels), steps=4, method="ode")
+    for i, level in enumerate(levels):
+        alone = denoise_points(process, oracle, y[i:i + 1], sigma=level, steps=4, method="ode")
         torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-7, atol=1e-9)
 
 

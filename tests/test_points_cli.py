@@ -78,8 +78,8 @@ def _write_ply(path, points: np.ndarray) -> None:
 
 def test_denoise_maps_back_to_the_input_frame(tmp_path_factory, tmp_path):
     """With a network that still outputs ~0 (zero-initialised last layer, lr 1e-12), eps = 0 makes
-    D(x) = x, so denoising is the identity: the output must be the input, in its own units,
-    after the per-shape normalisation and its inverse."""
+    D(x) = x, so denoising is the identity (the ascent's and method ode's): the output must be the
+    input, in its own units, after the per-shape normalisation and its inverse."""
     run = _train(tmp_path_factory, "shapes", "optim.lr=1e-12")
     cloud = np.random.default_rng(0).normal(size=(40, 3)) * [3.0, 1.0, 2.0] + [10.0, -4.0, 0.5]
     _write_ply(tmp_path / "noisy.ply", cloud)
@@ -89,6 +89,9 @@ def test_denoise_maps_back_to_the_input_frame(tmp_path_factory, tmp_path):
     assert out["x"].shape == (40, 3) and (tmp_path / "clean.png").is_file()
     np.testing.assert_allclose(out["x"], cloud, atol=1e-4, rtol=0)
     np.testing.assert_allclose(out["noisy"], cloud, atol=1e-5, rtol=0)
+    assert main(["denoise", str(run), "--input", str(tmp_path / "noisy.ply"), "--noise", "0.03", "--out",
+                 str(tmp_path / "ode.npz"), "--method", "ode", "--steps", "3", "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "ode.npz")["x"], cloud, atol=1e-4, rtol=0)   # D = x: the ODE stays
 
 
 @pytest.mark.parametrize("case,message", [

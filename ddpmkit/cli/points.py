@@ -119,7 +119,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise ValueError("--method langevin takes one noise level: give --sigma, or one cloud per call")
     x = torch.from_numpy(normalised.astype(np.float32)).to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
-    clean = denoise_points(ckpt.process, ckpt.ema_model, x, sigma=sigma if args.method == "ascent" else float(sigma[0]),
+    levels = sigma if args.method != "langevin" else float(sigma[0])   # langevin: one level (checked above)
+    clean = denoise_points(ckpt.process, ckpt.ema_model, x, sigma=levels,
                            steps=args.steps, step_size=args.step_size, decay=args.decay, method=args.method,
                            anneal=args.anneal,
                            generator=generator, progress=not args.quiet, patch_points=ckpt.config.data.patch_points)
@@ -152,12 +153,14 @@ def add_points_commands(sub: Any) -> None:
     p.add_argument("--sigma", type=float, default=None, help="or the noise level in the training data's units "
                    "(each cloud normalised to coordinate std 1)")
     p.add_argument("--method", choices=DENOISE_METHODS, default="ascent",
-                   help="gradient ascent on the score (default) or annealed Langevin")
-    p.add_argument("--steps", type=int, default=30, help="ascent steps / Langevin levels (default 30)")
+                   help="gradient ascent on the score (default), annealed Langevin, or ode: one Tweedie step "
+                   "then the probability-flow ODE from sigma/2 to 0")
+    p.add_argument("--steps", type=int, default=30, help="ascent steps / Langevin levels / the ODE's Euler steps "
+                   "(default 30)")
     p.add_argument("--step-size", type=float, default=0.2, help="the first step, a fraction of D(x) - x (default 0.2)")
     p.add_argument("--decay", type=float, default=0.95, help="the ascent's step decay per step (default 0.95)")
     p.add_argument("--anneal", type=float, default=None, help="the last noise level as a fraction of the first "
-                   "(default 0.25; 1 keeps Luo & Hu's fixed level)")
+                   "(default 0.25; 1 keeps Luo & Hu's fixed level); for ode the ODE's first level (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of Langevin's noise (default 0)")
     p.add_argument("--picture", default=None, metavar="FILE.png", help="also draw the noisy and denoised clouds")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
