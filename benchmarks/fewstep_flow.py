@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep_flow.py runs/digits-flow runs/digits-flow-reflow \
         --baseline runs/digits
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep_flow.py runs/digits-flow-1step --samplers euler \
+        --calls 1,2 --out benchmarks/out/fewstep_flow_1step.json      # a one-step student (--one-step)
 
 For a flow run every sampler runs on the flow's own grid, uniform in t from t_max to 0
 (:func:`ddpmkit.training.reflow.flow_sample` on :func:`ddpmkit.core.flow.flow_sigmas`: N calls for N steps of a one-call-per-step sampler);
@@ -52,7 +54,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="flow run directories")
     parser.add_argument("--baseline", action="append", default=[], help="a non-flow run for reference")
     parser.add_argument("--out", default="benchmarks/out/fewstep_flow.json")
+    parser.add_argument("--samplers", default=",".join(FLOW_SAMPLERS),
+                        help="the flow runs' samplers, comma-separated (e.g. euler for a one-step student)")
+    parser.add_argument("--noise-seed", type=int, default=NOISE_SEED, help="the sampling noise's seed")
+    parser.add_argument("--calls", default=",".join(map(str, CALLS)), help="network calls, comma-separated")
     args = parser.parse_args()
+    flow_samplers = tuple(args.samplers.split(","))
+    calls_list = tuple(int(c) for c in args.calls.split(","))
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
 
@@ -64,8 +72,8 @@ def main() -> None:
     floor = feature_metrics(ref, extract_features(extractor, test.x).features,
                             kid_subset_size=min(1000, n), generator=torch.Generator().manual_seed(0))["fd"]
     # the sampling noise: not seed 0, which drew the reflow pairs' z (a student would be scored on its training noise)
-    z = torch.randn((n, *test.shape), generator=torch.Generator().manual_seed(NOISE_SEED))
-    results = {"floor_fd": floor, "num_samples": n, "noise_seed": NOISE_SEED, "calls": list(CALLS), "runs": []}
+    z = torch.randn((n, *test.shape), generator=torch.Generator().manual_seed(args.noise_seed))
+    results = {"floor_fd": floor, "num_samples": n, "noise_seed": args.noise_seed, "calls": list(calls_list), "runs": []}
 
     def score(x: torch.Tensor) -> float:
         feats = extract_features(extractor, x.clamp(-1, 1)).features
@@ -77,9 +85,9 @@ def main() -> None:
         seconds, steps, pair_seconds = train_seconds(run)
         row = {"run": str(run), "process": repr(ck.process), "train_seconds": seconds, "train_steps": steps,
                "pair_seconds": pair_seconds, "fd": {}}
-        for sampler in FLOW_SAMPLERS if flow else BASELINE_SAMPLERS:
+        for sampler in flow_samplers if flow else BASELINE_SAMPLERS:
             fds = {}
-            for calls in CALLS:
+            for calls in calls_list:
                 start = time.perf_counter()
                 with torch.no_grad():
                     if flow and sampler not in dk.SAMPLERS:   # a solver not registered in this tree
@@ -98,22 +106,22 @@ def main() -> None:
                 row["fd"][sampler] = fds
         results["runs"].append(row)
 
-    print(f"\nFD-proxy ({n} samples, noise seed {NOISE_SEED}) against the training split; floor (held-out test split) = {floor:.3f}")
+    print(f"\nFD-proxy ({n} samples, noise seed {args.noise_seed}) against the training split; floor (held-out test split) = {floor:.3f}")
     print(f"goals: 2 calls <= {1.2 * floor:.3f} (1.2x floor), 1 call <= {2 * floor:.3f} (2x floor)\n")
-    print("| run | sampler | " + " | ".join(f"{c} call{'s' if c > 1 else ''}" for c in CALLS) + " | train time |")
-    print("|---|---|" + "---|" * len(CALLS) + "---|")
+    print("| run | sampler | " + " | ".join(f"{c} call{'s' if c > 1 else ''}" for c in calls_list) + " | train time |")
+    print("|---|---|" + "---|" * len(calls_list) + "---|")
     for row in results["runs"]:
         wall = f"{row['train_seconds']:.0f} s / {row['train_steps']} steps"
         if row["pair_seconds"]:
             wall += f" + {row['pair_seconds']:.0f} s pairs"
         for sampler, fds in row["fd"].items():
-            cells = " | ".join(f"{fds[c]:.3f}" if c in fds else "-" for c in CALLS)
+            cells = " | ".join(f"{fds[c]:.3f}" if c in fds else "-" for c in calls_list)
             print(f"| {Path(row['run']).name} | {sampler} | {cells} | {wall} |")
     best = {c: min((fds[c], Path(r["run"]).name, s) for r in results["runs"] for s, fds in r["fd"].items() if c in fds)
-            for c in CALLS}
+            for c in calls_list}
     results["best"] = {c: {"fd": v[0], "run": v[1], "sampler": v[2], "ratio_to_floor": v[0] / floor}
                        for c, v in best.items()}
-    for c in CALLS:
+    for c in calls_list:
         v = best[c]
         print(f"best at {c} call(s): {v[0]:.3f} = {v[0] / floor:.2f}x floor ({v[1]}, {v[2]})")
     out = Path(args.out)

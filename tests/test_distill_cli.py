@@ -111,3 +111,43 @@ def test_ect_needs_a_teacher_in_consistency_form(tmp_path, capsys):
     assert main(["distill", str(ve), "--method", "progressive", "--out", str(tmp_path / "y"),
                  "--quiet", "--device", "cpu"]) == 2
     assert "progressive distillation needs a discrete v-prediction teacher" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def reflow_run(tmp_path_factory):
+    """A tiny 2-rectified flow of the digits with its stored pairs (a 3-step digits-flow teacher)."""
+    from ddpmkit.training.reflow import reflow
+    root = tmp_path_factory.mktemp("reflow")
+    train(load_config("digits-flow", [*TINY, f"out={root / 'teacher'}"]), progress=False)
+    reflow(root / "teacher", root / "rf2", pairs=16, sampler="euler", sampler_steps=2, steps=2, batch_size=16,
+           overrides=["optim.batch_size=8", "sample_every=0", "checkpoint_every=0"], progress=False)
+    return root / "rf2"
+
+
+def test_one_step_flow_distillation_is_an_ordinary_run(reflow_run, tmp_path, capsys):
+    """``--method reflow --one-step`` (Liu et al. 2022, k = 1): the 2-rectified flow's own stored pairs,
+    its weights to start from, every training time at t_max; ``sample`` loads the result."""
+    from safetensors.torch import load_file
+    out = tmp_path / "one"
+    assert main(["distill", str(reflow_run), *SETTINGS, "--method", "reflow", "--one-step", "--out", str(out),
+                 "--max-steps", "2", *STUDENT]) == 0
+    run = load_checkpoint(out)
+    assert run.state["step"] == 2 and run.process.time_sampling == "start" and run.config.sample_steps == 1
+    assert run.config.name == "one" and run.config.data == load_checkpoint(reflow_run).config.data
+    source, copied = load_file(str(reflow_run / "pairs.safetensors")), load_file(str(out / "pairs.safetensors"))
+    assert all(torch.equal(source[k], copied[k]) for k in ("z", "x"))   # a copy, bit for bit
+    assert main(["distill", str(reflow_run), *SETTINGS, "--method", "reflow", "--one-step", "--out", str(out),
+                 "--resume", *STUDENT]) == 0
+    assert load_checkpoint(out).state["step"] == 4
+    assert main(["sample", str(out), "--n", "4", "--steps", "1", "--out", str(tmp_path / "s.png"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "reflow", "--one-step", "--steps", "2"], "--one-step distils a reflow run for one call"),
+    (["--method", "consistency", "--one-step"], "--one-step distils a reflow run for one call"),
+    (["--method", "reflow", "--one-step"], "no reflow pairs (pairs.safetensors) in or beside"),
+])
+def test_one_step_needs_a_reflow_run_and_one_call(teacher, tmp_path, capsys, args, message):
+    assert main(["distill", str(teacher), "--out", str(tmp_path / "bad"), "--quiet", "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

@@ -67,10 +67,11 @@ def test_reflow_pairs_give_straight_paths_and_one_step_reproduces_the_data():
 
 
 # ---------------------------------------------------------------------- the trainer's paired noise
-def tiny_config(tmp_path, name: str, steps: int):
+def tiny_config(tmp_path, name: str, steps: int, *extra: str):
     return load_config("toy2d-flow", [f"out={tmp_path / name}", "num_threads=1", "data.n=400", "network.hidden=64",
                                       "network.depth=2", f"optim.steps={steps}", "optim.batch_size=200",
-                                      "log_every=1000", "sample_every=0", "checkpoint_every=0", "ema_rates=[0.99]"])
+                                      "log_every=1000", "sample_every=0", "checkpoint_every=0", "ema_rates=[0.99]",
+                                      *extra])
 
 
 def test_the_trainer_uses_each_examples_own_noise(tmp_path):
@@ -114,3 +115,48 @@ def test_reflow_end_to_end_from_a_teacher_run(tmp_path):
     assert loaded.config.data == teacher.config.data and result.step == 3
     with pytest.raises(ValueError, match="deterministic"):
         reflow(teacher.run_dir, tmp_path / "other", sampler="sde", progress=False)
+
+
+# ---------------------------------------------------------------------- one-step distillation (k = 1)
+def start_only_network(process: dk.RectifiedFlow):
+    """The exact velocity of the straight pairs (z, MU + SD z) at t_max only, whatever time it is given:
+    x_t = (1 - t) MU + ((1 - t) SD + t) z determines z, and v = z - x = (1 - SD) z - MU, here with
+    t = t_max's coefficients (wrong at every other t)."""
+    t = process.t_max
+
+    def net(x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        z = (x.double() - (1 - t) * MU) / ((1 - t) * SD + t)
+        return (1 - SD) * z - MU
+
+    return net
+
+
+def test_one_step_distillation_trains_at_t_max_where_v_is_z_minus_x(tmp_path):
+    """Liu et al. 2022, sec. 2.3 (k = 1): ``time_sampling="start"`` draws every training time at t_max
+    (exactly), its loss vanishes at the exact v = z - x of the pairs at t_max alone (the uniform
+    times' loss of the same network does not), and one Euler step from the trained point
+    x_t = (1 - t_max) x + t_max z returns x."""
+    process = dk.RectifiedFlow(time_sampling="start")
+    draws = process.draw_levels(500, torch.Generator().manual_seed(0), "cpu", torch.float64)
+    assert bool((draws["t"] == process.t_max).all())   # a fill, no arithmetic: exact
+    torch.testing.assert_close(draws["sigma"], torch.full((500,), process.t_max / (1 - process.t_max),
+                                                          dtype=torch.float64), rtol=1e-12, atol=0)
+    z = torch.randn(500, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = MU + SD * z   # the exact teacher's pairs (the exact map; exact_pairs reaches it to 5e-4)
+    net = start_only_network(process)
+    loss = process.loss_terms(net, x, draws={**draws, "noise": z})["loss"]
+    # float64 rounding of x_hat = x + 999 z and of its division by 1000: ~1e-13 each, squared
+    assert float(loss.max()) < 1e-20, float(loss.max())
+    uniform = dk.RectifiedFlow()
+    other = uniform.draw_levels(500, torch.Generator().manual_seed(0), "cpu", torch.float64)
+    # the same network away from t_max: wrong (0.015 measured), so "start" is what makes the loss vanish
+    assert float(uniform.loss_terms(net, x, draws={**other, "noise": z})["loss"].mean()) > 1e-3
+    x_t = (1 - process.t_max) * x + process.t_max * z
+    one = dk.samplers.euler(process.denoiser(net), x_t / process.scale(process.t_max), flow_sigmas(process, 1),
+                            SampleOptions(progress=False))
+    torch.testing.assert_close(one, x, rtol=0, atol=1e-9)   # float64 rounding of x_t * 1000 / 1000
+    # the trainer takes the process's draws: every time of a batch is t_max (float32)
+    config = tiny_config(tmp_path, "start", 1, "diffusion.time_sampling=start")
+    data = ArrayDataset(x=x.float().expand(-1, 2).contiguous(), y=None, levels=None, num_classes=None, name="pairs")
+    batch = Trainer(config, progress=False, dataset=data, paired_noise=z.float().expand(-1, 2).contiguous())._global_batch()
+    assert bool((batch["t"] == torch.tensor(process.t_max, dtype=torch.float32)).all())

@@ -4,6 +4,7 @@
     ddpmkit distill runs/digits --method consistency --mode ect --out runs/digits-ect
     ddpmkit distill runs/digits --method progressive --steps 2 --out runs/digits-pd --train-steps 1200
     ddpmkit sample runs/digits-cd --steps 2                # the run's own sampler: multistep consistency
+    ddpmkit distill runs/digits-flow-reflow --method reflow --one-step --out runs/digits-flow-1step
 
 The new run is an ordinary run: ``sample``, ``eval`` and ``export`` take it, ``--resume`` continues it.
 """
@@ -25,7 +26,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     result = distill(args.run, args.method, args.out, args.steps, mode=args.mode, solver=args.solver,
                      teacher_steps=args.teacher_steps, train_steps=args.train_steps, overrides=args.overrides,
                      resume=args.resume, max_steps=args.max_steps, progress=not args.quiet,
-                     device=str(resolve_device(args.device)))
+                     device=str(resolve_device(args.device)), one_step=args.one_step)
     metrics = result.run_dir / "metrics.jsonl"
     if metrics.is_file() and metrics.stat().st_size:
         print(f"loss curve: {plot_loss(metrics, result.run_dir / 'loss.png')}")
@@ -47,6 +48,9 @@ def add_distill_command(sub: Any) -> None:
     p.add_argument("--mode", choices=("cd", "ect"), default="cd",
                    help="consistency: cd (distillation with teacher ODE steps) or ect (fine-tuning, dt -> 0)")
     p.add_argument("--solver", choices=("heun", "euler"), default="heun", help="cd: the teacher's ODE step")
+    p.add_argument("--one-step", action="store_true",
+                   help="reflow: distil a reflow run for one call on its stored pairs, trained at t_max only "
+                        "(Liu et al. 2022, k = 1)")
     p.add_argument("--teacher-steps", type=int, default=64, help="progressive: the first teacher's DDIM steps")
     p.add_argument("--train-steps", type=int, default=None,
                    help="optimiser steps of the whole distillation (default: the teacher's optim.steps)")

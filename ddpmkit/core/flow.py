@@ -26,7 +26,14 @@ the ``"flow"`` weighting, whatever the output (for ``"v"`` it is the plain veloc
 Time sampling (Esser et al. 2024, "SD3", sec. 3.1): ``"uniform"`` t ~ U[t_min, t_max] (Liu et al.)
 or ``"logit_normal"``: logit(t) ~ N(m, s^2). Because logit(t) = log(t / (1 - t)) = log sigma,
 that is ln sigma ~ N(p_mean, p_std^2), EDM's log-normal draw with (m, s) = (p_mean, p_std)
-(SD3: 0, 1), clipped to [t_min, t_max].
+(SD3: 0, 1), clipped to [t_min, t_max]. ``"start"``: every draw at t_max, the start of the
+sampling path: Liu et al. 2022's one-step (k = 1) distillation (sec. 2.3, "Distillation"; their
+L = E || (X_1 - X_0) - v(X_0, 0) ||^2 with noise at their t = 0, our t = 1). On a reflow's (z, x)
+pairs the point trained is x_t = (1 - t_max) x + t_max z, the target v = z - x, and one Euler step
+of ``sigmas_to_zero(1)`` from there returns x_t - t_max v = x exactly when v = z - x. A sample
+starts from t_max z, not x_t: it lands on t_max x, the (1 - t_max) x = 1e-3 x share dropped, as at
+every start (the ends, below). Such a process is a one-step generator, not an ODE over [0, 1]: its
+velocity is trained at t_max only.
 
 The ends. sigma(1) is infinite: x_hat = x / 0 has no value, so the process stops at
 ``t_max = 1 - 1e-3`` (sigma_max = 999) and starts its samples from ``N(0, t_max^2 I)``, the
@@ -51,7 +58,7 @@ from .score_losses import lognormal_sigmas
 
 __all__ = ["RectifiedFlow", "TIME_SAMPLINGS", "flow_weight", "flow_sigmas"]
 
-TIME_SAMPLINGS = ("uniform", "logit_normal")
+TIME_SAMPLINGS = ("uniform", "logit_normal", "start")
 
 
 def flow_weight(sigma: torch.Tensor) -> torch.Tensor:
@@ -65,7 +72,8 @@ class RectifiedFlow(Process):
     Args:
         prediction: ``"v"`` (velocity eps - x_0, the default), ``"eps"`` or ``"x0"``.
         t_min, t_max: the time range trained and sampled, 0 < t_min < t_max < 1.
-        time_sampling: ``"uniform"`` or ``"logit_normal"`` (logit t ~ N(p_mean, p_std^2)).
+        time_sampling: ``"uniform"``, ``"logit_normal"`` (logit t ~ N(p_mean, p_std^2)) or
+            ``"start"`` (t = t_max always: one-step distillation on reflow pairs, Liu et al. 2022 sec. 2.3).
         p_mean, p_std: the logit-normal's mean and std (SD3: 0 and 1).
         time_scale: the network sees ``time_scale * t`` (999: the scale of training steps
             that ddpmkit's sinusoidal embeddings expect, as the VP process).
@@ -123,7 +131,11 @@ class RectifiedFlow(Process):
     def training_sigmas(self, batch: int, generator: torch.Generator | None, device: torch.device | str,
                         dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(t, sigma), each (B,): t ~ U[t_min, t_max], or logit t = ln sigma ~ N(p_mean, p_std^2)
-        clipped to [t_min, t_max] (SD3, sec. 3.1)."""
+        clipped to [t_min, t_max] (SD3, sec. 3.1), or ``"start"``: t = t_max, drawing nothing (Liu et
+        al. 2022's k = 1 distillation; see the module notes)."""
+        if self.time_sampling == "start":
+            t = torch.full((batch,), self.t_max, device=device, dtype=dtype)
+            return t, self.sigma_on(t)
         if self.time_sampling == "uniform":
             return super().training_sigmas(batch, generator, device, dtype)
         sigma = lognormal_sigmas(batch, generator, device, dtype, self.p_mean, self.p_std)

@@ -19,7 +19,8 @@ Methods (docs/DISTILLATION.md):
 * ``"progressive"``: Salimans & Ho 2022 (:mod:`.progressive`), from ``teacher_steps`` DDIM steps
   down to ``steps`` in halving rounds; the student is the teacher's own discrete v-prediction run,
   sampled with ``dk.sample(..., "ddim", steps=steps, grid="trailing")``.
-* ``"reflow"``: :func:`ddpmkit.training.reflow.reflow` (rectified flow's reflow).
+* ``"reflow"``: :func:`ddpmkit.training.reflow.reflow` (rectified flow's reflow); ``one_step=True``:
+  Liu et al. 2022's one-step distillation of a reflow run, trained at t_max only on its stored pairs.
 
 The result is an ordinary run (config.json, resumable checkpoints, metrics.jsonl) that
 ``ddpmkit sample / eval / export`` load like any other; the distillation settings are saved in
@@ -186,7 +187,7 @@ def _objective(settings: DistillSettings, config: TrainConfig, teacher: LoadedCh
 def distill(teacher: str | Path, method: str, out: str | Path, steps: int | None = None, *, mode: str = "cd",
             solver: str = "heun", teacher_steps: int = 64, train_steps: int | None = None,
             overrides: Sequence[str] = (), resume: bool | str | Path = False, max_steps: int | None = None,
-            progress: bool = True, device: str = "cpu") -> TrainResult:
+            progress: bool = True, device: str = "cpu", one_step: bool = False) -> TrainResult:
     """Distil the run ``teacher`` into a new run ``out`` with ``method`` (see the module docstring).
 
     Args:
@@ -198,13 +199,21 @@ def distill(teacher: str | Path, method: str, out: str | Path, steps: int | None
         train_steps: optimiser steps of the whole distillation (default: the teacher's
             ``optim.steps``); ``overrides``: ``key=value`` on the student's config.
         resume / max_steps / progress: as for :func:`ddpmkit.training.train.train`.
+        one_step: reflow only: distil the reflow run ``teacher`` for one call (Liu et al. 2022, sec. 2.3,
+            k = 1): from its weights, on its stored pairs, every training time at t_max
+            (``time_sampling="start"``).
     """
     method = check_choice("method", method, METHODS)
     steps = 1 if steps is None else steps
+    if one_step and (method != "reflow" or steps != 1):
+        raise ValueError(f"--one-step distils a reflow run for one call: it needs --method reflow and --steps 1, "
+                         f"got --method {method} --steps {steps}")
     if method == "reflow":   # rectified flow's reflow (ddpmkit.training.reflow)
-        extra = [f"sample_steps={steps}"] + list(overrides)
+        start = ["diffusion.time_sampling=start", f"name={Path(out).name}"] if one_step else []
+        extra = [f"sample_steps={steps}"] + start + list(overrides)
         return reflow(teacher, out, steps=train_steps or 1000, overrides=extra, resume=bool(resume),
-                      progress=progress, device=device)
+                      progress=progress, device=device, pairs_from=teacher if one_step else None,
+                      max_steps=max_steps)
     loaded = load_checkpoint(teacher, device=device)
     settings = DistillSettings(method, str(loaded.state["path"]), steps, mode, solver, teacher_steps)
     extra = [f"device={device}"] + ([f"optim.steps={train_steps}"] if train_steps is not None else [])

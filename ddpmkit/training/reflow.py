@@ -15,6 +15,12 @@ split); when the teacher is itself a flow of the same network it starts from the
 weights (Liu et al. fine-tune the 1-rectified flow). The pairs are written to
 ``out_dir/pairs.safetensors`` (z and x, float32; the seconds they took in its metadata) and
 reused by a resumed run.
+
+One-step distillation (Liu et al. 2022, sec. 2.3, k = 1): ``reflow(run_2rf, out, pairs_from=run_2rf,
+overrides=["diffusion.time_sampling=start"])`` trains the 2-rectified flow, from its own weights, on
+the pairs stored in its run only at t_max, the start of the sampling path
+(:class:`~ddpmkit.core.flow.RectifiedFlow`'s ``"start"``): its one Euler step learns z -> x.
+``ddpmkit distill RUN --method reflow --one-step`` does this.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from .config import DiffusionConfig, TrainConfig
 from .overrides import apply_overrides
 from .train import Trainer, TrainResult
 
-__all__ = ["reflow", "teacher_pairs", "flow_sample", "ODE_SAMPLERS", "PAIRS_FILE"]
+__all__ = ["reflow", "teacher_pairs", "flow_sample", "stored_pairs", "ODE_SAMPLERS", "PAIRS_FILE"]
 
 ODE_SAMPLERS = ("euler", "heun", "rk45", "dpmpp2m", "dpmpp3m", "ddim")
 """Deterministic samplers a teacher's pairs may come from (ddim at its default eta = 0)."""
@@ -85,6 +91,21 @@ def teacher_pairs(process: Any, model: Any, count: int, shape: Sequence[int], *,
     return z, torch.cat(xs)
 
 
+def stored_pairs(source: str | Path) -> tuple[torch.Tensor, torch.Tensor, Path]:
+    """The (z, x) pairs a reflow run stored: ``source`` is that run's directory, one of its
+    checkpoints or the pairs file itself. Returns (z, x, the file)."""
+    path = Path(source)
+    found = [c for c in ([path] if path.suffix == ".safetensors" and path.is_file() else
+                         [path / PAIRS_FILE, path.parent / PAIRS_FILE, path.parent.parent / PAIRS_FILE]) if c.is_file()]
+    if not found:
+        raise ValueError(f"no reflow pairs ({PAIRS_FILE}) in or beside {source}: train on stored pairs of a reflow run")
+    stored = load_file(str(found[0]))
+    z, x = stored.get("z"), stored.get("x")
+    if z is None or x is None or z.shape != x.shape:
+        raise ValueError(f"{found[0]} must hold tensors z and x of one shape, got {sorted(stored)}")
+    return z, x, found[0]
+
+
 def _student_config(teacher: TrainConfig, out_dir: Path, steps: int, overrides: Sequence[str]) -> TrainConfig:
     diffusion = teacher.diffusion if teacher.diffusion.process == "flow" else DiffusionConfig(
         process="flow", prediction="v", weighting="flow")
@@ -96,7 +117,7 @@ def _student_config(teacher: TrainConfig, out_dir: Path, steps: int, overrides: 
 def reflow(teacher_run: str | Path, out_dir: str | Path, *, pairs: int = 8000, sampler: str = "dpmpp3m",
            sampler_steps: int = 8, steps: int = 1000, overrides: Sequence[str] = (), init_from_teacher: bool = True,
            seed: int = 0, batch_size: int = 500, device: str = "cpu", resume: bool = False,
-           progress: bool = True) -> TrainResult:
+           progress: bool = True, pairs_from: str | Path | None = None, max_steps: int | None = None) -> TrainResult:
     """Train the 2-rectified flow of ``teacher_run`` into ``out_dir`` (Liu et al. 2022, Alg. 1).
 
     Args:
@@ -109,6 +130,9 @@ def reflow(teacher_run: str | Path, out_dir: str | Path, *, pairs: int = 8000, s
         init_from_teacher: start from the teacher's EMA weights when the teacher is a flow with
             the same network (otherwise from a fresh initialisation).
         seed: the seed of z; resume: continue ``out_dir``'s latest checkpoint (reusing its pairs).
+        pairs_from: train on the pairs stored by a reflow run (:func:`stored_pairs`: its directory,
+            a checkpoint or the file; copied into ``out_dir``) instead of drawing the teacher's.
+        max_steps: stop after this many steps (still resumable).
     """
     out_dir = Path(out_dir)
     teacher = load_checkpoint(teacher_run, device=device)
@@ -122,6 +146,14 @@ def reflow(teacher_run: str | Path, out_dir: str | Path, *, pairs: int = 8000, s
     if resume and pairs_path.exists():
         stored = load_file(str(pairs_path))
         z, x = stored["z"], stored["x"]
+    elif pairs_from is not None:
+        z, x, source = stored_pairs(pairs_from)
+        if tuple(x.shape[1:]) != tuple(data.shape):
+            raise ValueError(f"the pairs in {source} have examples of shape {tuple(x.shape[1:])}, the teacher's data "
+                             f"{tuple(data.shape)}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"z": z.contiguous(), "x": x.contiguous()}, str(pairs_path),
+                  metadata={"teacher": str(teacher_run), "source": str(source), "seconds": "0.0"})
     else:
         started = time.perf_counter()
         z, x = teacher_pairs(teacher.process, teacher.ema_model, pairs, data.shape, sampler=sampler,
@@ -140,4 +172,4 @@ def reflow(teacher_run: str | Path, out_dir: str | Path, *, pairs: int = 8000, s
         trainer.model.load_state_dict(weights)
         for average in trainer.ema.models:
             average.load_state_dict(weights)
-    return trainer.run()
+    return trainer.run(max_steps)
