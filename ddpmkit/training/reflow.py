@@ -33,10 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data import ArrayDataset, load_dataset
-from .restore import load_checkpoint
+from ..io.files import atomic_write
 from ..sampling import SAMPLERS, SampleOptions, sample
 from .config import DiffusionConfig, TrainConfig
 from .overrides import apply_overrides
+from .restore import load_checkpoint
 from .train import Trainer, TrainResult
 
 __all__ = ["reflow", "teacher_pairs", "flow_sample", "stored_pairs", "ODE_SAMPLERS", "PAIRS_FILE"]
@@ -89,6 +90,11 @@ def teacher_pairs(process: Any, model: Any, count: int, shape: Sequence[int], *,
         if progress:
             print(f"reflow pairs: {min(start + batch_size, count)}/{count}", flush=True)
     return z, torch.cat(xs)
+
+
+def _save_pairs(path: Path, z: torch.Tensor, x: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Write the (z, x) pairs atomically: a run killed while writing keeps no half file to resume from."""
+    atomic_write(path, lambda tmp: save_file({"z": z.contiguous(), "x": x.contiguous()}, str(tmp), metadata=metadata))
 
 
 def stored_pairs(source: str | Path) -> tuple[torch.Tensor, torch.Tensor, Path]:
@@ -144,25 +150,21 @@ def reflow(teacher_run: str | Path, out_dir: str | Path, *, pairs: int = 8000, s
     data = load_dataset(teacher.config.data, "train")
     pairs_path = out_dir / PAIRS_FILE
     if resume and pairs_path.exists():
-        stored = load_file(str(pairs_path))
-        z, x = stored["z"], stored["x"]
+        z, x, _ = stored_pairs(pairs_path)
     elif pairs_from is not None:
         z, x, source = stored_pairs(pairs_from)
         if tuple(x.shape[1:]) != tuple(data.shape):
             raise ValueError(f"the pairs in {source} have examples of shape {tuple(x.shape[1:])}, the teacher's data "
                              f"{tuple(data.shape)}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"z": z.contiguous(), "x": x.contiguous()}, str(pairs_path),
-                  metadata={"teacher": str(teacher_run), "source": str(source), "seconds": "0.0"})
+        _save_pairs(pairs_path, z, x, {"teacher": str(teacher_run), "source": str(source), "seconds": "0.0"})
     else:
         started = time.perf_counter()
         z, x = teacher_pairs(teacher.process, teacher.ema_model, pairs, data.shape, sampler=sampler,
                              sampler_steps=sampler_steps, seed=seed, batch_size=batch_size,
                              clip_x0=data.levels is not None, device=device, progress=progress)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"z": z.contiguous(), "x": x.contiguous()}, str(pairs_path),
-                  metadata={"teacher": str(teacher_run), "sampler": sampler, "sampler_steps": str(sampler_steps),
-                            "seconds": f"{time.perf_counter() - started:.1f}"})
+        _save_pairs(pairs_path, z, x, {"teacher": str(teacher_run), "sampler": sampler,
+                                       "sampler_steps": str(sampler_steps),
+                                       "seconds": f"{time.perf_counter() - started:.1f}"})
     paired = ArrayDataset(x=x.float(), y=None, levels=data.levels, num_classes=None,
                           name=f"reflow pairs of {teacher.config.name}", kind=data.kind)
     trainer = Trainer(config, resume=resume, progress=progress, dataset=paired, paired_noise=z.float())
