@@ -3,13 +3,14 @@
 one-line error (exit status 2)."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import torch
 
 import ddpmkit as dk
-from ddpmkit.cli.main import main
+from ddpmkit.cli.main import _default_sampler_steps, main
 from ddpmkit.io.checkpoint import read_checkpoint
 from ddpmkit.runs import load_checkpoint
 from ddpmkit.training.config import load_config
@@ -83,6 +84,12 @@ def test_progressive_run_keeps_the_teacher_in_its_checkpoint(teacher, tmp_path):
     x = dk.sample(result.process, result.ema_model, (3, 1, 8, 8), "ddim", steps=2, grid="trailing", seed=0,
                   progress=False)
     assert torch.isfinite(x).all()
+    # the student records how it samples: `ddpmkit sample RUN` takes ddim, 2 steps, on the distilled grid
+    loaded = dk.load_run(tmp_path / "pd")
+    assert (loaded.config.sample_sampler, loaded.config.sample_steps, loaded.config.sample_grid) == ("ddim", 2, "trailing")
+    args = argparse.Namespace(sampler=None, steps=None, grid=None)
+    _default_sampler_steps(args, loaded.config, loaded.process)
+    assert (args.sampler, args.steps, args.grid) == ("ddim", 2, "trailing")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -17,6 +17,7 @@ import torch
 import ddpmkit as dk
 from ddpmkit.core.flow import flow_sigmas
 from ddpmkit.sampling import SampleOptions
+from ddpmkit.sampling.plan import plan_sampling
 from ddpmkit.training.config import load_config
 
 MU, SD = 0.3, 0.5
@@ -158,6 +159,24 @@ def test_euler_on_the_flow_grid_is_the_flows_euler_in_t():
         for k in range(steps):
             x = x + (t[k + 1] - t[k]) * some_network(x, torch.full((16,), 999.0 * t[k], dtype=torch.float64))
         torch.testing.assert_close(x_hat, x, rtol=1e-9, atol=1e-9)   # float64: only the rounding differs
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp2m", "dpmpp3m"])
+def test_the_flows_default_grid_is_uniform_in_t_down_to_zero(sampler):
+    """A flow's default grid (the samplers without a continuous grid of their own, and DPM-Solver++ below
+    10 steps) is uniform in t down to 0: n levels t_k = t_max - k (t_max - t_min) / n, then t = 0, so n
+    Euler steps are n network calls and none is spent moving from t_min to 0 (the old ``uniform``
+    grid's last call); flow_sigmas (t_k = t_max (1 - k / n)) differs only by the t_min = 1e-3 offset."""
+    process = dk.RectifiedFlow()
+    for steps in (1, 2, 3, 8):
+        plan = plan_sampling(process, sampler, steps)
+        t = plan.sigmas / (1 + plan.sigmas)
+        k = np.arange(steps)
+        expected = np.append(process.t_max - k * (process.t_max - process.t_min) / steps, 0.0)
+        np.testing.assert_allclose(t, expected, rtol=1e-12, atol=1e-15)   # float64, two conversions
+        # the t_min offset: t_k moves by at most k t_min / n <= 1e-3, relative 1e-3 / (1/n) at the lowest level
+        np.testing.assert_allclose(plan.sigmas[:-1], flow_sigmas(process, steps)[:-1], rtol=1e-2)
+        assert plan.grid == "uniform_open"
 
 
 def test_the_exact_flows_paths_are_curved_and_heun_follows_them():

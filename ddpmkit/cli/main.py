@@ -182,14 +182,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _default_sampler_steps(args: argparse.Namespace, config: Any, process: Any) -> None:
-    """Fill ``--sampler`` / ``--steps`` left out: ddim and 50 for a process trained at discrete
-    steps, the run's preview ``sample_sampler`` / ``sample_steps`` for one in continuous time
-    (which has no T to default to)."""
-    discrete_steps = process.training_steps is not None
+    """Fill ``--sampler`` / ``--steps`` / ``--grid`` left out with the run's own ``sample_sampler`` /
+    ``sample_steps`` / ``sample_grid`` (its preview settings: DDIM 50 unless the preset or a
+    distillation says otherwise, e.g. a progressive student's few steps on its ``trailing`` grid);
+    the steps are capped at a discrete process's T."""
     if args.sampler is None:
-        args.sampler = "ddim" if discrete_steps else config.sample_sampler
+        args.sampler = config.sample_sampler
     if args.steps is None:
-        args.steps = 50 if discrete_steps else config.sample_steps
+        args.steps = min(config.sample_steps, process.training_steps or config.sample_steps)
+    if args.grid is None:
+        args.grid = config.sample_grid
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -229,13 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint")
     p.add_argument("checkpoint", help="a run directory or a checkpoint .json")
-    p.add_argument("--sampler", default=None, help=f"the sampler, one of: {samplers} (default ddim; for a "
-                   "continuous process the run's sample_sampler); `ddpmkit samplers` shows which are aliases")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps, at most the process's T (default 50; "
-                   "for a continuous process the run's sample_steps)")
+    p.add_argument("--sampler", default=None, help=f"the sampler, one of: {samplers} (default the run's "
+                   "sample_sampler, ddim unless its preset says otherwise); `ddpmkit samplers` shows which are aliases")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps, at most the process's T (default the "
+                   "run's sample_steps, 50 unless its preset says otherwise)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
     p.add_argument("--grid", default=None, help="the sigma grid: uniform, quadratic, linspace, trailing, logsnr, karras, "
-                   "logsnr_open, karras_open (default: the sampler's own at this step count, docs/SOLVERS.md)")
+                   "logsnr_open, karras_open, uniform_open (default: the run's sample_grid, else the sampler's own at this step "
+                   "count, docs/SOLVERS.md)")
     p.add_argument("--rho", type=float, default=None, help="the karras grids' exponent (default 7)")
     p.add_argument("--n", type=int, default=64, help="number of samples, >= 1 (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")

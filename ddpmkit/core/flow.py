@@ -82,7 +82,7 @@ class RectifiedFlow(Process):
     predictions = ("v", "eps", "x0")
     weightings = ("flow", "ncsn", "likelihood", "min_snr")
     default_weighting = "flow"
-    default_grid = "uniform"   # uniform in t (Liu et al.); see flow_sigmas for the grid ending at t = 0
+    default_grid = "uniform_open"   # uniform in t down to 0, n calls for n steps (Liu et al.; flow_sigmas)
 
     def __init__(self, prediction: str = "v", t_min: float = 1e-3, t_max: float = 1.0 - 1e-3,
                  time_sampling: str = "uniform", p_mean: float = 0.0, p_std: float = 1.0,

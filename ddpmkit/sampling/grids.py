@@ -22,12 +22,14 @@ __all__ = ["SKIPS", "GRIDS", "OPEN_GRIDS", "CONTINUOUS_GRIDS", "continuous_sigma
            "karras_sigmas", "check_grid", "bounded", "grids_for", "start_at"]
 
 SKIPS = ("uniform", "quadratic", "linspace", "trailing", "logsnr")   # sub-sequences of training steps
-OPEN_GRIDS = ("logsnr_open", "karras_open")
-"""``logsnr`` / ``karras`` over steps + 1 levels with the lowest (sigma_min) dropped, so that no
-call is spent at sigma_min, where D is nearly the identity: the last call is at a real noise
-level and the step from it goes to 0. This is the grid of DPM-Solver's, UniPC's and AMED's code,
-which return x at sigma_min without a final call. On the digits run ``trailing`` still beat both
-at 2-8 calls (docs/SOLVERS.md)."""
+OPEN_GRIDS = ("logsnr_open", "karras_open", "uniform_open")
+"""``logsnr`` / ``karras`` / ``uniform`` over steps + 1 levels with the lowest (sigma_min) dropped,
+so that no call is spent at sigma_min, where D is nearly the identity: the last call is at a real
+noise level and the step from it goes to 0. This is the grid of DPM-Solver's, UniPC's and AMED's
+code, which return x at sigma_min without a final call. On the digits run ``trailing`` still beat
+both at 2-8 calls (docs/SOLVERS.md). ``uniform_open`` in continuous time is ``trailing``'s analogue,
+t_k = t_max - k (t_max - t_min) / steps: on a rectified flow, Liu et al.'s n-step Euler grid (every
+call moves 1/n of t; :func:`ddpmkit.core.flow.flow_sigmas` up to the t_min offset), the flow's default."""
 GRIDS = SKIPS + ("karras",) + OPEN_GRIDS
 CONTINUOUS_GRIDS = ("uniform", "logsnr", "karras") + OPEN_GRIDS   # for continuous-time processes
 SIGMA_MAX = 160.0

@@ -43,7 +43,7 @@ from ..core.predictions import check_choice
 from .consistency import SOLVERS, ConsistencyObjective, PairSchedule
 from .ema import EMA
 from .overrides import apply_overrides
-from .progressive import ProgressiveObjective, progressive_rounds
+from .progressive import PD_GRID, ProgressiveObjective, progressive_rounds
 from .reflow import reflow
 from .run_config import DiffusionConfig, TrainConfig
 from .train import Trainer, TrainResult
@@ -117,7 +117,8 @@ def student_config(teacher: LoadedCheckpoint, settings: DistillSettings, out: st
             raise ValueError(f"progressive distillation needs a discrete v-prediction teacher with a fixed variance "
                              f"(Salimans & Ho 2022), got process={d.process!r}, prediction={d.prediction!r}, "
                              f"variance={d.variance!r}")
-        changes.update(diffusion=replace(d, timestep_sampler="uniform"), sample_sampler="ddim", sample_every=0)
+        changes.update(diffusion=replace(d, timestep_sampler="uniform"), sample_sampler="ddim",
+                       sample_grid=PD_GRID, sample_every=0)
     config = cfg.replace(**changes)
     if overrides:
         config = TrainConfig.from_dict(apply_overrides(config.to_dict(), list(overrides)))

@@ -23,6 +23,7 @@ from ..data.kinds import check_data_record
 from ..io.files import write_json
 from ..nets import network_config_from_dict, network_config_to_dict
 from ..sampling import SAMPLERS
+from ..sampling.grids import grids_for
 from .build import PROCESSES, SCHEDULES, build_network, network_kind, network_kinds
 from .diffusion_config import TIMESTEP_SAMPLERS, DiffusionConfig, check_at_least, check_option, fail
 
@@ -109,7 +110,11 @@ class TrainConfig:
         out: the run directory (config.json, checkpoints/, samples/, metrics.jsonl).
         log_every / sample_every / checkpoint_every: intervals in steps (0 = never; the final
             step always gets a checkpoint).
-        sample_count / sample_sampler / sample_steps: the preview grid, drawn with the first EMA.
+        sample_count / sample_sampler / sample_steps: the preview grid, drawn with the first EMA;
+            the sampler and steps are also what ``ddpmkit sample RUN`` uses when none is named.
+        sample_grid: the sigma grid of the previews and of ``ddpmkit sample RUN`` without ``--grid``
+            (None: the sampler's own at its step count); a progressive student records the grid it
+            was distilled on (``trailing``), off which its few calls lose their meaning.
         keep_last: keep this many checkpoints (0 = all).
         num_threads: torch.set_num_threads (0 = leave torch's default).
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
@@ -137,6 +142,7 @@ class TrainConfig:
     sample_count: int = 64
     sample_sampler: str = "ddim"
     sample_steps: int = 50
+    sample_grid: str | None = None
     checkpoint_every: int = 5000
     keep_last: int = 3
     num_threads: int = 0
@@ -172,9 +178,13 @@ class TrainConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 fail(owner, name, getattr(self, name), "must be a non-empty string")
         check_option(owner, "sample_sampler", self.sample_sampler, sorted(SAMPLERS))   # not only at the first preview
-        if SAMPLERS[self.sample_sampler].discrete and self.diffusion.build().training_steps is None:
+        process = self.diffusion.build()
+        if SAMPLERS[self.sample_sampler].discrete and process.training_steps is None:
             fail(owner, "sample_sampler", self.sample_sampler,
                   f"needs process='discrete' (discrete training steps), not {self.diffusion.process!r}")
+        if self.sample_grid is not None:
+            check_option(owner, "sample_grid", self.sample_grid,
+                         grids_for(process, SAMPLERS[self.sample_sampler].discrete))
 
     # ------------------------------------------------------------------ dict / JSON
     def to_dict(self) -> dict[str, Any]:

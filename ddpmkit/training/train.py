@@ -307,7 +307,8 @@ class Trainer(TrainLoop):
         steps = min(cfg.sample_steps, self.process.training_steps or cfg.sample_steps)
         x = sample(self.process, self.ema.model(), (share,) + self.dataset.shape, sampler=cfg.sample_sampler,
                    steps=steps, generator=gen, device=self.device, progress=False, cond=cond,
-                   clip_x0=self.dataset.levels is not None)
+                   clip_x0=self.dataset.levels is not None,
+                   **({"grid": cfg.sample_grid} if cfg.sample_grid is not None else {}))
         x = all_gather_cat(x.contiguous(), self.dist)[:cfg.sample_count]
         if not self.dist.is_main:
             return None
