@@ -4,13 +4,16 @@
         --baseline runs/digits
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep_flow.py runs/digits-flow-1step --samplers euler \
         --calls 1,2 --out benchmarks/out/fewstep_flow_1step.json      # a one-step student (--one-step)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep_flow.py runs/digits-flow-2step --samplers euler \
+        --calls 1,2 --noise-seeds 2026,2027,2028,2029,2030            # a k-step student, 5 noise draws
 
 For a flow run every sampler runs on the flow's own grid, uniform in t from t_max to 0
 (:func:`ddpmkit.training.reflow.flow_sample` on :func:`ddpmkit.core.flow.flow_sigmas`: N calls for N steps of a one-call-per-step sampler);
 a non-flow run (``--baseline``) runs through ``dk.sample`` with each sampler's default grid.
 FD-proxy: 450 samples (noise seed 2026, apart from the reflow pairs' seed 0) in the features ``pick_extractor`` chooses for the data (the
 bundled digit classifier's), against the training split, beside the floor (the held-out test
-split's FD). Training wall time: the run's last logged ``time`` (plus, for a reflow run, the
+split's FD); ``--noise-seeds`` scores each sampler on several noise draws and adds their FDs and
+mean (the table's FD is the first seed's). Training wall time: the run's last logged ``time`` (plus, for a reflow run, the
 seconds its pairs took, from pairs.safetensors). Prints a table and writes
 benchmarks/out/fewstep_flow.json.
 """
@@ -57,10 +60,14 @@ def main() -> None:
     parser.add_argument("--samplers", default=",".join(FLOW_SAMPLERS),
                         help="the flow runs' samplers, comma-separated (e.g. euler for a one-step student)")
     parser.add_argument("--noise-seed", type=int, default=NOISE_SEED, help="the sampling noise's seed")
+    parser.add_argument("--noise-seeds", default=None,
+                        help="several noise seeds, comma-separated (the first replaces --noise-seed): FD per seed and mean")
     parser.add_argument("--calls", default=",".join(map(str, CALLS)), help="network calls, comma-separated")
     args = parser.parse_args()
     flow_samplers = tuple(args.samplers.split(","))
     calls_list = tuple(int(c) for c in args.calls.split(","))
+    seeds = tuple(int(s) for s in args.noise_seeds.split(",")) if args.noise_seeds else (args.noise_seed,)
+    args.noise_seed = seeds[0]
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
 
@@ -72,8 +79,9 @@ def main() -> None:
     floor = feature_metrics(ref, extract_features(extractor, test.x).features,
                             kid_subset_size=min(1000, n), generator=torch.Generator().manual_seed(0))["fd"]
     # the sampling noise: not seed 0, which drew the reflow pairs' z (a student would be scored on its training noise)
-    z = torch.randn((n, *test.shape), generator=torch.Generator().manual_seed(args.noise_seed))
-    results = {"floor_fd": floor, "num_samples": n, "noise_seed": args.noise_seed, "calls": list(calls_list), "runs": []}
+    noises = [torch.randn((n, *test.shape), generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+    results = {"floor_fd": floor, "num_samples": n, "noise_seed": args.noise_seed, "noise_seeds": list(seeds),
+               "calls": list(calls_list), "runs": []}
 
     def score(x: torch.Tensor) -> float:
         feats = extract_features(extractor, x.clamp(-1, 1)).features
@@ -84,26 +92,29 @@ def main() -> None:
         ck = load_checkpoint(run)
         seconds, steps, pair_seconds = train_seconds(run)
         row = {"run": str(run), "process": repr(ck.process), "train_seconds": seconds, "train_steps": steps,
-               "pair_seconds": pair_seconds, "fd": {}}
+               "pair_seconds": pair_seconds, "fd": {}, "fd_seeds": {}}
         for sampler in flow_samplers if flow else BASELINE_SAMPLERS:
-            fds = {}
+            per_seed: dict[int, list[float]] = {}
             for calls in calls_list:
-                start = time.perf_counter()
-                with torch.no_grad():
-                    if flow and sampler not in dk.SAMPLERS:   # a solver not registered in this tree
-                        x = None
-                    elif flow:
-                        x = flow_sample(ck.process, ck.ema_model, ck.process.prior_std * z, sampler, calls, clip_x0=True)
-                    else:
-                        x = dk.sample(ck.process, ck.ema_model, None, sampler, calls, x_T=z, clip_x0=True,
-                                      progress=False)
-                if x is None:
-                    break
-                fds[calls] = score(x)
-                print(f"{run.name:24s} {sampler:8s} calls {calls}  FD {fds[calls]:.3f}  ({time.perf_counter() - start:.1f} s)",
-                      flush=True)
-            if fds:
-                row["fd"][sampler] = fds
+                for seed, z in zip(seeds, noises):
+                    start = time.perf_counter()
+                    with torch.no_grad():
+                        if flow and sampler not in dk.SAMPLERS:   # a solver not registered in this tree
+                            x = None
+                        elif flow:
+                            x = flow_sample(ck.process, ck.ema_model, ck.process.prior_std * z, sampler, calls,
+                                            clip_x0=True)
+                        else:
+                            x = dk.sample(ck.process, ck.ema_model, None, sampler, calls, x_T=z, clip_x0=True,
+                                          progress=False)
+                    if x is None:
+                        break
+                    per_seed.setdefault(calls, []).append(score(x))
+                    print(f"{run.name:24s} {sampler:8s} calls {calls} seed {seed}  FD {per_seed[calls][-1]:.3f}  "
+                          f"({time.perf_counter() - start:.1f} s)", flush=True)
+            if per_seed:
+                row["fd"][sampler] = {c: v[0] for c, v in per_seed.items()}
+                row["fd_seeds"][sampler] = {c: {"fd": v, "mean": sum(v) / len(v)} for c, v in per_seed.items()}
         results["runs"].append(row)
 
     print(f"\nFD-proxy ({n} samples, noise seed {args.noise_seed}) against the training split; floor (held-out test split) = {floor:.3f}")
@@ -124,6 +135,13 @@ def main() -> None:
     for c in calls_list:
         v = best[c]
         print(f"best at {c} call(s): {v[0]:.3f} = {v[0] / floor:.2f}x floor ({v[1]}, {v[2]})")
+    if len(seeds) > 1:
+        print(f"\nper noise seed ({', '.join(map(str, seeds))}) and mean:")
+        for row in results["runs"]:
+            for sampler, by_calls in row["fd_seeds"].items():
+                cells = "; ".join(f"{c} call{'s' if c > 1 else ''}: " + " / ".join(f"{f:.3f}" for f in v["fd"])
+                                  + f" (mean {v['mean']:.3f})" for c, v in by_calls.items())
+                print(f"| {Path(row['run']).name} | {sampler} | {cells} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

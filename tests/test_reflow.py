@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from test_rectified_flow import MU, SD, exact_network
 
 import ddpmkit as dk
-from ddpmkit.core.flow import flow_sigmas
+from ddpmkit.core.flow import flow_sigmas, flow_times
 from ddpmkit.data import ArrayDataset
 from ddpmkit.runs import load_checkpoint
 from ddpmkit.sampling import SampleOptions
@@ -160,3 +160,100 @@ def test_one_step_distillation_trains_at_t_max_where_v_is_z_minus_x(tmp_path):
     data = ArrayDataset(x=x.float().expand(-1, 2).contiguous(), y=None, levels=None, num_classes=None, name="pairs")
     batch = Trainer(config, progress=False, dataset=data, paired_noise=z.float().expand(-1, 2).contiguous())._global_batch()
     assert bool((batch["t"] == torch.tensor(process.t_max, dtype=torch.float32)).all())
+
+
+# ---------------------------------------------------------------------- k-step distillation (any k)
+def straight_network(process: dk.RectifiedFlow, only_at: tuple[float, ...] | None = None):
+    """The exact 2-rectified flow of the straight pairs (z, MU + SD z) at every time: x_t = (1 - t) MU +
+    ((1 - t) SD + t) z determines z, v = z - x = (1 - SD) z - MU. With ``only_at`` it is exact at those
+    times alone (within 1e-6: the network sees float32 time) and off by 1 elsewhere."""
+
+    def net(x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        t = (time.double() / process.time_scale).reshape(-1, *([1] * (x.dim() - 1)))
+        z = (x.double() - (1 - t) * MU) / ((1 - t) * SD + t)
+        if only_at is None:
+            return (1 - SD) * z - MU
+        on_grid = torch.zeros_like(t, dtype=torch.bool)
+        for level in only_at:
+            on_grid |= (t - level).abs() < 1e-6
+        return (1 - SD) * z - MU + (~on_grid).double()
+
+    return net
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_k_step_draws_lie_on_the_euler_grid_with_uniform_frequencies(k):
+    """Liu et al. 2022, sec. 2.3: the training times of ``time_sampling="steps"`` are the k calls of the
+    k-step Euler sampler, t_j = t_max - j (t_max - t_min) / k, j = 0..k-1 (``flow_sigmas(process, k)`` but its final
+    0), each drawn with probability 1 / k."""
+    process = dk.RectifiedFlow(time_sampling="steps", distill_steps=k)
+    n = 20000
+    draws = process.draw_levels(n, torch.Generator().manual_seed(k), "cpu", torch.float64)
+    sigmas = torch.from_numpy(flow_sigmas(process, k)[:-1])
+    grid_t = sigmas / (1 + sigmas)
+    # the draws are copies of the float64 host levels (no arithmetic): exact, the times flow_sigmas
+    # converts (flow_times); t(sigma) = sigma / (1 + sigma) of its levels returns them to a few ulp
+    levels = torch.sort(torch.unique(draws["t"]), descending=True).values
+    assert torch.equal(levels, torch.from_numpy(flow_times(process.t_min, process.t_max, k)[:-1]))
+    assert bool(torch.isin(draws["sigma"], sigmas).all())
+    torch.testing.assert_close(levels, grid_t, rtol=1e-15, atol=0)
+    counts = torch.stack([(draws["sigma"] == s).sum() for s in sigmas]).double()
+    se = math.sqrt(n * (1 / k) * (1 - 1 / k))   # binomial(n, 1 / k) per level
+    assert bool(((counts - n / k).abs() < 4 * se).all()), counts
+    # the trainer's float32 draws are the same levels rounded once
+    draws32 = process.draw_levels(n, torch.Generator().manual_seed(k), "cpu")
+    assert bool(torch.isin(draws32["t"], levels.float()).all()) and bool(torch.isin(draws32["sigma"], sigmas.float()).all())
+
+
+def test_k_step_with_k_1_is_start_and_bad_k_is_one_line():
+    steps1 = dk.RectifiedFlow(time_sampling="steps", distill_steps=1).draw_levels(7, None, "cpu", torch.float64)
+    start = dk.RectifiedFlow(time_sampling="start").draw_levels(7, None, "cpu", torch.float64)
+    assert all(torch.equal(steps1[key], start[key]) for key in ("t", "sigma"))
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="distill_steps must be an integer >= 1"):
+            dk.RectifiedFlow(time_sampling="steps", distill_steps=bad)
+    with pytest.raises(ValueError, match="time_sampling='start' trains at t_max only"):
+        dk.RectifiedFlow(time_sampling="start", distill_steps=2)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_k_step_loss_vanishes_at_the_exact_2rf_velocity_and_k_euler_steps_reproduce_the_data(k):
+    """On the exact teacher's straight pairs the 2-rectified flow's velocity z - x is the k-step loss's
+    zero; a velocity right at t_max only (the one-step student) is not; one exact only at the k grid
+    times is, and k Euler steps of it carry each trained point x_t to x, and t_max z to N(MU, SD^2)."""
+    process = dk.RectifiedFlow(time_sampling="steps", distill_steps=k)
+    grid = tuple(float(s / (1 + s)) for s in flow_sigmas(process, k)[:-1])
+    z = torch.randn(4000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = MU + SD * z
+    draws = {**process.draw_levels(4000, torch.Generator().manual_seed(0), "cpu", torch.float64), "noise": z}
+    for net in (straight_network(process), straight_network(process, only_at=grid)):
+        # float64 rounding of x_hat = x + sigma z and of the (1 + sigma) divisions: ~1e-13, squared
+        assert float(process.loss_terms(net, x, draws=draws)["loss"].max()) < 1e-20
+    # the one-step student's velocity (exact at t_max only) misses the lower grid times: loss 0.03 measured
+    assert float(process.loss_terms(start_only_network(process), x, draws=draws)["loss"].mean()) > 1e-3
+    net = straight_network(process, only_at=grid)
+    opts = SampleOptions(progress=False)
+    x_t = (1 - process.t_max) * x + process.t_max * z
+    k_steps = dk.samplers.euler(process.denoiser(net), x_t / process.scale(process.t_max), flow_sigmas(process, k), opts)
+    torch.testing.assert_close(k_steps, x, rtol=0, atol=1e-9)   # float64 rounding of the steps
+    # another step count calls the network off its grid (off by 1 there): k + 1 steps miss x by O(1)
+    other = dk.samplers.euler(process.denoiser(net), x_t / process.scale(process.t_max), flow_sigmas(process, k + 1), opts)
+    assert float((other - x).abs().mean()) > 0.1
+    z_new = torch.randn(4000, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sample = dk.samplers.euler(process.denoiser(net), process.prior_std * z_new / process.scale(process.t_max),
+                               flow_sigmas(process, k), opts)
+    mean, std = float(sample.mean()), float(sample.std())
+    n = len(z_new)   # the dropped 1e-3 x share at t_max biases by ~3e-4, well inside 4.5 SE (0.036, 0.025)
+    assert abs(mean - MU) < 4.5 * SD / math.sqrt(n) and abs(std - SD) < 4.5 * SD / math.sqrt(2 * n), (mean, std)
+
+
+def test_the_trainer_draws_k_step_times_from_its_noise_generator(tmp_path):
+    """The trainer hands the process's k-step draws through: every time of a batch on the float32 grid,
+    each level hit, and the same seed the same times."""
+    z = torch.randn(400, 2, generator=torch.Generator().manual_seed(0))
+    data = ArrayDataset(x=MU + SD * z, y=None, levels=None, num_classes=None, name="pairs")
+    config = tiny_config(tmp_path, "k3", 1, "diffusion.time_sampling=steps", "diffusion.distill_steps=3")
+    batches = [Trainer(config, progress=False, dataset=data, paired_noise=z)._global_batch()["t"] for _ in range(2)]
+    grid = torch.from_numpy(flow_times(dk.RectifiedFlow().t_min, dk.RectifiedFlow().t_max, 3)[:-1]).float()
+    assert torch.equal(torch.sort(torch.unique(batches[0]), descending=True).values, grid)
+    assert torch.equal(batches[0], batches[1])

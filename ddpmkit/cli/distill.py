@@ -5,6 +5,7 @@
     ddpmkit distill runs/digits --method progressive --steps 2 --out runs/digits-pd --train-steps 1200
     ddpmkit sample runs/digits-cd --steps 2                # the run's own sampler: multistep consistency
     ddpmkit distill runs/digits-flow-reflow --method reflow --one-step --out runs/digits-flow-1step
+    ddpmkit distill runs/digits-flow-reflow --method reflow --k-step --steps 2 --out runs/digits-flow-2step
 
 The new run is an ordinary run: ``sample``, ``eval`` and ``export`` take it, ``--resume`` continues it.
 """
@@ -26,7 +27,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     result = distill(args.run, args.method, args.out, args.steps, mode=args.mode, solver=args.solver,
                      teacher_steps=args.teacher_steps, train_steps=args.train_steps, overrides=args.overrides,
                      resume=args.resume, max_steps=args.max_steps, progress=not args.quiet,
-                     device=str(resolve_device(args.device)), one_step=args.one_step)
+                     device=str(resolve_device(args.device)), one_step=args.one_step, k_step=args.k_step,
+                     pairs_from=args.pairs_from)
     metrics = result.run_dir / "metrics.jsonl"
     if metrics.is_file() and metrics.stat().st_size:
         print(f"loss curve: {plot_loss(metrics, result.run_dir / 'loss.png')}")
@@ -50,7 +52,12 @@ def add_distill_command(sub: Any) -> None:
     p.add_argument("--solver", choices=("heun", "euler"), default="heun", help="cd: the teacher's ODE step")
     p.add_argument("--one-step", action="store_true",
                    help="reflow: distil a reflow run for one call on its stored pairs, trained at t_max only "
-                        "(Liu et al. 2022, k = 1)")
+                        "(Liu et al. 2022, k = 1); the same as --k-step --steps 1")
+    p.add_argument("--k-step", action="store_true",
+                   help="reflow: distil a reflow run for --steps K Euler calls on its stored pairs, trained only at "
+                        "the K-step Euler grid's times t_max (1 - j/K), j < K (Liu et al. 2022, sec. 2.3)")
+    p.add_argument("--pairs-from", default=None,
+                   help="reflow: train on the (z, x) pairs stored by this reflow run (or its pairs.safetensors)")
     p.add_argument("--teacher-steps", type=int, default=64, help="progressive: the first teacher's DDIM steps")
     p.add_argument("--train-steps", type=int, default=None,
                    help="optimiser steps of the whole distillation (default: the teacher's optim.steps)")

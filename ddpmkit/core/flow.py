@@ -26,14 +26,20 @@ the ``"flow"`` weighting, whatever the output (for ``"v"`` it is the plain veloc
 Time sampling (Esser et al. 2024, "SD3", sec. 3.1): ``"uniform"`` t ~ U[t_min, t_max] (Liu et al.)
 or ``"logit_normal"``: logit(t) ~ N(m, s^2). Because logit(t) = log(t / (1 - t)) = log sigma,
 that is ln sigma ~ N(p_mean, p_std^2), EDM's log-normal draw with (m, s) = (p_mean, p_std)
-(SD3: 0, 1), clipped to [t_min, t_max]. ``"start"``: every draw at t_max, the start of the
+(SD3: 0, 1), clipped to [t_min, t_max]. ``"steps"``: t uniform on the grid of the k-step Euler
+sampler, t_j = t_max - j (t_max - t_min) / k, j = 0..k-1 (k = ``distill_steps``; the levels of
+:func:`flow_sigmas` but the final 0): Liu et al. 2022's k-step distillation (sec. 2.3; their code's
+integer ``reflow_t_schedule`` k draws t = randint(0, k) (1 - eps) / k + eps, noise at t = 0, the same
+points). ``"start"``: every draw at t_max, the start of the
 sampling path: Liu et al. 2022's one-step (k = 1) distillation (sec. 2.3, "Distillation"; their
 L = E || (X_1 - X_0) - v(X_0, 0) ||^2 with noise at their t = 0, our t = 1). On a reflow's (z, x)
 pairs the point trained is x_t = (1 - t_max) x + t_max z, the target v = z - x, and one Euler step
 of ``sigmas_to_zero(1)`` from there returns x_t - t_max v = x exactly when v = z - x. A sample
 starts from t_max z, not x_t: it lands on t_max x, the (1 - t_max) x = 1e-3 x share dropped, as at
 every start (the ends, below). Such a process is a one-step generator, not an ODE over [0, 1]: its
-velocity is trained at t_max only.
+velocity is trained at t_max only. ``"steps"`` with k = 1 is ``"start"``; with k > 1 each of the k
+Euler steps t_j -> t_{j+1} of a pair's straight interpolant moves it by (t_{j+1} - t_j)(z - x), so
+from t_max z the k-step Euler sampler lands on t_max x when v = z - x at the k grid times.
 
 The ends. sigma(1) is infinite: x_hat = x / 0 has no value, so the process stops at
 ``t_max = 1 - 1e-3`` (sigma_max = 999) and starts its samples from ``N(0, t_max^2 I)``, the
@@ -56,9 +62,9 @@ from .process import Process, check_number
 from .predictions import check_choice
 from .score_losses import lognormal_sigmas
 
-__all__ = ["RectifiedFlow", "TIME_SAMPLINGS", "flow_weight", "flow_sigmas"]
+__all__ = ["RectifiedFlow", "TIME_SAMPLINGS", "flow_weight", "flow_sigmas", "flow_times"]
 
-TIME_SAMPLINGS = ("uniform", "logit_normal", "start")
+TIME_SAMPLINGS = ("uniform", "logit_normal", "start", "steps")
 
 
 def flow_weight(sigma: torch.Tensor) -> torch.Tensor:
@@ -73,7 +79,9 @@ class RectifiedFlow(Process):
         prediction: ``"v"`` (velocity eps - x_0, the default), ``"eps"`` or ``"x0"``.
         t_min, t_max: the time range trained and sampled, 0 < t_min < t_max < 1.
         time_sampling: ``"uniform"``, ``"logit_normal"`` (logit t ~ N(p_mean, p_std^2)) or
-            ``"start"`` (t = t_max always: one-step distillation on reflow pairs, Liu et al. 2022 sec. 2.3).
+            ``"start"`` (t = t_max always: one-step distillation on reflow pairs, Liu et al. 2022 sec. 2.3)
+            or ``"steps"`` (t uniform on the ``distill_steps``-step Euler grid: k-step distillation).
+        distill_steps: k of ``"steps"`` (1 for ``"start"``), an integer >= 1.
         p_mean, p_std: the logit-normal's mean and std (SD3: 0 and 1).
         time_scale: the network sees ``time_scale * t`` (999: the scale of training steps
             that ddpmkit's sinusoidal embeddings expect, as the VP process).
@@ -86,7 +94,7 @@ class RectifiedFlow(Process):
 
     def __init__(self, prediction: str = "v", t_min: float = 1e-3, t_max: float = 1.0 - 1e-3,
                  time_sampling: str = "uniform", p_mean: float = 0.0, p_std: float = 1.0,
-                 time_scale: float = 999.0):
+                 time_scale: float = 999.0, distill_steps: int = 1):
         self.prediction = self._check_prediction(prediction)
         self.t_min = check_number("t_min", t_min)
         self.t_max = check_number("t_max", t_max)
@@ -96,6 +104,14 @@ class RectifiedFlow(Process):
         self.p_mean = check_number("p_mean", p_mean, positive=False)
         self.p_std = check_number("p_std", p_std)
         self.time_scale = check_number("time_scale", time_scale)
+        if isinstance(distill_steps, bool) or not isinstance(distill_steps, (int, np.integer)) or distill_steps < 1:
+            raise ValueError(f"distill_steps must be an integer >= 1, got distill_steps={distill_steps!r}")
+        if self.time_sampling == "start" and distill_steps != 1:
+            raise ValueError(f"time_sampling='start' trains at t_max only (k = 1), got distill_steps={distill_steps!r}; "
+                             f"use time_sampling='steps'")
+        self.distill_steps = int(distill_steps)
+        t_grid = flow_times(self.t_min, self.t_max, self.distill_steps)[:-1]   # float64, host: the k-step Euler grid's calls
+        self._grid_levels = np.stack([t_grid, t_grid / (1.0 - t_grid)])   # (t, sigma) rows, cast once per batch
 
     @property
     def prior_std(self) -> float:
@@ -131,11 +147,16 @@ class RectifiedFlow(Process):
     def training_sigmas(self, batch: int, generator: torch.Generator | None, device: torch.device | str,
                         dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(t, sigma), each (B,): t ~ U[t_min, t_max], or logit t = ln sigma ~ N(p_mean, p_std^2)
-        clipped to [t_min, t_max] (SD3, sec. 3.1), or ``"start"``: t = t_max, drawing nothing (Liu et
-        al. 2022's k = 1 distillation; see the module notes)."""
-        if self.time_sampling == "start":
-            t = torch.full((batch,), self.t_max, device=device, dtype=dtype)
-            return t, self.sigma_on(t)
+        clipped to [t_min, t_max] (SD3, sec. 3.1), or ``"start"`` / ``"steps"``: t uniform on the k-step
+        Euler grid t_max - j (t_max - t_min) / k, j = 0..k-1 (Liu et al. 2022's k-step distillation; see the module
+        notes), t and sigma from the float64 host levels cast once; k = 1 (``"start"``) draws nothing."""
+        if self.time_sampling in ("start", "steps"):
+            levels = torch.as_tensor(self._grid_levels, dtype=dtype).to(device)
+            if self.distill_steps == 1:
+                index = torch.zeros(batch, dtype=torch.long, device=device)
+            else:
+                index = torch.randint(0, self.distill_steps, (batch,), generator=generator, device=device)
+            return levels[0, index], levels[1, index]
         if self.time_sampling == "uniform":
             return super().training_sigmas(batch, generator, device, dtype)
         sigma = lognormal_sigmas(batch, generator, device, dtype, self.p_mean, self.p_std)
@@ -155,18 +176,24 @@ class RectifiedFlow(Process):
     def __repr__(self) -> str:
         return (f"RectifiedFlow(prediction={self.prediction!r}, t_min={self.t_min:g}, t_max={self.t_max:g}, "
                 f"time_sampling={self.time_sampling!r}, p_mean={self.p_mean:g}, p_std={self.p_std:g}, "
-                f"time_scale={self.time_scale:g})")
+                f"time_scale={self.time_scale:g}, distill_steps={self.distill_steps})")
 
 
 def flow_sigmas(process: RectifiedFlow, steps: int) -> np.ndarray:
-    """The sigma grid of ``steps`` Euler steps uniform in t from t_max to 0 (Liu et al. 2022,
-    sec. 2.3): t_k = t_max (1 - k / steps), k = 0..steps, as sigma = t / (1 - t), ending in 0
-    (float64, host). Unlike the ``"uniform"`` grid of :func:`ddpmkit.sampling.grids.continuous_sigmas`
-    (t_max ... t_min, then 0), every one of its ``steps`` network calls moves a 1 / steps share of t."""
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
-    t = process.t_max * (1.0 - np.arange(int(steps) + 1, dtype=np.float64) / int(steps))
-    t[-1] = 0.0
+    """The sigma grid of ``steps`` Euler steps uniform in t down to 0 (Liu et al. 2022, sec. 2.3):
+    the times of :func:`flow_times` as sigma = t / (1 - t), ending in 0 (float64, host). It is the
+    flow's default sampling grid, ``"uniform_open"`` of :func:`ddpmkit.sampling.grids.continuous_sigmas`,
+    bit for bit: unlike ``"uniform"`` (t_max ... t_min, then 0) every one of its ``steps`` network
+    calls moves a 1 / steps share of t."""
+    t = flow_times(process.t_min, process.t_max, steps)
     return t / (1.0 - t)
 
 
+def flow_times(t_min: float, t_max: float, steps: int) -> np.ndarray:
+    """The times of :func:`flow_sigmas`: t_k = t_max - k (t_max - t_min) / steps, k = 0..steps-1, then
+    exactly 0 (float64, host; ``np.linspace(t_max, t_min, steps + 1)`` without its last level, as the
+    open grids are built, so the sampler calls the network at the very levels trained); the k-step
+    distillation (``time_sampling="steps"``) trains at all but the last."""
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
+    return np.append(np.linspace(float(t_max), float(t_min), int(steps) + 1)[:int(steps)], 0.0)

@@ -29,7 +29,7 @@ noise level and the step from it goes to 0. This is the grid of DPM-Solver's, Un
 code, which return x at sigma_min without a final call. On the digits run ``trailing`` still beat
 both at 2-8 calls (docs/SOLVERS.md). ``uniform_open`` in continuous time is ``trailing``'s analogue,
 t_k = t_max - k (t_max - t_min) / steps: on a rectified flow, Liu et al.'s n-step Euler grid (every
-call moves 1/n of t; :func:`ddpmkit.core.flow.flow_sigmas` up to the t_min offset), the flow's default."""
+call moves 1/n of t; :func:`ddpmkit.core.flow.flow_sigmas`, bit for bit), the flow's default."""
 GRIDS = SKIPS + ("karras",) + OPEN_GRIDS
 CONTINUOUS_GRIDS = ("uniform", "logsnr", "karras") + OPEN_GRIDS   # for continuous-time processes
 SIGMA_MAX = 160.0

@@ -19,8 +19,11 @@ Methods (docs/DISTILLATION.md):
 * ``"progressive"``: Salimans & Ho 2022 (:mod:`.progressive`), from ``teacher_steps`` DDIM steps
   down to ``steps`` in halving rounds; the student is the teacher's own discrete v-prediction run,
   sampled with ``dk.sample(..., "ddim", steps=steps, grid="trailing")``.
-* ``"reflow"``: :func:`ddpmkit.training.reflow.reflow` (rectified flow's reflow); ``one_step=True``:
-  Liu et al. 2022's one-step distillation of a reflow run, trained at t_max only on its stored pairs.
+* ``"reflow"``: :func:`ddpmkit.training.reflow.reflow` (rectified flow's reflow); ``k_step=True``:
+  Liu et al. 2022's k-step distillation (sec. 2.3) of a reflow run for ``steps`` = k Euler calls,
+  trained on its stored pairs only at the k times of the k-step Euler grid, t_max - j (t_max - t_min) / k
+  (``RectifiedFlow(time_sampling="steps", distill_steps=k)``; k = 1, ``one_step=True``: t_max only,
+  ``time_sampling="start"``).
 
 The result is an ordinary run (config.json, resumable checkpoints, metrics.jsonl) that
 ``ddpmkit sample / eval / export`` load like any other; the distillation settings are saved in
@@ -48,7 +51,7 @@ from .reflow import reflow
 from .run_config import DiffusionConfig, TrainConfig
 from .train import Trainer, TrainResult
 
-__all__ = ["distill", "DistillSettings", "DistillTrainer", "METHODS", "MODES", "student_config"]
+__all__ = ["distill", "DistillSettings", "DistillTrainer", "METHODS", "MODES", "student_config", "k_step_overrides"]
 
 METHODS = ("consistency", "progressive", "reflow")
 MODES = ("cd", "ect")
@@ -185,10 +188,19 @@ def _objective(settings: DistillSettings, config: TrainConfig, teacher: LoadedCh
                                 dim=math.prod(shape))
 
 
+def k_step_overrides(steps: int) -> list[str]:
+    """The student config of Liu et al. 2022's k-step distillation (sec. 2.3) for k = ``steps``: its
+    training times on the k-step Euler grid (``"start"``, t_max only, for k = 1), sampled by k Euler steps."""
+    grid = ["diffusion.time_sampling=start"] if steps == 1 else ["diffusion.time_sampling=steps",
+                                                               f"diffusion.distill_steps={steps}"]
+    return grid + ["sample_sampler=euler"]
+
+
 def distill(teacher: str | Path, method: str, out: str | Path, steps: int | None = None, *, mode: str = "cd",
             solver: str = "heun", teacher_steps: int = 64, train_steps: int | None = None,
             overrides: Sequence[str] = (), resume: bool | str | Path = False, max_steps: int | None = None,
-            progress: bool = True, device: str = "cpu", one_step: bool = False) -> TrainResult:
+            progress: bool = True, device: str = "cpu", one_step: bool = False, k_step: bool = False,
+            pairs_from: str | Path | None = None) -> TrainResult:
     """Distil the run ``teacher`` into a new run ``out`` with ``method`` (see the module docstring).
 
     Args:
@@ -202,18 +214,33 @@ def distill(teacher: str | Path, method: str, out: str | Path, steps: int | None
         resume / max_steps / progress: as for :func:`ddpmkit.training.train.train`.
         one_step: reflow only: distil the reflow run ``teacher`` for one call (Liu et al. 2022, sec. 2.3,
             k = 1): from its weights, on its stored pairs, every training time at t_max
-            (``time_sampling="start"``).
+            (``time_sampling="start"``); the same as ``k_step=True, steps=1``.
+        k_step: reflow only: distil the reflow run ``teacher`` for ``steps`` = k Euler calls (Liu et al.
+            2022, sec. 2.3): from its weights, on its stored pairs, the training times drawn uniformly
+            from the k-step Euler grid t_max - j (t_max - t_min) / k, j = 0..k-1 (``time_sampling="steps"``).
+        pairs_from: reflow only: train on the pairs stored there (a reflow run, checkpoint or pairs
+            file; :func:`ddpmkit.training.reflow.stored_pairs`) instead of the teacher's own (k-step)
+            or freshly drawn ones (plain reflow).
     """
     method = check_choice("method", method, METHODS)
     steps = 1 if steps is None else steps
     if one_step and (method != "reflow" or steps != 1):
         raise ValueError(f"--one-step distils a reflow run for one call: it needs --method reflow and --steps 1, "
                          f"got --method {method} --steps {steps}")
+    if k_step and method != "reflow":
+        raise ValueError(f"--k-step distils a reflow run for --steps K calls: it needs --method reflow, "
+                         f"got --method {method}")
+    if pairs_from is not None and method != "reflow":
+        raise ValueError(f"--pairs-from gives a reflow student its (z, x) pairs: it needs --method reflow, "
+                         f"got --method {method}")
     if method == "reflow":   # rectified flow's reflow (ddpmkit.training.reflow)
-        start = ["diffusion.time_sampling=start", f"name={Path(out).name}"] if one_step else []
-        extra = [f"sample_steps={steps}"] + start + list(overrides)
-        return reflow(teacher, out, steps=train_steps or 1000, overrides=extra, resume=bool(resume),
-                      progress=progress, device=device, pairs_from=teacher if one_step else None,
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"--steps must be an integer >= 1, got --steps {steps!r}")
+        distil = one_step or k_step
+        extra = [f"sample_steps={steps}"] + (k_step_overrides(steps) + [f"name={Path(out).name}"] if distil else [])
+        return reflow(teacher, out, steps=train_steps or 1000, overrides=extra + list(overrides),
+                      resume=bool(resume), progress=progress, device=device,
+                      pairs_from=pairs_from if pairs_from is not None else (teacher if distil else None),
                       max_steps=max_steps)
     loaded = load_checkpoint(teacher, device=device)
     settings = DistillSettings(method, str(loaded.state["path"]), steps, mode, solver, teacher_steps)

@@ -20,7 +20,9 @@ One-step distillation (Liu et al. 2022, sec. 2.3, k = 1): ``reflow(run_2rf, out,
 overrides=["diffusion.time_sampling=start"])`` trains the 2-rectified flow, from its own weights, on
 the pairs stored in its run only at t_max, the start of the sampling path
 (:class:`~ddpmkit.core.flow.RectifiedFlow`'s ``"start"``): its one Euler step learns z -> x.
-``ddpmkit distill RUN --method reflow --one-step`` does this.
+``ddpmkit distill RUN --method reflow --one-step`` does this. k-step distillation (sec. 2.3, any k):
+``overrides=["diffusion.time_sampling=steps", "diffusion.distill_steps=K"]`` trains at the K times of
+the K-step Euler grid, t_max - j (t_max - t_min) / K, j < K (``ddpmkit distill RUN --method reflow --k-step --steps K``).
 """
 from __future__ import annotations
 
