@@ -23,7 +23,9 @@ generation and completion, 512 for denoising: each part uses its run's ``data.po
   keeps the partial exactly (:func:`ddpmkit.sampling.completion.complete_clouds`); an older run
   draws the whole cloud. Beside them: the partial itself and the partial with its point reflection
   through the centroid added (exact for centrally symmetric shapes; the centroid of the complete
-  shape is the origin of the normalised frame, which the model is given too).
+  shape is the origin of the normalised frame, which the model is given too). ``--refiner RUN``
+  adds PDR's second stage (``ddpmkit train-refiner``) on the same coarse completions, with the
+  paired per-cloud difference refined - coarse.
 * Denoising (Luo & Hu 2021): Gaussian noise of std 1%, 2%, 3% of each shape's bounding-sphere
   radius (about 2 in these units); Chamfer to the clean cloud and the mean point-to-surface
   distance (exact, :func:`ddpmkit.data.shapes.point_to_surface`) before and after: gradient ascent
@@ -65,6 +67,8 @@ from ddpmkit.sampling.completion import complete_clouds, mirror_completion
 from ddpmkit.sampling.loop import SampleOptions
 from ddpmkit.sampling.ode import euler
 from ddpmkit.sampling.point_denoise import denoise_points, ode_grid, patch_denoiser
+from ddpmkit.sampling.refine import refine_completion
+from ddpmkit.training.refiner import load_refiner
 from ddpmkit.training.monitor import clouds_image
 
 NOISE_LEVELS = (0.01, 0.02, 0.03)
@@ -90,6 +94,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/out/pointclouds.json")
     p.add_argument("--pictures", default="docs", help="folder for the picture grids (default docs)")
+    p.add_argument("--refiner", default=None, help="completion: also refine the PDR run's completions with this "
+                   "refiner run (ddpmkit train-refiner), with the paired difference refined - coarse")
     p.add_argument("--parts", default=",".join(PARTS),
                    help=f"comma-separated parts to run, of {','.join(PARTS)} (default all); the JSON keeps the others")
     args = p.parse_args()
@@ -203,6 +209,14 @@ def completion(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
         rows[f"{run} ({ckpt.config.network_kind}, {'missing points' if data.missing_only else 'whole cloud'}, "
              f"step {ckpt.state['step']})"] = {**_completion_row(done, truth, family), "seconds": seconds}
         pictures[run] = done
+        if args.refiner and data.missing_only:   # PDR's second stage on the same coarse completions
+            start, loaded = time.perf_counter(), load_refiner(args.refiner)
+            refined = refine_completion(loaded.refiner, partial, done)
+            row = {**_completion_row(refined, truth, family), "seconds": time.perf_counter() - start}
+            for key, v in _completion_row(done, truth, family, refined).items():
+                row[f"vs_coarse_{key}"] = v
+            rows[f"{run} + refiner {args.refiner} (step {loaded.state['step']})"] = row
+            pictures[f"{run} refined"] = refined
     rows["partial only"] = _completion_row(partial, truth, family)
     rows["partial + point reflection"] = _completion_row(mirror_completion(partial), truth, family)
     out["completion"] = {"n": n, "points": truth.shape[1], "partial_points": partial.shape[1], "rows": rows,
@@ -211,10 +225,13 @@ def completion(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
     return pictures
 
 
-def _completion_row(x: torch.Tensor, truth: torch.Tensor, family: torch.Tensor) -> dict[str, float]:
+def _completion_row(x: torch.Tensor, truth: torch.Tensor, family: torch.Tensor,
+                    paired: torch.Tensor | None = None) -> dict[str, float]:
     """Mean squared Chamfer to the truth, its standard error, on all clouds and on the families
-    that are not centrally symmetric (cone, mushroom, lamp, table) apart."""
+    that are not centrally symmetric (cone, mushroom, lamp, table) apart; with ``paired``, of the
+    per-cloud difference CD(paired) - CD(x)."""
     d = chamfer(x.double(), truth.double())
+    d = d if paired is None else chamfer(paired.double(), truth.double()) - d
     asym = torch.tensor([SHAPE_FAMILIES[int(f)] in ASYMMETRIC for f in family])
     row = {}
     for key, mask in (("all", torch.ones_like(asym)), ("asym", asym), ("sym", ~asym)):
@@ -337,6 +354,9 @@ def tables(out: dict) -> str:
                 continue
             lines.append(f"| {k} | " + " | ".join(f"{v[p]:.4f} +- {v[p + '_sem']:.4f} (n={v[p + '_n']})"
                                                   for p in ("all", "asym", "sym")) + " |")
+            if "vs_coarse_all" in v:
+                lines.append(f"| {k}: refined - coarse, paired | " + " | ".join(
+                    f"{v['vs_coarse_' + p]:+.4f} +- {v['vs_coarse_' + p + '_sem']:.4f}" for p in ("all", "asym", "sym")) + " |")
         lines.append("")
     d = out.get("denoising")
     if d:

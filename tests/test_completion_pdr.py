@@ -87,3 +87,20 @@ def test_train_and_sample_the_pdr_preset_on_the_command_line(tmp_path) -> None:
     arrays = np.load(tmp_path / "c.npz")
     assert arrays["x"].shape == (3, 20, 3) and arrays["partial"].shape == (3, 12, 3)   # the missing 20 points
     assert np.isfinite(arrays["x"]).all()
+    # PDR's second stage on the command line: a refiner of this run, then `sample --refiner` moves the
+    # generated points exactly as refine_completion does on the same draw, and keeps the partial
+    from ddpmkit.sampling.refine import refine_completion
+    from ddpmkit.training.refiner import load_refiner
+
+    refiner_dir = tmp_path / "refiner"
+    assert main(["train-refiner", str(out), "draws=1", "sampler_steps=2", "held_out=2", "steps=3", "batch_size=4",
+                 "warmup=1", "log_every=1", "lr=0.05", "--out", str(refiner_dir), "--quiet"]) == 0
+    assert main(["sample", str(out), "--n", "3", "--steps", "2", "--refiner", str(refiner_dir),
+                 "--out", str(tmp_path / "r.npz"), "--quiet"]) == 0
+    refined = np.load(tmp_path / "r.npz")
+    np.testing.assert_array_equal(refined["partial"], arrays["partial"])
+    partial = torch.from_numpy(arrays["partial"])
+    expected = refine_completion(load_refiner(refiner_dir).refiner, partial,
+                                 torch.cat([partial, torch.from_numpy(arrays["x"])], 1))[:, 12:]
+    np.testing.assert_allclose(refined["x"], expected.numpy(), rtol=0, atol=1e-6)   # float32, the same ops
+    assert not np.allclose(refined["x"], arrays["x"])   # 3 steps at lr 0.05 moved the zero-initialised head

@@ -47,7 +47,8 @@ from .doctor import add_doctor_command
 from .samplers import add_samplers_command
 from .guidance import add_guidance_arguments, add_train_classifier_command, prepare_sampling
 from .inverse import add_inverse_commands
-from .points import add_points_commands, point_condition, save_point_samples
+from .points import add_points_commands, point_condition, refine_sampled, save_point_samples
+from .refine import add_refine_command
 from . import trajectory   # the module: its draw_trajectory is looked up when drawn
 
 __all__ = ["main", "build_parser"]
@@ -160,6 +161,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     x = sample(ckpt.process, guided.model, (guided.n, *data_shape), sampler=args.sampler, steps=args.steps,
                generator=generator, device=device, clip_x0=args.clip and levels is not None,
                progress=not args.quiet, cond=guided.cond, callback=recorder, **guided.params, **params)
+    if args.refiner is not None:
+        x = refine_sampled(args.refiner, x, guided.cond.get("partial"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if points:
@@ -263,11 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-from", default=None, metavar="test|FILE",
                    help="completion models: the partial clouds, from the run's test split (default) or a point "
                         "file (.npy/.npz/.ply, one cloud or a stack, in the training data's frame)")
+    p.add_argument("--refiner", default=None, metavar="RUN",
+                   help="missing-points completion runs: move the generated points with PDR's refinement network "
+                        "(a `ddpmkit train-refiner` run)")
     add_guidance_arguments(p)
     p.set_defaults(fn=_cmd_sample)
 
     add_train_classifier_command(sub)
     add_points_commands(sub)    # denoise
+    add_refine_command(sub)     # train-refiner
     add_inverse_commands(sub)   # inpaint, solve, edit
 
     p = sub.add_parser("eval", help="bits/dim (bound and ODE) and sample quality of a checkpoint")

@@ -25,11 +25,14 @@ from ..data.pointfiles import read_points
 from ..data.shapes import normalize_clouds
 from ..io.files import write_npz
 from ..sampling.point_denoise import DENOISE_METHODS, denoise_points
+from ..sampling.refine import refine_completion
 from ..training.distributed import resolve_device
+from ..training.refiner import load_refiner
 from ..viz import clouds_image, save_sample_grid
 from .common import at_least_one, load_checkpoint
 
-__all__ = ["add_points_commands", "point_condition", "save_point_samples", "bounding_radius", "PARTIAL_SOURCES"]
+__all__ = ["add_points_commands", "point_condition", "save_point_samples", "bounding_radius", "refine_sampled",
+           "PARTIAL_SOURCES"]
 
 PARTIAL_SOURCES = ("test",)   # besides a file: the partial clouds of the run's own test split
 MIN_POINTS = 4                # fewer points give no meaningful scale and bounding sphere
@@ -61,6 +64,18 @@ def point_condition(partial_from: str | None, config: Any, n: int, device: torch
         partial = partial[None] if partial.ndim == 2 else partial
     index = torch.arange(n) % len(partial)
     return {"partial": partial[index].to(device)}
+
+
+def refine_sampled(refiner_path: str, missing: torch.Tensor, partial: torch.Tensor | None) -> torch.Tensor:
+    """``ddpmkit sample --refiner RUN``: a missing-points run's samples moved by PDR's refinement
+    network (``ddpmkit train-refiner``); the partial is untouched."""
+    if partial is None:
+        raise ValueError(f"--refiner {refiner_path} refines a completion run's missing points; this run takes no "
+                         f"partial cloud")
+    refiner = load_refiner(refiner_path).refiner
+    m = partial.shape[1]
+    done = refine_completion(refiner, partial.cpu(), torch.cat([partial, missing.to(partial.dtype)], 1).cpu())
+    return done[:, m:].to(missing.device, missing.dtype)
 
 
 def save_point_samples(x: torch.Tensor, out: str | Path, partial: torch.Tensor | None = None,
