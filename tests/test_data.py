@@ -504,7 +504,7 @@ def test_config_uses_the_one_config_serialiser():
              "test_fraction": 0.25}   # a config.json's data section, as written before
     assert DataConfig.from_dict(saved) == DataConfig()
     new_keys = {"window": None, "points": None, "partial_points": None, "patch_points": None,
-                "missing_only": False}   # series, point clouds
+                "missing_only": False, "rotate": False}   # series, point clouds
     assert DataConfig().to_dict() == {**saved, **new_keys}
     for values, match in (({"image_size": "28"}, "DataConfig.image_size must be int, got image_size='28'"),
                           ({"path": 3, "name": "folder"}, "DataConfig.path must be str, got path=3"),

@@ -36,6 +36,10 @@ class DataConfig(DictConfig):
             ``digits``/``npz``/``cifar10``: optional square resize (shorter side + centre crop).
             Not allowed for the toys.
         flip: random horizontal flips, applied per batch by ``ArrayDataset.augment`` (images only).
+        rotate: point clouds only: turn every training cloud by a Haar-random rotation, drawn per
+            example and batch by ``ArrayDataset.augment``. It leaves the data's law unchanged only
+            where that law is rotation-invariant, as the ``shapes`` data's (every shape turned by a
+            uniform random rotation); not with ``partial_points`` or ``patch_points``.
         n: toys only: the number of points, train and test together.
         seed: fixes the train/test split and the toy points.
         test_fraction: the held-out fraction; the test split has ``ceil(test_fraction * N)``
@@ -65,6 +69,7 @@ class DataConfig(DictConfig):
     path: str | None = None
     image_size: int | None = None
     flip: bool = False
+    rotate: bool = False
     n: int = 20000
     seed: int = 0
     test_fraction: float = 0.25
@@ -120,6 +125,12 @@ class DataConfig(DictConfig):
             raise ValueError(f"DataConfig.image_size does not apply to point clouds, got image_size={self.image_size!r}")
         if self.flip and self.name in POINT_NAMES:
             raise ValueError(f"DataConfig.flip applies to images only, got flip=True with name={self.name!r}")
+        if not isinstance(self.rotate, bool):
+            raise ValueError(f"DataConfig.rotate must be true or false, got rotate={self.rotate!r}")
+        if self.rotate and (self.name not in POINT_NAMES or self.partial_points is not None or self.patch_points is not None):
+            raise ValueError(f"DataConfig.rotate turns whole point clouds (name in {list(POINT_NAMES)}, no partial_points "
+                             f"or patch_points), got rotate=True with name={self.name!r}, partial_points="
+                             f"{self.partial_points!r}, patch_points={self.patch_points!r}")
         points = 2048 if self.points is None and self.name == "shapes" else self.points
         if self.partial_points is not None and points is not None and self.partial_points >= points:
             raise ValueError(f"DataConfig.partial_points must be smaller than points={points}, got "

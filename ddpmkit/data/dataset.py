@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .kinds import EXAMPLE_RANK, check_data_record
+from .shapes import random_rotations
 
 __all__ = ["ArrayDataset", "to_uint8_images", "codes_to_unit", "split_indices", "resize_images"]
 
@@ -113,6 +114,7 @@ class ArrayDataset:
         num_classes: the number of classes when ``y`` is given.
         name: a label for reports.
         flip: whether :meth:`augment` applies random horizontal flips.
+        rotate: whether :meth:`augment` turns each point cloud (N, P, 3) by a Haar-random rotation.
         cond: per-example conditions the model takes as keyword arguments, each a tensor whose
             first axis is aligned with ``x`` (e.g. ``{"partial": (N, M, 3)}``, the partial clouds
             of point-cloud completion); batches slice them with ``x``.
@@ -130,6 +132,7 @@ class ArrayDataset:
     flip: bool = False
     cond: dict[str, torch.Tensor] = field(default_factory=dict)
     kind: str | None = None
+    rotate: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or self.x.dtype != torch.float32 or self.x.ndim < 2:
@@ -150,6 +153,9 @@ class ArrayDataset:
             check_data_record(f"ArrayDataset {self.name!r}", self.kind, self.shape)
         if self.flip and not self.is_image:
             raise ValueError(f"flip applies to images (N, C, H, W) only, got x of shape {tuple(self.x.shape)}")
+        if self.rotate and (self.kind != "points" or self.x.shape[-1] != 3 or self.cond):
+            raise ValueError(f"rotate applies to whole 3-D point clouds (N, P, 3) without conditions, got "
+                             f"{self.kind} data of shape {tuple(self.x.shape)}, conditions {sorted(self.cond)}")
         for key, value in self.cond.items():
             if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != len(self.x):
                 raise ValueError(f"cond[{key!r}] must be a tensor with one row per example ({len(self.x)}), got "
@@ -205,8 +211,11 @@ class ArrayDataset:
             yield (self.x[index], y, self.condition(index)) if with_cond else (self.x[index], y)
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Flip each image of the batch left-right with probability 1/2 when ``flip`` is set;
-        otherwise return ``x`` unchanged (drawing nothing from ``generator``)."""
+        """Flip each image of the batch left-right with probability 1/2 when ``flip`` is set, turn
+        each point cloud by a Haar-random rotation when ``rotate`` is; otherwise return ``x``
+        unchanged (drawing nothing from ``generator``)."""
+        if self.rotate:
+            return x @ random_rotations(x.shape[0], generator).to(x.device, x.dtype)
         if not self.flip:
             return x
         if x.ndim != 4:

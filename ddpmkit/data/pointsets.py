@@ -144,4 +144,4 @@ def load_pointset(config: DataConfig, split: str) -> ArrayDataset:
         y = None if y is None else y.repeat_interleave(per_cloud)
     x = torch.from_numpy(np.ascontiguousarray(chosen, dtype=np.float32))
     return ArrayDataset(x=x, y=y, levels=None, num_classes=num_classes, name=f"{config.name}-{split}",
-                        cond={k: v[index] for k, v in cond.items()}, kind="points")
+                        cond={k: v[index] for k, v in cond.items()}, kind="points", rotate=config.rotate)

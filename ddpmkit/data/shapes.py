@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from .shape_parts import (PI, arc, part_distance, profile, sample_parts, scale_part, segment,
                           surface_area)
 
 __all__ = ["SHAPE_FAMILIES", "ShapeSet", "make_shapes", "point_to_surface", "cut_by_plane",
-           "resample", "surface_area", "random_rotation", "normalize_clouds"]
+           "resample", "surface_area", "random_rotation", "random_rotations", "normalize_clouds"]
 
 SHAPE_FAMILIES: tuple[str, ...] = ("sphere", "torus", "cylinder", "cone", "box", "ellipsoid",
                                    "capsule", "dumbbell", "mushroom", "lamp", "table")
@@ -122,6 +123,15 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], list[dict]]] = {
     "sphere": _sphere, "torus": _torus, "cylinder": _cylinder, "cone": _cone, "box": _box,
     "ellipsoid": _ellipsoid, "capsule": _capsule, "dumbbell": _dumbbell, "mushroom": _mushroom,
     "lamp": _lamp, "table": _table}
+
+
+def random_rotations(count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` rotation matrices (count, 3, 3), uniform on SO(3): the QR factor of a Gaussian
+    matrix with the signs of R's diagonal moved into Q (Mezzadri 2007), a column flipped where the
+    determinant is -1 (float32, on the generator's device)."""
+    q, r = torch.linalg.qr(torch.randn(count, 3, 3, generator=generator, device=generator.device))
+    q = q * torch.diagonal(r, dim1=-2, dim2=-1).sign().unsqueeze(-2)
+    return torch.cat([q[..., :1] * torch.linalg.det(q)[:, None, None], q[..., 1:]], dim=-1)
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:

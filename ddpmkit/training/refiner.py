@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config_base import DictConfig
 from ..data import load_dataset
+from ..data.shapes import random_rotations
 from ..io.checkpoint import (CheckpointError, load_optimizer_state, optimizer_state_tensors, read_checkpoint)
 from ..io.files import atomic_write, write_json
 from ..nets import PVCNN, PVCNNConfig
@@ -168,15 +169,6 @@ def refiner_network_config(coarse_network: Any) -> PVCNNConfig:
         raise ValueError(f"the refiner reuses the coarse run's point-voxel network (network.kind = 'pvcnn'), "
                          f"got {type(coarse_network).__name__}")
     return dataclasses.replace(coarse_network, out_dim=coarse_network.in_dim, conditional=True, zero_init=True)
-
-
-def random_rotations(count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` rotation matrices (count, 3, 3), uniform on SO(3): the QR factor of a Gaussian
-    matrix with the signs of R's diagonal moved into Q (Mezzadri 2007), a column flipped where the
-    determinant is -1."""
-    q, r = torch.linalg.qr(torch.randn(count, 3, 3, generator=generator))
-    q = q * torch.diagonal(r, dim1=-2, dim2=-1).sign().unsqueeze(-2)
-    return torch.cat([q[..., :1] * torch.linalg.det(q)[:, None, None], q[..., 1:]], dim=-1)
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
