@@ -87,8 +87,9 @@ def parse_args() -> argparse.Namespace:
                    help="comma-separated completion runs under --runs (missing ones are skipped)")
     p.add_argument("--n", type=int, default=100, help="clouds per set for generation and completion (default 100)")
     p.add_argument("--denoise-n", type=int, default=16, help="test clouds per noise level (default 16)")
-    p.add_argument("--sampler", default="ddim", help="the sampler of generation and completion (default ddim)")
-    p.add_argument("--steps", type=int, default=50, help="its steps (default 50)")
+    p.add_argument("--sampler", default=None, help="the sampler of generation and completion (default: each run's "
+                   "own sample_sampler, as `ddpmkit sample` takes it)")
+    p.add_argument("--steps", type=int, default=None, help="its steps (default: the run's sample_steps)")
     p.add_argument("--emd", type=int, default=1, help="1: 1-NNA-EMD / COV-EMD for the models and the floor (default)")
     p.add_argument("--rounds", type=int, default=200, help="random halves for the spreads (default 200)")
     p.add_argument("--seed", type=int, default=0)
@@ -106,10 +107,18 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def _sampler(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler and steps: ``--sampler`` / ``--steps``, else the run's own (``sample_sampler``,
+    ``sample_steps``, ``sample_grid``)."""
+    grid = ckpt.config.sample_grid if args.sampler is None else None
+    return {"sampler": args.sampler or ckpt.config.sample_sampler, "steps": args.steps or ckpt.config.sample_steps,
+            **({"grid": grid} if grid is not None else {})}
+
+
 def _sample(ckpt: Any, n: int, shape: tuple[int, ...], args: argparse.Namespace, cond: dict | None = None) -> torch.Tensor:
     gen = torch.Generator().manual_seed(args.seed)
-    return sample(ckpt.process, ckpt.ema_model, (n, *shape), sampler=args.sampler, steps=args.steps, generator=gen,
-                  progress=False, cond=cond or {})
+    return sample(ckpt.process, ckpt.ema_model, (n, *shape), generator=gen, progress=False, cond=cond or {},
+                  **_sampler(ckpt, args))
 
 
 def _resampled_train(config: Any, n: int, seed: int) -> torch.Tensor:
@@ -178,7 +187,8 @@ def generation(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
         start = time.perf_counter()
         samples = _sample(ckpt, n, test.shape, args)
         seconds = time.perf_counter() - start
-        rows[f"{run} ({ckpt.config.network_kind}, step {ckpt.state['step']})"] = {
+        how = _sampler(ckpt, args)
+        rows[f"{run} ({ckpt.config.network_kind}, step {ckpt.state['step']}, {how['sampler']} {how['steps']})"] = {
             **_metrics(samples, refs, d_rr, emd, args), "seconds": seconds}
         pictures[run] = samples
     rows["floor: training clouds"] = _metrics(train.x[:n], refs, d_rr, emd, args)
@@ -201,13 +211,13 @@ def completion(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
         start = time.perf_counter()
         if data.missing_only:   # PDR: generate the missing points only, keep the given ones
             done = complete_clouds(ckpt.process, ckpt.ema_model, partial, data.points - data.partial_points,
-                                   sampler=args.sampler, steps=args.steps,
-                                   generator=torch.Generator().manual_seed(args.seed))
+                                   generator=torch.Generator().manual_seed(args.seed), **_sampler(ckpt, args))
         else:                   # the whole cloud, drawn from scratch
             done = _sample(ckpt, n, full.shape, args, {"partial": partial})
         seconds = time.perf_counter() - start
         rows[f"{run} ({ckpt.config.network_kind}, {'missing points' if data.missing_only else 'whole cloud'}, "
-             f"step {ckpt.state['step']})"] = {**_completion_row(done, truth, family), "seconds": seconds}
+             f"step {ckpt.state['step']}, {_sampler(ckpt, args)['sampler']} {_sampler(ckpt, args)['steps']})"] = {
+                 **_completion_row(done, truth, family), "seconds": seconds}
         pictures[run] = done
         if args.refiner and data.missing_only:   # PDR's second stage on the same coarse completions
             start, loaded = time.perf_counter(), load_refiner(args.refiner)
