@@ -150,6 +150,8 @@ def test_command_line_settings() -> None:
     assert RefinerConfig.from_dict(got).steps == 10
     with pytest.raises(ValueError, match="key=value"):
         _settings(["steps"])
+    with pytest.raises(ValueError, match="RefinerConfig field .*got 'stepz=3'"):   # a typo is named, not passed on
+        _settings(["stepz=3"])
 
 
 def test_mirror_conditions_on_the_point_reflection() -> None:

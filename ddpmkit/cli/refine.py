@@ -11,30 +11,27 @@ The settings (RefinerConfig fields) follow RUN, before the options.
 from __future__ import annotations
 
 import argparse
+import typing
 from typing import Any
 
-from ..training.refiner import train_refiner
+from ..training.overrides import parse_value
+from ..training.refiner import RefinerConfig, train_refiner
 
 __all__ = ["add_refine_command"]
 
 
 def _settings(items: list[str]) -> dict[str, Any]:
-    """``key=value`` items as RefinerConfig fields: true/false, integers, floats, else strings."""
+    """``key=value`` items as RefinerConfig fields, each value read by its field's type as the
+    training overrides read theirs (:func:`ddpmkit.training.overrides.parse_value`)."""
+    hints = typing.get_type_hints(RefinerConfig)
     settings: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"settings must be key=value (RefinerConfig fields), got {item!r}")
-        lowered = text.strip().lower()
-        value: Any = {"true": True, "false": False}.get(lowered, text)
-        if value is text:
-            for kind in (int, float):
-                try:
-                    value = kind(text)
-                    break
-                except ValueError:
-                    continue
-        settings[key.strip()] = value
+        key = key.strip()
+        if not sep or key not in hints:
+            raise ValueError(f"settings must be key=value with a RefinerConfig field ({', '.join(sorted(hints))}), "
+                             f"got {item!r}")
+        settings[key] = parse_value(text, hints[key])
     return settings
 
 

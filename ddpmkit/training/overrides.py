@@ -28,7 +28,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["apply_overrides", "apply_overrides_unchecked", "follow_data_size", "parse_override"]
+__all__ = ["apply_overrides", "apply_overrides_unchecked", "follow_data_size", "parse_override", "parse_value"]
 
 
 def _network_class(tree: Mapping[str, Any]) -> type:
@@ -88,7 +88,10 @@ def _parse_scalar(text: str, hint: Any) -> Any:
         return text
 
 
-def _parse_value(text: str, hint: Any) -> Any:
+def parse_value(text: str, hint: Any) -> Any:
+    """A field's value from ``key=value`` text, by the field's type ``hint``: ``none`` / ``null`` for
+    an optional field, a comma list for a tuple, ``true`` / ``false``, else a TOML literal, else the
+    text (every command's ``key=value`` settings read values this way)."""
     text = text.strip()
     base, optional = _unwrap_optional(hint)
     if optional and text.lower() in ("none", "null"):
@@ -108,7 +111,7 @@ def parse_override(item: str, tree: Mapping[str, Any]) -> tuple[str, Any]:
     key, text = (s.strip() for s in item.split("=", 1))
     hint = _field_hint(key, tree)
     owner, _, name = key.rpartition(".")
-    value = coerce(owner or "TrainConfig", name, _parse_value(text, hint), hint)
+    value = coerce(owner or "TrainConfig", name, parse_value(text, hint), hint)
     return key, list(value) if isinstance(value, tuple) else value
 
 
