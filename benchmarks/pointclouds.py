@@ -17,6 +17,10 @@ generation and completion, 512 for denoising: each part uses its run's ``data.po
   draw of their surface points: N of 2N new area-uniform points). The spreads: the standard
   deviation of 1-NNA and COV over ``--rounds`` random halves of both sets (without replacement:
   a bootstrap's duplicated clouds would be each other's nearest neighbours), divided by sqrt 2.
+  The family mix (:func:`~ddpmkit.evaluation.metrics.pointcloud.label_mix`): each cloud labelled
+  by its nearest training cloud, the total variation to the training split's mix, and the
+  families made at under a quarter of their share (what COV misses, by name); the floor's row
+  labels the ``--n`` test clouds themselves, so its TV is what a real draw of that size scores.
 * Completion: the mean squared Chamfer distance of each completion to the true complete cloud,
   on all test shapes and apart on the families that are not centrally symmetric (cone, mushroom,
   lamp, table). A run trained with ``data.missing_only`` (PDR) generates the missing points and
@@ -59,7 +63,8 @@ import torch
 from ddpmkit.data import load_dataset
 from ddpmkit.data.dataset import split_indices
 from ddpmkit.data.shapes import SHAPE_FAMILIES, make_shapes, point_to_surface
-from ddpmkit.evaluation.metrics.pointcloud import chamfer, mmd_cov, one_nna, pairwise_chamfer, pairwise_emd
+from ddpmkit.evaluation.metrics.pointcloud import (chamfer, label_mix, mmd_cov, one_nna, pairwise_chamfer,
+                                                   pairwise_emd)
 from ddpmkit.runs import load_checkpoint
 from ddpmkit.io.files import write_json
 from ddpmkit.sampling import sample
@@ -167,6 +172,15 @@ def _metrics(samples: torch.Tensor, refs: torch.Tensor, d_rr: dict[str, np.ndarr
     return out
 
 
+def _families(samples: torch.Tensor, train: Any) -> dict[str, Any]:
+    """The family mix of a set by its clouds' nearest training clouds (Chamfer), its total variation
+    to the training split's mix, and the families made at under a quarter of their training share."""
+    mix, tv = label_mix(pairwise_chamfer(train.x.double(), samples.double()), train.y, len(SHAPE_FAMILIES))
+    share = np.bincount(train.y.numpy(), minlength=len(SHAPE_FAMILIES)) / len(train)
+    return {"family-tv": tv, "family-mix": dict(zip(SHAPE_FAMILIES, mix.tolist())),
+            "families-missing": [f for f, m, s in zip(SHAPE_FAMILIES, mix, share) if m < s / 4]}
+
+
 def _existing(args: argparse.Namespace, names: str) -> list[str]:
     found = [n for n in names.split(",") if n and (Path(args.runs) / n).is_dir()]
     if not found:
@@ -189,11 +203,12 @@ def generation(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
         seconds = time.perf_counter() - start
         how = _sampler(ckpt, args)
         rows[f"{run} ({ckpt.config.network_kind}, step {ckpt.state['step']}, {how['sampler']} {how['steps']})"] = {
-            **_metrics(samples, refs, d_rr, emd, args), "seconds": seconds}
+            **_metrics(samples, refs, d_rr, emd, args), **_families(samples, train), "seconds": seconds}
         pictures[run] = samples
-    rows["floor: training clouds"] = _metrics(train.x[:n], refs, d_rr, emd, args)
-    rows["copying: training shapes re-sampled"] = _metrics(_resampled_train(ckpt.config, n, args.seed), refs, d_rr,
-                                                           ("cd",), args)
+    rows["floor: training clouds"] = {**_metrics(train.x[:n], refs, d_rr, emd, args), **_families(test.x[:n], train)}
+    copies = _resampled_train(ckpt.config, n, args.seed)
+    rows["copying: training shapes re-sampled"] = {**_metrics(copies, refs, d_rr, ("cd",), args),
+                                                   **_families(copies, train)}
     out["generation"] = {"n": n, "points": test.shape[0], "rows": rows}
     pictures["truth"] = refs
     return pictures
@@ -341,8 +356,9 @@ def tables(out: dict) -> str:
         emd = any("1-nna-emd" in v for v in g["rows"].values())
         lines += [f"Generation ({g['n']} samples vs {g['n']} test clouds, {g.get('points', 512)} points; +- the spread "
                   "over random halves / sqrt 2):", "",
-                  "| set | 1-NNA-CD | COV-CD | MMD-CD |" + (" 1-NNA-EMD | COV-EMD | MMD-EMD |" if emd else ""),
-                  "|---|---:|---:|---:|" + ("---:|---:|---:|" if emd else "")]
+                  "| set | 1-NNA-CD | COV-CD | MMD-CD |" + (" 1-NNA-EMD | COV-EMD | MMD-EMD |" if emd else "")
+                  + " family TV | families under 1/4 of their share |",
+                  "|---|---:|---:|---:|" + ("---:|---:|---:|" if emd else "") + "---:|---|"]
         for k, v in g["rows"].items():
             cells = [f"{v['1-nna-cd']:.3f} +- {v.get('1-nna-cd_spread', 0):.3f}",
                      f"{v['cov-cd']:.3f} +- {v.get('cov-cd_spread', 0):.3f}", f"{v['mmd-cd']:.4f}"]
@@ -350,6 +366,7 @@ def tables(out: dict) -> str:
                 cells += ([f"{v['1-nna-emd']:.3f} +- {v['1-nna-emd_spread']:.3f}",
                            f"{v['cov-emd']:.3f} +- {v['cov-emd_spread']:.3f}", f"{v['mmd-emd']:.4f}"]
                           if "1-nna-emd" in v else ["", "", ""])
+            cells += [f"{v['family-tv']:.2f}", ", ".join(v["families-missing"])] if "family-tv" in v else ["", ""]
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
         lines.append("")
     c = out.get("completion")

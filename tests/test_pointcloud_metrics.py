@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmkit.data.shapes import make_shapes
-from ddpmkit.evaluation.metrics import (chamfer, emd, generation_metrics, mmd_cov, one_nna,
+from ddpmkit.data.shapes import SHAPE_FAMILIES, make_shapes
+from ddpmkit.evaluation.metrics import (chamfer, emd, generation_metrics, label_mix, mmd_cov, one_nna,
                                         pairwise_chamfer, pairwise_emd)
 
 
@@ -110,6 +110,30 @@ def test_one_nna_same_distribution_is_near_half_and_different_families_near_one(
     # emd_points = all points only permutes each cloud: EMD is unchanged
     assert generation_metrics(spheres, tori, metrics=("emd",), emd_points=96) == pytest.approx(
         {k: v for k, v in apart.items() if k.endswith("emd")}, abs=1e-6)
+
+
+def test_label_mix_names_the_families_a_model_makes():
+    names = ["sphere", "table", "lamp"]
+    labelled = make_shapes(33, 64, families=names, seed=40)   # 11 of each, cycled
+    label = np.array([names.index(SHAPE_FAMILIES[f]) for f in labelled.family])
+    np.testing.assert_array_equal(label, np.arange(33) % 3)
+    # samples: 8 spheres and 4 tables of the set, jittered by 1e-3 (far below any two shapes' Chamfer
+    # distance), no lamp: each sample's nearest labelled cloud is its own original
+    picked = np.r_[np.flatnonzero(label == 0)[:8], np.flatnonzero(label == 1)[:4]]
+    samples = labelled.points[picked] + 1e-3 * np.random.default_rng(0).standard_normal((12, 64, 3))
+    d = pairwise_chamfer(labelled.points, samples)
+    np.testing.assert_array_equal(d.argmin(0).numpy(), picked)
+    mix, tv = label_mix(d, label, 3)
+    np.testing.assert_array_equal(mix, [8 / 12, 4 / 12, 0.0])
+    assert tv == pytest.approx(0.5 * (abs(8 / 12 - 1 / 3) + abs(4 / 12 - 1 / 3) + 1 / 3), abs=1e-12)
+    # the labelled clouds themselves: every one its own nearest, the same mix, total variation 0
+    mix, tv = label_mix(pairwise_chamfer(labelled.points), label, 3)
+    np.testing.assert_array_equal(mix, [1 / 3] * 3)
+    assert tv == 0.0
+    with pytest.raises(ValueError, match="labels must lie in"):
+        label_mix(np.zeros((3, 2)), [0, 1, 3], 3)
+    with pytest.raises(ValueError, match="3 labels"):
+        label_mix(np.zeros((2, 2)), [0, 1, 2], 3)
 
 
 def test_bad_inputs():

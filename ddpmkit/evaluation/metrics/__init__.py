@@ -13,7 +13,7 @@ from .frechet import FeatureStats, frechet_distance, frechet_distance_from_featu
 from .kernel import (KIDResult, kernel_inception_distance, median_heuristic_bandwidth,
                      polynomial_kernel, rbf_mmd2)
 from .manifold import PrecisionRecall, fraction_in_manifold, knn_radii, precision_recall
-from .pointcloud import (chamfer, emd, generation_metrics, mmd_cov, one_nna, pairwise_chamfer,
+from .pointcloud import (chamfer, emd, generation_metrics, label_mix, mmd_cov, one_nna, pairwise_chamfer,
                          pairwise_emd)
 from .sliced import random_directions, sliced_wasserstein, wasserstein_1d
 from .summary import feature_metrics, metric_floor, point_metrics
@@ -51,5 +51,6 @@ __all__ = [
     "pairwise_emd",
     "mmd_cov",
     "one_nna",
+    "label_mix",
     "generation_metrics",
 ]
