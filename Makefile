@@ -57,6 +57,9 @@ bench-fewstep: $(STAMP)   # the digits teacher (make demo) with every solver, it
 	    runs/digits-flow-reflow:euler:2 runs/digits-flow-reflow:euler:1 benchmarks/out/distill/pd@2:ddim:2:trailing \
 	    benchmarks/out/distill/pd@3:ddim:1:trailing benchmarks/out/distill/cd:consistency:2:0.821 \
 	    runs/digits:unipc:4 runs/digits:dpmpp2m:4 runs/digits:unipc:5 runs/digits:dpmpp2m:5   # 20 noise draws each
+	for k in 4 5; do $(PY) -m ddpmkit tune-grid runs/digits --sampler unipc --steps $$k --quiet || exit 1; done
+	OMP_NUM_THREADS=1 $(PY) benchmarks/fewstep_draws.py runs/digits:unipc:4 runs/digits:unipc:4:runs/digits/grids/unipc-4.json \
+	    runs/digits:unipc:5 runs/digits:unipc:5:runs/digits/grids/unipc-5.json --out benchmarks/out/fewstep_tuned.json
 
 bench-folder: $(STAMP)   # the LFW faces through `ddpmkit train folder` (needs: .venv/bin/pip install scikit-image)
 	$(PY) benchmarks/folder_faces.py

@@ -16,7 +16,8 @@ K x 450 samples against the training split) has far less bias and noise and rank
 their distance to the data, but has no real-data floor at that size (the test split holds 450).
 
 A row is ``RUN[@ROUND]:SAMPLER:CALLS[:GRID]``: RUN a run directory; ``@ROUND`` picks the ROUND-th
-checkpoint (0-based; a progressive run keeps one per halving); GRID a grid name, or for the
+checkpoint (0-based; a progressive run keeps one per halving); GRID a grid name, a
+`ddpmkit tune-grid` .json file, or for the
 ``consistency`` sampler the middle level sigma_mid of the two-call grid [sigma_max, sigma_mid, 0]
 (Song et al. 2023). Every row starts from the same noise: draw i is seed ``--seed + i`` (none of the
 reflow pairs' seeds 0-3), scaled by the process's prior_std. Writes a table and
@@ -64,6 +65,8 @@ def sampler_for(spec: str) -> Callable[[torch.Tensor, torch.Generator], torch.Te
         D = ck.process.denoiser(ck.ema_model, clip_x0=True)
         levels = [ck.process.sigma_max, float(grid), 0.0]
         return lambda z, g: consistency(D, ck.process.sigma_max * z, levels, SampleOptions(generator=g, progress=False))
+    if grid is not None and grid.endswith(".json"):   # a `ddpmkit tune-grid` file: its levels
+        grid = json.loads(Path(grid).read_text())["sigmas"]
     params = {} if grid is None else {"grid": grid}
     return lambda z, g: dk.sample(ck.process, ck.ema_model, None, sampler, calls, x_T=prior * z, generator=g,
                                   clip_x0=True, progress=False, **params)

@@ -15,7 +15,7 @@ from .core.ve import VE, ncsn_sigmas
 from .core.losses import ImportanceSampler, UniformSampler, training_losses, make_timestep_sampler
 from .likelihood.bound import VLBResult, vlb_bpd
 from .likelihood.ode import ODELikelihoodResult, ode_bpd
-from .sampling import SAMPLERS, SampleOptions, StepInfo, invert, sample
+from .sampling import SAMPLERS, SampleOptions, StepInfo, invert, sample, tune_grid
 from . import sampling as samplers   # dk.samplers.euler(D, x, sigmas), dk.samplers.heun, ...
 from .inverse import ddim_edit, inpaint, sdedit, solve_inverse
 from .data import ArrayDataset, DataConfig, load_dataset, to_uint8_images
@@ -49,6 +49,7 @@ __all__ = [
     "ODELikelihoodResult",
     "ode_bpd",
     "sample",
+    "tune_grid",
     "samplers",
     "invert",
     "inpaint",

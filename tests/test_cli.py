@@ -89,6 +89,32 @@ def test_bf16_sampling_is_finite_and_close_to_fp32(run_dir, tmp_path):
     assert not np.array_equal(bf16, fp32)                          # the network really ran in bfloat16
 
 
+def test_tune_grid_writes_a_grid_that_sample_takes(run_dir, tmp_path, capsys):
+    import json
+
+    tuned = tmp_path / "unipc-3.json"
+    assert main(["tune-grid", str(run_dir), "--sampler", "unipc", "--steps", "3", "--samples", "8",
+                 "--reference-steps", "10", "--out", str(tuned), "--quiet"]) == 0
+    record = json.loads(tuned.read_text())
+    assert record["sampler"] == "unipc" and record["steps"] == 3 and len(record["sigmas"]) == 4
+    assert record["loss"] <= record["default_loss"] and record["sigmas"][0] == record["default_sigmas"][0]
+    # a file holding the default levels samples exactly as the default grid: the file's levels are used
+    default = tmp_path / "default.json"
+    default.write_text(json.dumps({"sampler": "unipc", "sigmas": record["default_sigmas"]}))
+    x = {}
+    for name, argv in (("named", ["--sampler", "unipc", "--steps", "3"]), ("file", ["--grid", str(default)]),
+                       ("tuned", ["--grid", str(tuned)])):
+        out = tmp_path / f"{name}.npz"
+        assert main(["sample", str(run_dir), *argv, "--n", "4", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+        x[name] = np.load(out)["x"]
+    np.testing.assert_array_equal(x["file"], x["named"])
+    assert x["tuned"].shape == x["named"].shape and np.isfinite(x["tuned"]).all()
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "--grid", str(tmp_path / "missing.json"), "--out",
+                 str(tmp_path / "m.npz"), "--quiet"]) == 2
+    assert "missing.json: no such file" in capsys.readouterr().err
+
+
 def test_autocast_network_runs_in_bfloat16_and_returns_float32():
     from ddpmkit.cli.main import AutocastNetwork
 

@@ -49,6 +49,7 @@ from .guidance import add_guidance_arguments, add_train_classifier_command, prep
 from .inverse import add_inverse_commands
 from .points import add_points_commands, point_condition, refine_sampled, save_point_samples
 from .refine import add_refine_command
+from .tune import add_tune_command, grid_argument
 from . import trajectory   # the module: its draw_trajectory is looked up when drawn
 
 __all__ = ["main", "build_parser"]
@@ -143,6 +144,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.precision == "bf16":
         model = AutocastNetwork(model, device)
     data_shape, levels = data.shape, data.levels
+    grid_argument(args)   # --grid FILE.json: a tune-grid file's levels (and its sampler and steps)
     _default_sampler_steps(args, ckpt.config, ckpt.process)
     params: dict[str, Any] = {}
     if args.eta is not None:
@@ -240,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's sample_steps, 50 unless its preset says otherwise)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
     p.add_argument("--grid", default=None, help="the sigma grid: uniform, quadratic, linspace, trailing, logsnr, karras, "
-                   "logsnr_open, karras_open, uniform_open (default: the run's sample_grid, else the sampler's own at this step "
-                   "count, docs/SOLVERS.md)")
+                   "logsnr_open, karras_open, uniform_open, or a `ddpmkit tune-grid` .json file (default: the run's sample_grid, "
+                   "else the sampler's own at this step count, docs/SOLVERS.md)")
     p.add_argument("--rho", type=float, default=None, help="the karras grids' exponent (default 7)")
     p.add_argument("--n", type=int, default=64, help="number of samples, >= 1 (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
@@ -298,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_command(sub)     # doctor: the installation, for bug reports
     add_distill_command(sub)    # distill
     add_samplers_command(sub)   # samplers: the names, their grids and aliases
+    add_tune_command(sub)       # tune-grid
     return parser
 
 

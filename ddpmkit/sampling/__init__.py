@@ -22,6 +22,7 @@ from .score_sde import ald, ancestral_ve, euler_maruyama, pc, predictor_correcto
 from .plan import SamplingPlan, plan_sampling
 from .registry import SAMPLERS, Sampler, register, register_alias
 from .stochastic import ancestral_split, ddim, dpmpp2m_sde, euler_ancestral, langevin_step, posterior_step, sde
+from .tune import TunedGrid, tune_grid
 
 __all__ = ["sample", "invert", "SampleOptions", "StepInfo", "SAMPLERS", "Sampler", "register", "register_alias",
            "plan_sampling", "SamplingPlan", "SKIPS", "GRIDS", "SIGMA_MAX",
@@ -30,4 +31,4 @@ __all__ = ["sample", "invert", "SampleOptions", "StepInfo", "SAMPLERS", "Sampler
            "sde", "pc", "langevin_step", "dpmpp2m", "dpmpp3m", "dpmpp_multistep", "dpmpp_update",
            "dpmpp2m_sde", "ancestral_step", "ddpm", "dpmpp3m_sde", "heun_churn", "euler_churn", "ald",
            "reverse_diffusion", "euler_maruyama", "ancestral_ve", "predictor_corrector", "posterior_step",
-           "euler_step", "heun_step", "ipndm", "ipndm_v", "deis", "unipc"]
+           "euler_step", "heun_step", "ipndm", "ipndm_v", "deis", "unipc", "tune_grid", "TunedGrid"]

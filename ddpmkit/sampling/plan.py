@@ -27,11 +27,14 @@ import torch
 from .grids import CONTINUOUS_GRIDS, SIGMA_MAX, check_grid, grids_for, respaced_for, sigma_grid, start_at
 from .registry import SAMPLERS, Sampler, check_params, lookup
 
-__all__ = ["SamplingPlan", "plan_sampling", "scale_at", "ancestral_step_name", "TOP_SIGNAL", "POSTERIOR_STEP"]
+__all__ = ["SamplingPlan", "plan_sampling", "explicit_sigmas", "scale_at", "ancestral_step_name", "TOP_SIGNAL",
+           "POSTERIOR_STEP", "EXPLICIT_GRID"]
 
 TOP_SIGNAL = 0.05
 """A grid starting below the process's top where x_t keeps more than this fraction sqrt(alpha_bar)
 of the data draws a warning when x_T is drawn from the prior there."""
+EXPLICIT_GRID = "explicit"
+"""The plan's grid name when the caller gave the levels themselves."""
 POSTERIOR_STEP = "sde"
 """The registered sampler that is DDPM's fixed-small step over a denoiser (ddim with eta = 1)."""
 
@@ -139,6 +142,32 @@ def _top_warning(process: Any, sigma_top: float, grid: str) -> str | None:
             f"'trailing', 'karras') avoids it")
 
 
+def explicit_sigmas(process: Any, entry: Sampler, grid: Any, steps: Any) -> np.ndarray:
+    """A grid given as its noise levels (e.g. :func:`ddpmkit.sampling.tune.tune_grid`'s): float64,
+    strictly decreasing, positive but the final 0, inside the process's [sigma_min, sigma_max];
+    ``steps``, where given, must be its length less one. Refused for DDPM's chain and the adaptive
+    samplers, which pick their own levels. Checked once, here; one line per problem."""
+    if entry.discrete or entry.endpoints:
+        raise ValueError(f"an explicit sigma grid needs a sampler that steps over a denoiser on the grid it is "
+                         f"given, got sampler={entry.name!r}")
+    try:
+        sigmas = np.asarray(grid, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be a grid's name or a list of noise levels, got grid={grid!r}") from None
+    low, high = float(process.sigma_min), float(process.sigma_max)
+    if sigmas.ndim != 1 or len(sigmas) < 2 or not np.isfinite(sigmas).all() or sigmas[-1] != 0.0:
+        raise ValueError(f"an explicit grid must be a list of at least 2 finite noise levels ending in 0, got "
+                         f"grid={grid!r}")
+    if not (np.diff(sigmas) < 0).all():
+        raise ValueError(f"an explicit grid must decrease strictly, got grid={sigmas.tolist()}")
+    if sigmas[0] > high * (1 + 1e-9) or sigmas[-2] < low * (1 - 1e-9):
+        raise ValueError(f"an explicit grid's levels must lie in the process's [{low:.6g}, {high:.6g}] (then 0), "
+                         f"got grid={sigmas.tolist()}")
+    if steps is not None and steps != len(sigmas) - 1:
+        raise ValueError(f"steps must be the explicit grid's length less one ({len(sigmas) - 1}), got steps={steps!r}")
+    return sigmas
+
+
 def _refuse_chain(process: Any, sampler: str, over_denoiser: bool) -> None:
     if process.training_steps is None:
         raise ValueError(f"sampler={sampler!r} is DDPM's chain: it needs a discrete process (training steps and "
@@ -158,7 +187,9 @@ def plan_sampling(process: Any, sampler: str, steps: int | None = None, grid: st
         steps: default the process's training steps (required in continuous time; ignored by
             adaptive samplers, ``rk45``, which take only the grid's ends).
         grid: a grid name (default: the sampler's own at ``steps``, else the process's); ``rho``
-            for the karras grids.
+            for the karras grids; or the levels themselves, a decreasing list ending in 0
+            (:func:`explicit_sigmas`; ``steps`` is then its length less one, the plan's grid
+            ``"explicit"``).
         x_T_given: the caller brings its own start (an inverted x_T, SDEdit's noised guide): no
             warning about drawing x_T below the top.
         params: the sampler's own parameters (checked against it).
@@ -175,11 +206,15 @@ def plan_sampling(process: Any, sampler: str, steps: int | None = None, grid: st
     T = process.training_steps
     if entry.discrete:
         _refuse_chain(process, sampler, over_denoiser)
-    steps = _check_steps(entry, steps, T)
-    name = check_grid(grid if grid is not None else _default_grid(process, entry, steps),
-                      grids_for(process, entry.discrete))
-    top = SIGMA_MAX if entry.bounded and T is not None else None
-    sigmas = sigma_grid(process, 2 if entry.endpoints else steps, name, rho, top)
+    if grid is not None and not isinstance(grid, str):
+        sigmas = explicit_sigmas(process, entry, grid, steps)
+        steps, name = len(sigmas) - 1, EXPLICIT_GRID
+    else:
+        steps = _check_steps(entry, steps, T)
+        name = check_grid(grid if grid is not None else _default_grid(process, entry, steps),
+                          grids_for(process, entry.discrete))
+        top = SIGMA_MAX if entry.bounded and T is not None else None
+        sigmas = sigma_grid(process, 2 if entry.endpoints else steps, name, rho, top)
     if strength is not None:
         sigmas = start_at(process, sigmas, strength)
     chain = None
