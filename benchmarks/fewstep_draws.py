@@ -3,24 +3,24 @@ FD of all draws pooled, for teachers and students side by side.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep_draws.py \
         runs/digits-flow:dpmpp3m:8 runs/digits:dpmpp2m:8 runs/digits-flow-2step:euler:2 \
-        runs/digits-flow-1step:euler:1 benchmarks/out/distill_pd1000/pd@2:ddim:2:trailing --draws 20
+        runs/digits-flow-1step:euler:1 benchmarks/out/distill_pd1000/pd@2:ddim:2:trailing \
+        benchmarks/out/distill/cd:consistency:2:80,0.821,0 --draws 20
 
 Why: one draw of 450 samples is too noisy to rank few-step methods. On the digits teacher
 (dpmpp3m, 8 calls) the 450-sample FD of 20 fresh noise draws spreads over 0.12-0.47 (sd 0.09)
 around a floor of 0.248 (the held-out test split), so a single seed can put a method on either
 side of a goal. The mean over K draws has a standard error of sd / sqrt(K) and keeps the floor's
-sample size (450, so the small-sample bias of FD is the same on both sides). Every row starts from the same noise, so
-the difference to the first row, draw by draw, is far less noisy than either mean (its standard
-error is printed beside it). The pooled FD (all
-K x 450 samples against the training split) has far less bias and noise and ranks methods by
-their distance to the data, but has no real-data floor at that size (the test split holds 450).
+sample size (450, so the small-sample bias of FD is the same on both sides). Every row starts
+from the same noise, so the difference to the first row, draw by draw, is far less noisy than
+either mean (its standard error is printed beside it). The pooled FD (all K x 450 samples against
+the training split) has far less bias and noise and ranks methods by their distance to the data,
+but has no real-data floor at that size (the test split holds 450).
 
 A row is ``RUN[@ROUND]:SAMPLER:CALLS[:GRID]``: RUN a run directory; ``@ROUND`` picks the ROUND-th
 checkpoint (0-based; a progressive run keeps one per halving); GRID a grid name, a
-`ddpmkit tune-grid` .json file, or for the
-``consistency`` sampler the middle level sigma_mid of the two-call grid [sigma_max, sigma_mid, 0]
-(Song et al. 2023). Every row starts from the same noise: draw i is seed ``--seed + i`` (none of the
-reflow pairs' seeds 0-3), scaled by the process's prior_std. Writes a table and
+`ddpmkit tune-grid` .json file, or the levels, comma-separated (e.g. ``80,0.821,0``: the two-call
+consistency grid with Song et al. 2023's sigma_mid). Every row starts from the same noise: draw i
+is seed ``--seed + i`` (none of the reflow pairs' seeds 0-3), scaled by the process's prior_std. Writes a table and
 benchmarks/out/fewstep_draws.json.
 """
 from __future__ import annotations
@@ -42,8 +42,6 @@ from ddpmkit.evaluation.features import extract_features
 from ddpmkit.evaluation.metrics import feature_metrics
 from ddpmkit.io.checkpoint import list_checkpoints
 from ddpmkit.runs import load_checkpoint
-from ddpmkit.sampling import SampleOptions
-from ddpmkit.sampling.consistency import consistency
 
 
 def parse_row(spec: str) -> tuple[Path, int | None, str, int, str | None]:
@@ -61,12 +59,10 @@ def sampler_for(spec: str) -> Callable[[torch.Tensor, torch.Generator], torch.Te
     path = run if round_ is None else list_checkpoints(run / "checkpoints")[round_][1]
     ck = load_checkpoint(path)
     prior = float(getattr(ck.process, "prior_std", 1.0))
-    if sampler == "consistency" and grid is not None and calls == 2:
-        D = ck.process.denoiser(ck.ema_model, clip_x0=True)
-        levels = [ck.process.sigma_max, float(grid), 0.0]
-        return lambda z, g: consistency(D, ck.process.sigma_max * z, levels, SampleOptions(generator=g, progress=False))
     if grid is not None and grid.endswith(".json"):   # a `ddpmkit tune-grid` file: its levels
         grid = json.loads(Path(grid).read_text())["sigmas"]
+    elif grid is not None and "," in grid:            # the levels themselves
+        grid = [float(v) for v in grid.split(",")]
     params = {} if grid is None else {"grid": grid}
     return lambda z, g: dk.sample(ck.process, ck.ema_model, None, sampler, calls, x_T=prior * z, generator=g,
                                   clip_x0=True, progress=False, **params)

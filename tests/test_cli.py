@@ -102,17 +102,21 @@ def test_tune_grid_writes_a_grid_that_sample_takes(run_dir, tmp_path, capsys):
     default = tmp_path / "default.json"
     default.write_text(json.dumps({"sampler": "unipc", "sigmas": record["default_sigmas"]}))
     x = {}
+    listed = ",".join(repr(v) for v in record["default_sigmas"])   # repr: the float64 levels exactly
     for name, argv in (("named", ["--sampler", "unipc", "--steps", "3"]), ("file", ["--grid", str(default)]),
-                       ("tuned", ["--grid", str(tuned)])):
+                       ("listed", ["--sampler", "unipc", "--grid", listed]), ("tuned", ["--grid", str(tuned)])):
         out = tmp_path / f"{name}.npz"
         assert main(["sample", str(run_dir), *argv, "--n", "4", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
         x[name] = np.load(out)["x"]
     np.testing.assert_array_equal(x["file"], x["named"])
+    np.testing.assert_array_equal(x["listed"], x["named"])
     assert x["tuned"].shape == x["named"].shape and np.isfinite(x["tuned"]).all()
     capsys.readouterr()
     assert main(["sample", str(run_dir), "--grid", str(tmp_path / "missing.json"), "--out",
                  str(tmp_path / "m.npz"), "--quiet"]) == 2
     assert "missing.json: no such file" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--grid", "8,x,0", "--out", str(tmp_path / "m.npz"), "--quiet"]) == 2
+    assert "comma-separated levels, got --grid 8,x,0" in capsys.readouterr().err
 
 
 def test_autocast_network_runs_in_bfloat16_and_returns_float32():

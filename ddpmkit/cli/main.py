@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's sample_steps, 50 unless its preset says otherwise)")
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (0 = deterministic)")
     p.add_argument("--grid", default=None, help="the sigma grid: uniform, quadratic, linspace, trailing, logsnr, karras, "
-                   "logsnr_open, karras_open, uniform_open, or a `ddpmkit tune-grid` .json file (default: the run's sample_grid, "
+                   "logsnr_open, karras_open, uniform_open, a `ddpmkit tune-grid` .json file, or the levels, e.g. 80,0.821,0 "
+                   "(default: the run's sample_grid, "
                    "else the sampler's own at this step count, docs/SOLVERS.md)")
     p.add_argument("--rho", type=float, default=None, help="the karras grids' exponent (default 7)")
     p.add_argument("--n", type=int, default=64, help="number of samples, >= 1 (default 64)")

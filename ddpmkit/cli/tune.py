@@ -21,8 +21,20 @@ __all__ = ["add_tune_command", "grid_argument"]
 
 def grid_argument(args: argparse.Namespace) -> None:
     """``--grid FILE.json`` (a tune-grid file): the grid becomes its levels, and ``--sampler`` /
-    ``--steps`` left out become the file's; a name stays a name."""
-    if args.grid is None or not str(args.grid).endswith(".json"):
+    ``--steps`` left out become the file's; ``--grid 80,0.821,0``: those levels (steps left out
+    become their count less one); a name stays a name."""
+    if args.grid is None:
+        return
+    if "," in str(args.grid):
+        try:
+            args.grid = [float(s) for s in str(args.grid).split(",")]
+        except ValueError:
+            raise ValueError(f"--grid must be a grid's name, a .json file or comma-separated levels, got "
+                             f"--grid {args.grid}") from None
+        if args.steps is None:
+            args.steps = len(args.grid) - 1
+        return
+    if not str(args.grid).endswith(".json"):
         return
     path = Path(args.grid)
     try:
