@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from oracles import gaussian_oracle
+from test_continuous_processes import MU as CONTINUOUS_MU, SD as CONTINUOUS_SD, exact_network
 
 import ddpmkit as dk
 from ddpmkit.sampling.plan import EXPLICIT_GRID, plan_sampling
@@ -71,6 +72,25 @@ def test_the_tuned_grid_beats_the_default_on_other_noise_and_is_deterministic():
 
     assert err(tuned.sigmas) < 0.7 * err(tuned.default_sigmas)   # 0.056 against 0.097 here
     assert tuned.to_dict()["sigmas"] == tuned.sigmas.tolist()
+
+
+def test_tuning_works_in_continuous_time_too():
+    """EDM (Karras et al. 2022) on its exact network for N(MU, SD^2): the same search on its karras
+    grid, against the affine ODE's exact solution x_0 = MU + SD / sqrt(SD^2 + sigma^2) (x - MU)."""
+    assert (CONTINUOUS_MU, CONTINUOUS_SD) == (MU, SD)
+    process = dk.EDM()
+    net = exact_network(process)
+    tuned = dk.tune_grid(process, net, "euler", 3, (1,), samples=64, reference_steps=200, clip_x0=False,
+                         progress=False)
+    assert tuned.sigmas[0] == process.sigma_max and tuned.loss < 0.7 * tuned.default_loss
+    x_hat = process.sigma_max * noise(2, 256)
+    exact = MU + SD / np.hypot(SD, process.sigma_max) * (x_hat - MU)
+
+    def err(grid: np.ndarray) -> float:
+        x = dk.sample(process, net, None, "euler", x_T=x_hat, grid=grid.tolist(), progress=False)
+        return float(((x - exact) ** 2).mean())
+
+    assert err(tuned.sigmas) < 0.7 * err(tuned.default_sigmas)
 
 
 def test_tuning_refuses_what_it_cannot_tune():
