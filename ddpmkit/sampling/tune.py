@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .api import sample
+from .api import model_device, sample
 from .loop import SampleOptions
 from .plan import explicit_sigmas, plan_sampling
 
@@ -71,8 +71,8 @@ def tune_grid(process: Any, model: Any, sampler: str, steps: int, shape: Sequenc
         raise ValueError(f"span must be > 0, got span={span!r}")
     plan = plan_sampling(process, sampler, steps)
     explicit_sigmas(process, plan.entry, plan.sigmas, steps)   # a sampler that can run the tuned list
-    generator = torch.Generator().manual_seed(seed)
-    x_T = plan.prior_std * torch.randn((samples, *shape), generator=generator)
+    generator = torch.Generator().manual_seed(seed)   # drawn on the host, so a seed tunes alike on any device
+    x_T = (plan.prior_std * torch.randn((samples, *shape), generator=generator)).to(model_device(model) or "cpu")
     cond = dict(cond or {})
     reference = sample(process, model, None, reference_sampler, reference_steps, x_T=x_T, clip_x0=clip_x0,
                        cond=cond, progress=False)
