@@ -54,10 +54,11 @@ def test_devoxelize_is_trilinear_interpolation() -> None:
     torch.testing.assert_close(out[:, 0], grid[:, :, 1, 2, 3], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("neighbors", [0, 6])
 @pytest.mark.parametrize("conditional", [False, True])
-def test_permutation_equivariance(conditional: bool) -> None:
+def test_permutation_equivariance(conditional: bool, neighbors: int) -> None:
     torch.manual_seed(0)
-    net = PVCNN(PVCNNConfig(**SMALL, conditional=conditional)).double()
+    net = PVCNN(PVCNNConfig(**SMALL, conditional=conditional, neighbors=neighbors)).double()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 40, 3, generator=g, dtype=torch.float64)
     t = torch.tensor([3, 50, 99])
@@ -74,8 +75,25 @@ def test_permutation_equivariance(conditional: bool) -> None:
         assert (moved - out).abs().amax() > 1e-3   # and it is read
 
 
+def test_the_local_branch_reads_each_points_nearest_points() -> None:
+    """_nearest against a brute-force search (itself first, then the k - 1 nearest others); fewer
+    points than k gives all of them; a negative k is refused."""
+    from ddpmkit.nets.pvcnn import _nearest
+    g = torch.Generator().manual_seed(2)
+    points = torch.randn(2, 30, 3, generator=g, dtype=torch.float64)
+    index, offsets = _nearest(points, 5)
+    for b in range(2):
+        for i in range(30):
+            d = ((points[b] - points[b, i]) ** 2).sum(1)
+            assert set(index[b, i].tolist()) == set(torch.argsort(d)[:5].tolist()) and index[b, i, 0] == i
+    torch.testing.assert_close(offsets[0, 3, 2], points[0, index[0, 3, 2]] - points[0, 3], rtol=0, atol=0)
+    assert _nearest(points[:, :3], 5)[0].shape == (2, 3, 3)   # fewer points than k: all of them
+    with pytest.raises(ValueError, match="neighbors"):
+        PVCNNConfig(neighbors=-1)
+
+
 def test_any_number_of_points_and_learned_variance_layout() -> None:
-    net = PVCNN(PVCNNConfig(**{**SMALL, "zero_init": True}, out_dim=6))
+    net = PVCNN(PVCNNConfig(**{**SMALL, "zero_init": True}, out_dim=6, neighbors=4))
     for n in (1, 2, 9):
         out = net(torch.randn(2, n, 3), torch.tensor(5))
         assert out.shape == (2, 2 * n, 3)

@@ -9,7 +9,11 @@ Each :class:`PointVoxelBlock` has two branches over per-point features ``f`` (B,
   every point by trilinear devoxelisation: the neighbourhood of a point, which a per-point network
   cannot see;
 * point: a shared per-point linear map (PVCNN's point branch), plus a global feature (max and
-  mean over the points, PointNet, Qi et al. 2017) and the time embedding, both broadcast.
+  mean over the points, PointNet, Qi et al. 2017) and the time embedding, both broadcast;
+* local (``neighbors = k > 0``): each point's k nearest points (itself included) by an edge
+  feature max_j SiLU(A f_j - A f_i + P (p_j - p_i)), EdgeConv's (Wang et al. 2019) with its
+  linear map split so that the per-edge work is a sum: where the surface runs at the point's
+  own scale, finer than any voxel.
 
 The sum, through SiLU, is the block's output (with a residual when the widths match). Blocks may
 have different resolutions (``resolutions``), coarse ones seeing the whole shape, fine ones the
@@ -62,6 +66,7 @@ class PVCNNConfig(DictConfig):
         groups: GroupNorm groups of the voxel branch (must divide its width).
         conditional: take a partial cloud ``partial`` (B, M, in_dim), voxelised with the points.
         zero_init: zero the last layer, so the network starts as the zero function.
+        neighbors: k of each block's local branch over the k nearest points (0: none).
     """
 
     in_dim: int = 3
@@ -74,6 +79,7 @@ class PVCNNConfig(DictConfig):
     groups: int = 8
     conditional: bool = False
     zero_init: bool = True
+    neighbors: int = 0
 
     def __post_init__(self) -> None:
         for name in ("in_dim", "out_dim", "time_dim", "embed_dim", "groups"):
@@ -92,17 +98,38 @@ class PVCNNConfig(DictConfig):
         for width in {self.voxel_channels} if self.voxel_channels else set(self.channels):
             if width % self.groups:
                 _fail("groups", self.groups, f"must divide the voxel branch's width {width}")
+        if isinstance(self.neighbors, bool) or not isinstance(self.neighbors, int) or self.neighbors < 0:
+            _fail("neighbors", self.neighbors, "must be an integer >= 0 (0: no local branch)")
         for name in ("conditional", "zero_init"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be true or false")
 
 
+def _nearest(points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each point's ``k`` nearest points of its cloud (itself first; fewer points: all of them):
+    indices (B, N, k) and offsets p_j - p_i (B, N, k, d)."""
+    k = min(k, points.shape[1])
+    index = torch.cdist(points, points).topk(k, dim=2, largest=False).indices
+    return index, _rows(points, index) - points[:, :, None]
+
+
+def _rows(f: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """f (B, N, C) at index (B, N, k) -> (B, N, k, C), by one flat lookup (its backward is a sum
+    into (B N, C), not into a (B, N, N, C) buffer as a gather over an expanded f would be)."""
+    b, n, c = f.shape
+    flat = index + torch.arange(b, device=index.device)[:, None, None] * n
+    return f.reshape(b * n, c)[flat.reshape(-1)].reshape(*index.shape, c)
+
+
 class PointVoxelBlock(nn.Module):
     """One PVConv block (Liu et al. 2019, fig. 3) with the time embedding: (B, N, c_in) -> (B, N, c_out)."""
 
-    def __init__(self, c_in: int, c_out: int, resolution: int, voxel_width: int, embed_dim: int, groups: int) -> None:
+    def __init__(self, c_in: int, c_out: int, resolution: int, voxel_width: int, embed_dim: int, groups: int,
+                 local: bool = False, in_dim: int = 3) -> None:
         super().__init__()
         self.resolution = resolution
+        self.local = nn.ModuleDict({"features": nn.Linear(c_in, voxel_width), "offsets": nn.Linear(in_dim, voxel_width),
+                                    "out": nn.Linear(voxel_width, c_out)}) if local else None
         self.to_voxels = nn.Linear(c_in, voxel_width)   # per point, before voxelising: a narrow grid
         self.conv_in = nn.Conv3d(voxel_width, voxel_width, 3, padding=1)
         self.norm_in = nn.GroupNorm(groups, voxel_width)
@@ -115,13 +142,19 @@ class PointVoxelBlock(nn.Module):
         self.time_point = nn.Linear(embed_dim, c_out)
         self.residual = c_in == c_out
 
-    def forward(self, f: torch.Tensor, coords: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, f: torch.Tensor, coords: torch.Tensor, temb: torch.Tensor,
+                knn: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         v = self.norm_in(self.conv_in(voxelize(self.to_voxels(f), coords, self.resolution)))
         v = F.silu(v + self.time_voxel(temb)[:, :, None, None, None])
         v = F.silu(self.norm_out(self.conv_out(v)))
         pooled = torch.cat([f.amax(dim=1), f.mean(dim=1)], dim=1)
         h = (self.from_voxels(devoxelize(v, coords)) + self.point(f)
              + (self.pooled(pooled) + self.time_point(temb))[:, None, :])
+        if self.local is not None and knn is not None:
+            index, offsets = knn                                   # (B, N, k), (B, N, k, d)
+            a = self.local["features"](f)
+            edges = F.silu(_rows(a, index) - a[:, :, None] + self.local["offsets"](offsets))
+            h = h + self.local["out"](edges.amax(dim=2))
         h = F.silu(h)
         return f + h if self.residual else h
 
@@ -143,7 +176,7 @@ class PVCNN(nn.Module):
                                   nn.Linear(cfg.channels[0], cfg.channels[0]))
         widths = (cfg.channels[0],) + cfg.channels
         self.blocks = nn.ModuleList([
-            PointVoxelBlock(a, b, r, cfg.voxel_channels or b, cfg.embed_dim, cfg.groups)
+            PointVoxelBlock(a, b, r, cfg.voxel_channels or b, cfg.embed_dim, cfg.groups, cfg.neighbors > 0, cfg.in_dim)
             for a, b, r in zip(widths[:-1], widths[1:], cfg.resolutions)])
         last = cfg.channels[-1]
         self.head = nn.Sequential(nn.Linear(last + cfg.in_dim, last), nn.SiLU(), nn.Linear(last, cfg.out_dim))
@@ -164,8 +197,9 @@ class PVCNN(nn.Module):
             f = self.lift(x)
         temb = F.silu(self.embed(t, x.shape[0], None)).to(x.dtype)
         coords = {r: grid_coordinates(points, r) for r in set(cfg.resolutions)}
+        knn = _nearest(points, cfg.neighbors) if cfg.neighbors else None
         for block in self.blocks:
-            f = block(f, coords[block.resolution], temb)
+            f = block(f, coords[block.resolution], temb, knn)
         h = self.head(torch.cat([f[:, :n], x], dim=2))
         groups = cfg.out_dim // cfg.in_dim
         if groups > 1 and cfg.out_dim % cfg.in_dim == 0:   # (B, N, k d) -> (B, k N, d)
