@@ -41,6 +41,7 @@ from ddpmkit.evaluation.evaluate import pick_extractor
 from ddpmkit.evaluation.features import extract_features
 from ddpmkit.evaluation.metrics import feature_metrics
 from ddpmkit.io.checkpoint import list_checkpoints
+from ddpmkit.cli.tune import read_grid
 from ddpmkit.runs import load_checkpoint
 
 
@@ -59,11 +60,7 @@ def sampler_for(spec: str) -> Callable[[torch.Tensor, torch.Generator], torch.Te
     path = run if round_ is None else list_checkpoints(run / "checkpoints")[round_][1]
     ck = load_checkpoint(path)
     prior = float(getattr(ck.process, "prior_std", 1.0))
-    if grid is not None and grid.endswith(".json"):   # a `ddpmkit tune-grid` file: its levels
-        grid = json.loads(Path(grid).read_text())["sigmas"]
-    elif grid is not None and "," in grid:            # the levels themselves
-        grid = [float(v) for v in grid.split(",")]
-    params = {} if grid is None else {"grid": grid}
+    params = {} if grid is None else {"grid": read_grid(grid)[0]}   # a name, a tune-grid file or the levels
     return lambda z, g: dk.sample(ck.process, ck.ema_model, None, sampler, calls, x_T=prior * z, generator=g,
                                   clip_x0=True, progress=False, **params)
 

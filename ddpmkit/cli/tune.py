@@ -16,39 +16,41 @@ from ..io.files import write_json
 from ..sampling.tune import tune_grid
 from .common import at_least_one, load_for_command
 
-__all__ = ["add_tune_command", "grid_argument"]
+__all__ = ["add_tune_command", "grid_argument", "read_grid"]
+
+
+def read_grid(text: str) -> tuple[str | list[float], str | None]:
+    """A ``--grid`` value: (the grid, the sampler a tune-grid file names or None). ``FILE.json`` (a
+    tune-grid file) gives its levels; ``80,0.821,0`` those levels; anything else is a grid's name."""
+    if "," in text:
+        try:
+            return [float(s) for s in text.split(",")], None
+        except ValueError:
+            raise ValueError(f"--grid must be a grid's name, a .json file or comma-separated levels, got "
+                             f"--grid {text}") from None
+    if not text.endswith(".json"):
+        return text, None
+    path = Path(text)
+    try:
+        record = json.loads(path.read_text())
+        return [float(s) for s in record["sigmas"]], record.get("sampler")
+    except FileNotFoundError:
+        raise ValueError(f"--grid {path}: no such file") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"--grid {path}: not a tune-grid file (a JSON object with a 'sigmas' list): {err}") from None
 
 
 def grid_argument(args: argparse.Namespace) -> None:
-    """``--grid FILE.json`` (a tune-grid file): the grid becomes its levels, and ``--sampler`` /
-    ``--steps`` left out become the file's; ``--grid 80,0.821,0``: those levels (steps left out
-    become their count less one); a name stays a name."""
+    """``--grid`` read by :func:`read_grid`: levels replace the text, and ``--sampler`` / ``--steps``
+    left out become a tune-grid file's sampler and the levels' count less one."""
     if args.grid is None:
         return
-    if "," in str(args.grid):
-        try:
-            args.grid = [float(s) for s in str(args.grid).split(",")]
-        except ValueError:
-            raise ValueError(f"--grid must be a grid's name, a .json file or comma-separated levels, got "
-                             f"--grid {args.grid}") from None
+    args.grid, sampler = read_grid(str(args.grid))
+    if isinstance(args.grid, list):
+        if args.sampler is None:
+            args.sampler = sampler
         if args.steps is None:
             args.steps = len(args.grid) - 1
-        return
-    if not str(args.grid).endswith(".json"):
-        return
-    path = Path(args.grid)
-    try:
-        record = json.loads(path.read_text())
-        sigmas = [float(s) for s in record["sigmas"]]
-    except FileNotFoundError:
-        raise ValueError(f"--grid {path}: no such file") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"--grid {path}: not a tune-grid file (a JSON object with a 'sigmas' list): {err}") from None
-    args.grid = sigmas
-    if args.sampler is None:
-        args.sampler = record.get("sampler")
-    if args.steps is None:
-        args.steps = len(sigmas) - 1
 
 
 def _cmd_tune_grid(args: argparse.Namespace) -> int:

@@ -150,7 +150,7 @@ class PointVoxelBlock(nn.Module):
         pooled = torch.cat([f.amax(dim=1), f.mean(dim=1)], dim=1)
         h = (self.from_voxels(devoxelize(v, coords)) + self.point(f)
              + (self.pooled(pooled) + self.time_point(temb))[:, None, :])
-        if self.local is not None and knn is not None:
+        if self.local is not None:   # built with a local branch: PVCNN passes the neighbours
             index, offsets = knn                                   # (B, N, k), (B, N, k, d)
             a = self.local["features"](f)
             edges = F.silu(_rows(a, index) - a[:, :, None] + self.local["offsets"](offsets))
