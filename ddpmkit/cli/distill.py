@@ -6,6 +6,7 @@
     ddpmkit sample runs/digits-cd --steps 2                # the run's own sampler: multistep consistency
     ddpmkit distill runs/digits-flow-reflow --method reflow --one-step --out runs/digits-flow-1step
     ddpmkit distill runs/digits-flow-reflow --method reflow --k-step --steps 2 --out runs/digits-flow-2step
+    ddpmkit distill runs/digits-flow-2step --method reflow --k-step --steps 2 --rollout --out runs/digits-flow-2step-roll
 
 The new run is an ordinary run: ``sample``, ``eval`` and ``export`` take it, ``--resume`` continues it.
 """
@@ -28,7 +29,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
                      teacher_steps=args.teacher_steps, train_steps=args.train_steps, overrides=args.overrides,
                      resume=args.resume, max_steps=args.max_steps, progress=not args.quiet,
                      device=str(resolve_device(args.device)), one_step=args.one_step, k_step=args.k_step,
-                     pairs_from=args.pairs_from)
+                     pairs_from=args.pairs_from, rollout=args.rollout)
     metrics = result.run_dir / "metrics.jsonl"
     if metrics.is_file() and metrics.stat().st_size:
         print(f"loss curve: {plot_loss(metrics, result.run_dir / 'loss.png')}")
@@ -56,6 +57,9 @@ def add_distill_command(sub: Any) -> None:
     p.add_argument("--k-step", action="store_true",
                    help="reflow: distil a reflow run for --steps K Euler calls on its stored pairs, trained only at "
                         "the K-step Euler grid's times t_max (1 - j/K), j < K (Liu et al. 2022, sec. 2.3)")
+    p.add_argument("--rollout", action="store_true",
+                   help="--k-step, K >= 2: train each later step where the student's own earlier Euler steps land, "
+                        "not on the pair's straight interpolant (backward distillation, Kohler et al. 2024)")
     p.add_argument("--pairs-from", default=None,
                    help="reflow: train on the (z, x) pairs stored by this reflow run (or its pairs.safetensors)")
     p.add_argument("--teacher-steps", type=int, default=64, help="progressive: the first teacher's DDIM steps")

@@ -82,6 +82,10 @@ class RectifiedFlow(Process):
             ``"start"`` (t = t_max always: one-step distillation on reflow pairs, Liu et al. 2022 sec. 2.3)
             or ``"steps"`` (t uniform on the ``distill_steps``-step Euler grid: k-step distillation).
         distill_steps: k of ``"steps"`` (1 for ``"start"``), an integer >= 1.
+        rollout: k-step distillation (``"steps"``, k >= 2) on the sampler's own states: the trainer
+            trains level j > 0 at the point the student's own j Euler steps reach from the pair's
+            start, not at the pair's straight interpolant (:mod:`ddpmkit.training.rollout`; the
+            process's own :meth:`loss_terms` is the plain k-step loss).
         p_mean, p_std: the logit-normal's mean and std (SD3: 0 and 1).
         time_scale: the network sees ``time_scale * t`` (999: the scale of training steps
             that ddpmkit's sinusoidal embeddings expect, as the VP process).
@@ -94,7 +98,7 @@ class RectifiedFlow(Process):
 
     def __init__(self, prediction: str = "v", t_min: float = 1e-3, t_max: float = 1.0 - 1e-3,
                  time_sampling: str = "uniform", p_mean: float = 0.0, p_std: float = 1.0,
-                 time_scale: float = 999.0, distill_steps: int = 1):
+                 time_scale: float = 999.0, distill_steps: int = 1, rollout: bool = False):
         self.prediction = self._check_prediction(prediction)
         self.t_min = check_number("t_min", t_min)
         self.t_max = check_number("t_max", t_max)
@@ -110,6 +114,13 @@ class RectifiedFlow(Process):
             raise ValueError(f"time_sampling='start' trains at t_max only (k = 1), got distill_steps={distill_steps!r}; "
                              f"use time_sampling='steps'")
         self.distill_steps = int(distill_steps)
+        if not isinstance(rollout, bool):
+            raise ValueError(f"rollout must be true or false, got rollout={rollout!r}")
+        if rollout and (self.time_sampling != "steps" or self.distill_steps < 2):
+            raise ValueError(f"rollout trains the later steps of a k-step student on its own states: it needs "
+                             f"time_sampling='steps' and distill_steps >= 2, got time_sampling="
+                             f"{self.time_sampling!r}, distill_steps={self.distill_steps}")
+        self.rollout = rollout
         t_grid = flow_times(self.t_min, self.t_max, self.distill_steps)[:-1]   # float64, host: the k-step Euler grid's calls
         self._grid_levels = np.stack([t_grid, t_grid / (1.0 - t_grid)])   # (t, sigma) rows, cast once per batch
 
@@ -152,16 +163,29 @@ class RectifiedFlow(Process):
         notes), t and sigma from the float64 host levels cast once; k = 1 (``"start"``) draws nothing."""
         if self.time_sampling in ("start", "steps"):
             levels = torch.as_tensor(self._grid_levels, dtype=dtype).to(device)
-            if self.distill_steps == 1:
-                index = torch.zeros(batch, dtype=torch.long, device=device)
-            else:
-                index = torch.randint(0, self.distill_steps, (batch,), generator=generator, device=device)
+            index = self._grid_index(batch, generator, device)
             return levels[0, index], levels[1, index]
         if self.time_sampling == "uniform":
             return super().training_sigmas(batch, generator, device, dtype)
         sigma = lognormal_sigmas(batch, generator, device, dtype, self.p_mean, self.p_std)
         t = self.t_of_sigma_on(sigma).clamp(self.t_min, self.t_max)
         return t, self.sigma_on(t)
+
+    def _grid_index(self, batch: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+        """The k-step grid level j of each example (B,), uniform on 0..k-1 (all 0 for k = 1, no draw)."""
+        if self.distill_steps == 1:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        return torch.randint(0, self.distill_steps, (batch,), generator=generator, device=device)
+
+    def draw_levels(self, batch: int, generator: torch.Generator | None, device: torch.device | str,
+                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """``{"t", "sigma"}`` (:meth:`training_sigmas`); with ``rollout`` also ``"level"``, each
+        example's grid index j (the same one draw)."""
+        if not self.rollout:
+            return super().draw_levels(batch, generator, device, dtype)
+        levels = torch.as_tensor(self._grid_levels, dtype=dtype).to(device)
+        index = self._grid_index(batch, generator, device)
+        return {"t": levels[0, index], "sigma": levels[1, index], "level": index}
 
     def loss_weight(self, weighting: str, sigma: torch.Tensor, t: torch.Tensor, snr_gamma: float = 5.0) -> torch.Tensor:
         """``"flow"``: (1 + 1 / sigma)^2 (the flow-matching loss); else the base weightings."""
@@ -176,7 +200,7 @@ class RectifiedFlow(Process):
     def __repr__(self) -> str:
         return (f"RectifiedFlow(prediction={self.prediction!r}, t_min={self.t_min:g}, t_max={self.t_max:g}, "
                 f"time_sampling={self.time_sampling!r}, p_mean={self.p_mean:g}, p_std={self.p_std:g}, "
-                f"time_scale={self.time_scale:g}, distill_steps={self.distill_steps})")
+                f"time_scale={self.time_scale:g}, distill_steps={self.distill_steps}, rollout={self.rollout})")
 
 
 def flow_sigmas(process: RectifiedFlow, steps: int) -> np.ndarray:

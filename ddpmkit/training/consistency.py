@@ -43,7 +43,7 @@ from ..sampling.grids import karras_sigmas
 from ..sampling.loop import SampleOptions
 from ..sampling.ode import euler_step
 
-__all__ = ["PairSchedule", "ConsistencyObjective", "default_objective", "PAIR_KINDS", "TARGETS", "SOLVERS", "pseudo_huber",
+__all__ = ["PairSchedule", "ConsistencyObjective", "PAIR_KINDS", "TARGETS", "SOLVERS", "pseudo_huber",
            "huber_constant", "ict_levels", "ode_step"]
 
 PAIR_KINDS = ("ict", "ect")
@@ -188,12 +188,3 @@ class ConsistencyObjective:
         weight = 1.0 / (sigma_hi - sigma_lo)
         return weight * pseudo_huber(f(x_hi, sigma_hi, **cond), target, self.huber_c)
 
-
-def default_objective(config: Any, process: Any, shape: tuple[int, ...]) -> ConsistencyObjective | None:
-    """What ``train(config)`` optimises beyond the process's own loss: consistency training from
-    scratch (iCT: the curriculum over ``optim.steps``, lognormal pairs) for ``process="consistency"``
-    (the ``digits-ct`` preset); None for every other process."""
-    if not process.consistency_function:
-        return None
-    pairs = PairSchedule("ict", process.sigma_min, process.sigma_max, config.optim.steps, process.p_mean, process.p_std)
-    return ConsistencyObjective(process, pairs, "ct", dim=math.prod(shape))

@@ -23,7 +23,8 @@ Methods (docs/DISTILLATION.md):
   Liu et al. 2022's k-step distillation (sec. 2.3) of a reflow run for ``steps`` = k Euler calls,
   trained on its stored pairs only at the k times of the k-step Euler grid, t_max - j (t_max - t_min) / k
   (``RectifiedFlow(time_sampling="steps", distill_steps=k)``; k = 1, ``one_step=True``: t_max only,
-  ``time_sampling="start"``).
+  ``time_sampling="start"``). ``rollout=True`` (k >= 2) trains each later step at the state the
+  student's own earlier steps reach (:mod:`.rollout`), not at the pair's straight interpolant.
 
 The result is an ordinary run (config.json, resumable checkpoints, metrics.jsonl) that
 ``ddpmkit sample / eval / export`` load like any other; the distillation settings are saved in
@@ -188,19 +189,20 @@ def _objective(settings: DistillSettings, config: TrainConfig, teacher: LoadedCh
                                 dim=math.prod(shape))
 
 
-def k_step_overrides(steps: int) -> list[str]:
+def k_step_overrides(steps: int, rollout: bool = False) -> list[str]:
     """The student config of Liu et al. 2022's k-step distillation (sec. 2.3) for k = ``steps``: its
-    training times on the k-step Euler grid (``"start"``, t_max only, for k = 1), sampled by k Euler steps."""
+    training times on the k-step Euler grid (``"start"``, t_max only, for k = 1), sampled by k Euler steps;
+    ``rollout``: the later steps trained on the student's own states (:mod:`.rollout`)."""
     grid = ["diffusion.time_sampling=start"] if steps == 1 else ["diffusion.time_sampling=steps",
                                                                f"diffusion.distill_steps={steps}"]
-    return grid + ["sample_sampler=euler"]
+    return grid + (["diffusion.rollout=true"] if rollout else []) + ["sample_sampler=euler"]
 
 
 def distill(teacher: str | Path, method: str, out: str | Path, steps: int | None = None, *, mode: str = "cd",
             solver: str = "heun", teacher_steps: int = 64, train_steps: int | None = None,
             overrides: Sequence[str] = (), resume: bool | str | Path = False, max_steps: int | None = None,
             progress: bool = True, device: str = "cpu", one_step: bool = False, k_step: bool = False,
-            pairs_from: str | Path | None = None) -> TrainResult:
+            pairs_from: str | Path | None = None, rollout: bool = False) -> TrainResult:
     """Distil the run ``teacher`` into a new run ``out`` with ``method`` (see the module docstring).
 
     Args:
@@ -221,6 +223,8 @@ def distill(teacher: str | Path, method: str, out: str | Path, steps: int | None
         pairs_from: reflow only: train on the pairs stored there (a reflow run, checkpoint or pairs
             file; :func:`ddpmkit.training.reflow.stored_pairs`) instead of the teacher's own (k-step)
             or freshly drawn ones (plain reflow).
+        rollout: with ``k_step`` and ``steps`` >= 2: train each later step where the student's own
+            earlier Euler steps land (:mod:`ddpmkit.training.rollout`), not on the pair's interpolant.
     """
     method = check_choice("method", method, METHODS)
     steps = 1 if steps is None else steps
@@ -230,6 +234,10 @@ def distill(teacher: str | Path, method: str, out: str | Path, steps: int | None
     if k_step and method != "reflow":
         raise ValueError(f"--k-step distils a reflow run for --steps K calls: it needs --method reflow, "
                          f"got --method {method}")
+    if rollout and (not k_step or steps < 2):
+        raise ValueError(f"--rollout trains the later steps of a k-step student: it needs --method reflow --k-step "
+                         f"and --steps >= 2, got --method {method} --steps {steps}"
+                         f"{'' if k_step else ' without --k-step'}")
     if pairs_from is not None and method != "reflow":
         raise ValueError(f"--pairs-from gives a reflow student its (z, x) pairs: it needs --method reflow, "
                          f"got --method {method}")
@@ -237,7 +245,8 @@ def distill(teacher: str | Path, method: str, out: str | Path, steps: int | None
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"--steps must be an integer >= 1, got --steps {steps!r}")
         distil = one_step or k_step
-        extra = [f"sample_steps={steps}"] + (k_step_overrides(steps) + [f"name={Path(out).name}"] if distil else [])
+        extra = [f"sample_steps={steps}"] + (k_step_overrides(steps, rollout) + [f"name={Path(out).name}"]
+                                             if distil else [])
         return reflow(teacher, out, steps=train_steps or 1000, overrides=extra + list(overrides),
                       resume=bool(resume), progress=progress, device=device,
                       pairs_from=pairs_from if pairs_from is not None else (teacher if distil else None),

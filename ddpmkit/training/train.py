@@ -34,7 +34,7 @@ from ..data import ArrayDataset, load_dataset
 from ..io.checkpoint import (encode_bytes, load_optimizer_state, optimizer_state_tensors, read_checkpoint,
                              rng_state_tensor)
 from ..sampling import sample
-from .consistency import default_objective
+from .objectives import default_objective
 from .config import TrainConfig, check_resumable
 from .distributed import DistInfo, all_gather_cat, barrier, gather_bytes, init_distributed, set_tf32, shutdown
 from .ema import EMA
