@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .predictions import DenoiserBase, batch_sigma, check_choice, time_dtype
-from .score_losses import (MIN_SNR_GAMMA, denoising_loss, edm_weight, likelihood_weight, min_snr_weight,
+from .score_losses import (METRICS, MIN_SNR_GAMMA, denoising_loss, edm_weight, likelihood_weight, min_snr_weight,
                            ncsn_weight)
 
 __all__ = ["Process", "ProcessDenoiser", "check_number", "time_dtype"]
@@ -242,12 +242,13 @@ class Process:
     def loss_terms(self, model: Model, x0: torch.Tensor, weighting: str | None = None, *,
                    generator: torch.Generator | None = None, snr_gamma: float = MIN_SNR_GAMMA,
                    draws: Mapping[str, torch.Tensor] | None = None, levels: int | None = None,
-                   validate: bool = True, **cond: Any) -> dict[str, torch.Tensor]:
+                   validate: bool = True, metric: str = "l2", **cond: Any) -> dict[str, torch.Tensor]:
         """``{"loss"}``: the per-example denoising score matching loss (B,),
         lambda(sigma) mean_dims (D(x0 + sigma eps) - x0)^2 (Song et al. 2021, eq. 7; EDM eq. 2).
 
         ``weighting``: one of ``self.weightings`` (default ``self.default_weighting``);
-        ``snr_gamma``: gamma of ``"min_snr"``. The draws, in this order from ``generator``: the
+        ``snr_gamma``: gamma of ``"min_snr"``; ``metric``: ``"l2"`` or ``"pseudo_huber"`` (the
+        weighted error's pseudo-Huber distance, :func:`~ddpmkit.core.score_losses.denoising_loss`). The draws, in this order from ``generator``: the
         (B,) draw of t (or log sigma for EDM: :meth:`draw_levels`), then the noise eps of ``x0``'s
         shape, both in the working dtype (float32, float64 for float64 data). ``draws``: the same
         numbers drawn beforehand (``{"t", "sigma", "noise"}``, as a trainer draws a global batch),
@@ -257,6 +258,7 @@ class Process:
         weighting = check_choice("weighting", self.default_weighting if weighting is None else weighting,
                                  self.weightings)
         check_number("snr_gamma", snr_gamma)
+        metric = check_choice("metric", metric, METRICS)
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.dim() < 2:
             raise ValueError("x0 must be a floating-point tensor of shape (B, ...)")
         if draws is None:
@@ -264,7 +266,7 @@ class Process:
             draws = self.draw_levels(x0.shape[0], generator, x0.device, work)
             draws["noise"] = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=work)
         weight = self.loss_weight(weighting, draws["sigma"], draws["t"], snr_gamma)
-        return {"loss": denoising_loss(self.denoiser(model), x0, draws["sigma"], draws["noise"], weight, **cond)}
+        return {"loss": denoising_loss(self.denoiser(model), x0, draws["sigma"], draws["noise"], weight, metric, **cond)}
 
     def loss(self, model: Model, x0: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The per-example training loss (B,) of this process: ``loss_terms(...)["loss"]``."""

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..core.score_losses import METRICS
 from ..core.consistency import Consistency
 from ..core.diffusion import GaussianDiffusion
 from ..core.edm import EDM
@@ -105,7 +106,8 @@ def check_diffusion(diffusion: Any) -> None:
     The process's constructor is the judge: a keyword it does not take (:func:`process_keywords`)
     is refused naming the process and the keys it takes, and the process is built, so a bad value
     is the constructor's own message. Beside it, the loss's keys: ``weighting`` (one of the
-    class's ``weightings``; refused where it has none), ``snr_gamma`` > 0 (min_snr only), and the
+    class's ``weightings``; refused where it has none), ``snr_gamma`` > 0 (min_snr only), ``metric``
+    (l2 or pseudo_huber, where ``weighting`` is taken), and the
     discrete chain's fields (:data:`DISCRETE_ONLY`) left at their defaults by the other processes.
     """
     process = diffusion.process
@@ -128,13 +130,16 @@ def check_diffusion(diffusion: Any) -> None:
                 _fail(key, getattr(diffusion, key), f"is for process='discrete' only (process={process!r} "
                       "trains with diffusion.weighting)")
     weightings = getattr(cls, "weightings", ())
-    for key, used in (("weighting", bool(weightings)), ("snr_gamma", "min_snr" in weightings)):
+    for key, used in (("weighting", bool(weightings)), ("snr_gamma", "min_snr" in weightings),
+                      ("metric", bool(weightings))):
         if getattr(diffusion, key) is not None and not used:
             unused_key(key, process, getattr(diffusion, key))
     if diffusion.weighting is not None and diffusion.weighting not in weightings:
         _fail("weighting", diffusion.weighting, f"must be one of {list(weightings)} for process={process!r}")
     if diffusion.snr_gamma is not None and not diffusion.snr_gamma > 0:
         _fail("snr_gamma", diffusion.snr_gamma, "must be a number > 0")
+    if diffusion.metric is not None and diffusion.metric not in METRICS:
+        _fail("metric", diffusion.metric, f"must be one of {list(METRICS)}")
 
 
 def describe_process(diffusion: Any) -> str:

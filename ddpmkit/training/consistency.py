@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 from ..core.consistency import Consistency
+from ..core.score_losses import ict_huber_c
+from ..core.score_losses import pseudo_huber as pseudo_huber_of
 from ..core.predictions import check_choice
 from ..sampling.grids import karras_sigmas
 from ..sampling.loop import SampleOptions
@@ -56,14 +58,13 @@ Denoiser = Callable[..., torch.Tensor]
 
 
 def huber_constant(dim: int) -> float:
-    """iCT's c = 0.00054 sqrt(dim) (sec. 3.3)."""
-    return 0.00054 * math.sqrt(dim)
+    """iCT's c = 0.00054 sqrt(dim) (sec. 3.3): :func:`ddpmkit.core.score_losses.ict_huber_c`."""
+    return ict_huber_c(dim)
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
     """sqrt(||a - b||^2 + c^2) - c per example (B,), the norm over all of an example's dims."""
-    squared = (a - b).flatten(1).square().sum(dim=1)
-    return torch.sqrt(squared + c * c) - c
+    return pseudo_huber_of(a.sub(b).flatten(1).square().sum(dim=1), c)
 
 
 def ict_levels(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:

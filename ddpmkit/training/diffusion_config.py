@@ -65,6 +65,7 @@ class DiffusionConfig(DictConfig):
     process: str = "discrete"         # discrete | ve | vp | subvp | edm | flow | consistency
     weighting: str | None = None      # the loss weighting of a continuous process (its class's weightings)
     snr_gamma: float | None = None    # gamma of min_snr (Hang et al. 2023; 5)
+    metric: str | None = None         # l2 (default) | pseudo_huber: the continuous loss's distance (score_losses)
     beta_range: tuple[float, ...] | None = None   # linear, scaled_linear: (first, last) beta as given
     process_args: tuple[tuple[str, Any], ...] = ()
     """The process keywords that are set, as sorted (key, value) pairs; read them as attributes."""
@@ -139,6 +140,8 @@ class DiffusionConfig(DictConfig):
         options: dict[str, Any] = {"weighting": self.weighting}
         if self.snr_gamma is not None:
             options["snr_gamma"] = self.snr_gamma
+        if self.metric is not None:
+            options["metric"] = self.metric
         return options
 
 
