@@ -40,7 +40,7 @@ bench-inverse: $(STAMP)   # the oracle table (both processes), then inpainting t
 	$(PY) benchmarks/inverse_digits.py --run runs/digits
 
 bench-pointclouds: $(STAMP)   # trains the point-cloud presets where runs/ lacks them, then measures
-	for p in shapes shapes-pvcnn shapes-completion shapes-completion-pdr shapes-denoise; do \
+	for p in shapes shapes-pvcnn shapes-pvcnn-cond shapes-completion shapes-completion-pdr shapes-denoise; do \
 	    test -d runs/$$p || $(PY) -m ddpmkit train $$p || exit 1; done   # each preset's own num_threads
 	OMP_NUM_THREADS=1 $(PY) benchmarks/pointclouds.py --parts generation
 	OMP_NUM_THREADS=1 $(PY) benchmarks/pointclouds.py --parts completion --sampler ddpm --steps 100

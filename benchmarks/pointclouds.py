@@ -1,6 +1,6 @@
 """Point clouds on the generated shapes: generation, completion and denoising, beside baselines.
 
-    .venv/bin/python benchmarks/pointclouds.py      # runs/shapes{,-pvcnn}, runs/shapes-completion{,-pdr}, runs/shapes-denoise
+    .venv/bin/python benchmarks/pointclouds.py      # runs/shapes{,-pvcnn,-pvcnn-cond}, runs/shapes-completion{,-pdr}, runs/shapes-denoise
     .venv/bin/python benchmarks/pointclouds.py --n 100 --denoise-n 50 --runs runs
     .venv/bin/python benchmarks/pointclouds.py --parts generation,completion   # the other parts' results in the JSON stay
 
@@ -12,8 +12,9 @@ generation and completion, 512 for denoising: each part uses its run's ``data.po
 
 * Generation (PointFlow's protocol): 1-NNA, COV and MMD by Chamfer and (``--emd 1``, the default;
   exact EMD, O(N^3) per pair, about 2-4 minutes per set at 256 points) by EMD, of ``--n`` samples
-  of each run against ``--n`` test clouds; beside them the floor (``--n`` training clouds against
-  the same test clouds) and the copying baseline (``--n`` random training shapes with a fresh
+  of each run against ``--n`` test clouds (a class-conditional run draws its labels at the
+  training split's shares, guided with ``--cfg-scale``); beside them the floor (``--n`` training
+  clouds against the same test clouds) and the copying baseline (``--n`` random training shapes with a fresh
   draw of their surface points: N of 2N new area-uniform points). The spreads: the standard
   deviation of 1-NNA and COV over ``--rounds`` random halves of both sets (without replacement:
   a bootstrap's duplicated clouds would be each other's nearest neighbours), divided by sqrt 2.
@@ -68,6 +69,7 @@ from ddpmkit.evaluation.metrics.pointcloud import (chamfer, label_mix, mmd_cov, 
 from ddpmkit.runs import load_checkpoint
 from ddpmkit.io.files import write_json
 from ddpmkit.sampling import sample
+from ddpmkit.sampling.guidance import ClassifierFreeGuidance, prior_labels
 from ddpmkit.sampling.completion import complete_clouds, mirror_completion
 from ddpmkit.sampling.loop import SampleOptions
 from ddpmkit.sampling.ode import euler
@@ -86,7 +88,7 @@ PARTS = ("generation", "completion", "denoising")
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs", help="the folder holding the runs named below")
-    p.add_argument("--generation-runs", default="shapes,shapes-pvcnn",
+    p.add_argument("--generation-runs", default="shapes,shapes-pvcnn,shapes-pvcnn-cond",
                    help="comma-separated generation runs under --runs (missing ones are skipped)")
     p.add_argument("--completion-runs", default="shapes-completion,shapes-completion-pdr",
                    help="comma-separated completion runs under --runs (missing ones are skipped)")
@@ -95,6 +97,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sampler", default=None, help="the sampler of generation and completion (default: each run's "
                    "own sample_sampler, as `ddpmkit sample` takes it)")
     p.add_argument("--steps", type=int, default=None, help="its steps (default: the run's sample_steps)")
+    p.add_argument("--cfg-scale", type=float, default=1.5,
+                   help="classifier-free guidance scale of a class-conditional generation run, whose labels are "
+                        "drawn at the training split's shares (default 1.5, picked on test clouds 100-199; 1: unguided)")
+    p.add_argument("--ref-start", type=int, default=0,
+                   help="generation: score against test clouds REF_START.. (default 0; 100: the set the guidance "
+                        "scale was picked on)")
     p.add_argument("--emd", type=int, default=1, help="1: 1-NNA-EMD / COV-EMD for the models and the floor (default)")
     p.add_argument("--rounds", type=int, default=200, help="random halves for the spreads (default 200)")
     p.add_argument("--seed", type=int, default=0)
@@ -120,9 +128,10 @@ def _sampler(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
             **({"grid": grid} if grid is not None else {})}
 
 
-def _sample(ckpt: Any, n: int, shape: tuple[int, ...], args: argparse.Namespace, cond: dict | None = None) -> torch.Tensor:
+def _sample(ckpt: Any, n: int, shape: tuple[int, ...], args: argparse.Namespace, cond: dict | None = None,
+            model: Any = None) -> torch.Tensor:
     gen = torch.Generator().manual_seed(args.seed)
-    return sample(ckpt.process, ckpt.ema_model, (n, *shape), generator=gen, progress=False, cond=cond or {},
+    return sample(ckpt.process, model or ckpt.ema_model, (n, *shape), generator=gen, progress=False, cond=cond or {},
                   **_sampler(ckpt, args))
 
 
@@ -196,16 +205,22 @@ def generation(args: argparse.Namespace, out: dict) -> dict[str, torch.Tensor]:
     for run in _existing(args, args.generation_runs):
         ckpt = load_checkpoint(Path(args.runs) / run)
         train, test = load_dataset(ckpt.config.data, "train"), load_dataset(ckpt.config.data, "test")
-        n = min(args.n, len(test))
-        refs = test.x[:n]
+        n = min(args.n, len(test) - args.ref_start)
+        refs = test.x[args.ref_start:args.ref_start + n]
         start = time.perf_counter()
-        samples = _sample(ckpt, n, test.shape, args)
+        cond, model, guided = {}, ckpt.ema_model, ""
+        classes = getattr(ckpt.config.network, "num_classes", None)
+        if classes is not None:   # the families at the training shares: the data's whole law
+            cond["y"] = prior_labels(train.y, n, torch.Generator().manual_seed(args.seed + 1000))   # their own stream
+            model = ClassifierFreeGuidance(ckpt.process, ckpt.ema_model, args.cfg_scale, classes)
+            guided = f", family labels, guidance {args.cfg_scale:g}"
+        samples = _sample(ckpt, n, test.shape, args, cond, model)
         seconds = time.perf_counter() - start
         how = _sampler(ckpt, args)
-        rows[f"{run} ({ckpt.config.network_kind}, step {ckpt.state['step']}, {how['sampler']} {how['steps']})"] = {
+        rows[f"{run} ({ckpt.config.network_kind}, step {ckpt.state['step']}, {how['sampler']} {how['steps']}{guided})"] = {
             **_metrics(samples, refs, d_rr, emd, args), **_families(samples, train), "seconds": seconds}
         pictures[run] = samples
-    rows["floor: training clouds"] = {**_metrics(train.x[:n], refs, d_rr, emd, args), **_families(test.x[:n], train)}
+    rows["floor: training clouds"] = {**_metrics(train.x[:n], refs, d_rr, emd, args), **_families(refs, train)}
     copies = _resampled_train(ckpt.config, n, args.seed)
     rows["copying: training shapes re-sampled"] = {**_metrics(copies, refs, d_rr, ("cd",), args),
                                                    **_families(copies, train)}

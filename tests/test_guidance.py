@@ -378,3 +378,21 @@ def test_train_classifier_stops_on_sigterm_between_steps_and_resumes_exactly(tmp
     assert resumed.stopped_by is None and resumed.step == 6
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_prior_labels_draw_the_data_s_own_label_shares():
+    """The ancestral draw of p(c): each class at its share of the labels (within 4 binomial standard
+    errors), a class the labels lack never, the same generator the same labels."""
+    from ddpmkit.sampling.guidance import prior_labels
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [3] * 20)   # shares 0.5, 0.3, 0, 0.2
+    n = 20000
+    y = prior_labels(labels, n, torch.Generator().manual_seed(0))
+    counts = torch.bincount(y, minlength=4).double()
+    for k, share in enumerate((0.5, 0.3, 0.0, 0.2)):
+        se = (n * share * (1 - share)) ** 0.5
+        assert abs(float(counts[k]) - n * share) <= 4 * se, (k, counts)
+    assert torch.equal(y, prior_labels(labels, n, torch.Generator().manual_seed(0)))
+    for bad, n_bad in ((labels, 0), (torch.tensor([0.5, 1.0]), 3), (torch.tensor([-1, 2]), 3)):
+        with pytest.raises(ValueError):
+            prior_labels(bad, n_bad)

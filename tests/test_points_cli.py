@@ -125,3 +125,40 @@ def test_partial_from_needs_a_completion_model(shapes_run, tmp_path, capsys):
     code = main(["sample", str(shapes_run), "--n", "2", "--steps", "2", "--partial-from", "test", "--out",
                  str(tmp_path / "x.png"), "--quiet"])
     assert code == 2 and "not conditional" in capsys.readouterr().err
+
+
+PVCNN_TINY = ["num_threads=1", "data.n=24", "data.points=32", "network.channels=[8,8]", "network.resolutions=[4,4]",
+              "network.voxel_channels=8", "network.groups=4", "network.neighbors=4", "network.time_dim=8",
+              "network.embed_dim=16", "optim.batch_size=6", "optim.steps=2", "log_every=1", "checkpoint_every=0",
+              "sample_every=0"]
+
+
+def test_a_family_conditional_run_samples_at_the_training_shares_with_guidance(tmp_path):
+    """``shapes-pvcnn-cond``: ``--class prior`` draws each cloud's family at the training split's shares
+    (``prior_labels`` from seed + 1) and ``--guidance cfg`` wraps the network: the arrays are what
+    ``dk.sample`` gives with those labels and that wrapper."""
+    import ddpmkit as dk
+    from ddpmkit.sampling.guidance import ClassifierFreeGuidance, prior_labels
+
+    out = tmp_path / "cond"
+    assert main(["train", "shapes-pvcnn-cond", *PVCNN_TINY, f"out={out}", "--quiet"]) == 0
+    assert main(["sample", str(out), "--class", "prior", "--guidance", "cfg", "--scale", "2", "--n", "5", "--steps",
+                 "3", "--seed", "4", "--out", str(tmp_path / "c.png"), "--quiet"]) == 0
+    got = np.load(tmp_path / "c.npz")["x"]
+    run = load_checkpoint(out)
+    train = load_dataset(run.config.data, "train")
+    y = prior_labels(train.y, 5, torch.Generator().manual_seed(5))
+    model = ClassifierFreeGuidance(run.process, run.ema_model, 2.0, 11)
+    want = dk.sample(run.process, model, (5, 32, 3), run.config.sample_sampler, steps=3, cond={"y": y},
+                     generator=torch.Generator().manual_seed(4), progress=False)
+    # the same float32 operations on the same inputs: equal up to float32 rounding of the batch's order
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-5)
+
+
+def test_class_prior_needs_a_class_conditional_run(shapes_run, tmp_path, capsys):
+    assert main(["sample", str(shapes_run), "--class", "prior", "--n", "2", "--out", str(tmp_path / "p.png"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not class-conditional" in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit):
+        main(["sample", str(shapes_run), "--class", "lamp"])

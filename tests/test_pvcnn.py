@@ -75,6 +75,26 @@ def test_permutation_equivariance(conditional: bool, neighbors: int) -> None:
         assert (moved - out).abs().amax() > 1e-3   # and it is read
 
 
+def test_class_labels_keep_equivariance_and_are_read() -> None:
+    """``num_classes``: a label per cloud (B,), embedded beside the time; the points' order still
+    does not matter, each label gives its own output, and no label is the null class."""
+    torch.manual_seed(0)
+    net = PVCNN(PVCNNConfig(**SMALL, num_classes=5, neighbors=4)).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 40, 3, generator=g, dtype=torch.float64)
+    t, y = torch.tensor([3, 50, 99]), torch.tensor([0, 4, 2])
+    out = net(x, t, y=y)
+    perm = torch.randperm(40, generator=g)
+    torch.testing.assert_close(net(x[:, perm], t, y=y), out[:, perm], rtol=0, atol=PERMUTATION_TOL)
+    assert (net(x, t, y=torch.tensor([1, 3, 0])) - out).abs().amax(dim=(1, 2)).min() > 1e-3
+    # the same float64 operations in the same order: bit for bit
+    torch.testing.assert_close(net(x, t), net(x, t, y=torch.full((3,), 5)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        PVCNNConfig(num_classes=0)
+    with pytest.raises(ValueError, match="no class embedding"):
+        PVCNN(PVCNNConfig(**SMALL))(x.float(), t, y=y)
+
+
 def test_the_local_branch_reads_each_points_nearest_points() -> None:
     """_nearest against a brute-force search (itself first, then the k - 1 nearest others); fewer
     points than k gives all of them; a negative k is refused."""
@@ -124,7 +144,7 @@ def test_config_round_trip_registry_and_errors() -> None:
 def test_presets_build_pvcnn() -> None:
     from ddpmkit.training.presets import load_config
 
-    for name in ("shapes-pvcnn", "shapes-completion-pdr"):
+    for name in ("shapes-pvcnn", "shapes-pvcnn-cond", "shapes-completion-pdr"):
         config = load_config(name)
         assert config.network_kind == "pvcnn"
         assert isinstance(build_network(config.network), PVCNN)

@@ -5,11 +5,13 @@
     ddpmkit sample runs/digits-cond --guidance cfg --scale 3 --class 7
     ddpmkit sample runs/digits-cond --guidance classifier --scale 4 --classifier runs/digits-cond-classifier
     ddpmkit sample runs/digits-cond --guidance cfg --scale 2 --out grid.png     # one row per class
+    ddpmkit sample runs/shapes-pvcnn-cond --guidance cfg --scale 2 --class prior   # the data's label shares
 
 ``--scale``: classifier-free w (0 unconditional, 1 conditional, > 1 guided; Ho & Salimans'
 w' = w - 1) or the classifier scale s (0 unguided, 1 the conditional model for an exact
 classifier). Without ``--class``, a class-conditional or guided run draws a grid with one row
-per class (``--n`` rounded up to a multiple of the class count).
+per class (``--n`` rounded up to a multiple of the class count); ``--class prior`` draws each
+sample's label at the training split's label shares (the data's whole law, ``prior_labels``).
 """
 from __future__ import annotations
 
@@ -20,12 +22,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..sampling.guidance import GUIDANCE_KINDS, Guidance, check_labels, class_grid_labels
+from ..data import load_dataset
+from ..sampling.guidance import GUIDANCE_KINDS, Guidance, check_labels, class_grid_labels, prior_labels
 from ..training.config import load_config
 from ..training.train_classifier import load_classifier, train_classifier
 from .common import at_least_one
 
 __all__ = ["add_train_classifier_command", "cmd_train_classifier", "add_guidance_arguments", "prepare_sampling",
+           "class_argument", "PRIOR",
            "GuidedSampling", "check_same_schedule"]
 
 
@@ -56,6 +60,19 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- sample --guidance
+PRIOR = "prior"
+
+
+def class_argument(value: str) -> int | str:
+    """``--class``: an integer label or ``prior`` (labels drawn at the training split's shares)."""
+    if value == PRIOR:
+        return PRIOR
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--class must be an integer label or 'prior', got {value!r}") from None
+
+
 def add_guidance_arguments(p: argparse.ArgumentParser) -> None:
     """``--guidance``, ``--scale``, ``--classifier``, ``--guide-conditional`` for ``ddpmkit sample``."""
     p.add_argument("--guidance", choices=GUIDANCE_KINDS, default="none",
@@ -112,6 +129,11 @@ def prepare_sampling(args: argparse.Namespace, ckpt: Any, model: Any, device: to
     if num_classes is None:
         if args.label is not None:
             raise ValueError(f"--class {args.label} given, but the checkpoint's network is not class-conditional")
+    elif args.label == PRIOR:   # the data's own label shares: the whole law, p(x) = sum_c p(c) p(x | c)
+        labels = load_dataset(ckpt.config.data, "train").y
+        if labels is None:
+            raise ValueError(f"--class prior needs a labelled training split, got data {ckpt.config.data.name!r}")
+        y = prior_labels(labels, n, torch.Generator().manual_seed(args.seed + 1)).to(device)
     elif args.label is not None:
         y = check_labels(torch.full((n,), args.label), num_classes, name="--class").to(device)
     else:

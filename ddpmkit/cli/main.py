@@ -45,7 +45,7 @@ from .convert import add_convert_commands, data_option
 from .distill import add_distill_command
 from .doctor import add_doctor_command
 from .samplers import add_samplers_command
-from .guidance import add_guidance_arguments, add_train_classifier_command, prepare_sampling
+from .guidance import add_guidance_arguments, add_train_classifier_command, class_argument, prepare_sampling
 from .inverse import add_inverse_commands
 from .points import add_points_commands, point_condition, refine_sampled, save_point_samples
 from .refine import add_refine_command
@@ -248,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rho", type=float, default=None, help="the karras grids' exponent (default 7)")
     p.add_argument("--n", type=int, default=64, help="number of samples, >= 1 (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
-    p.add_argument("--class", dest="label", type=int, default=None,
-                   help="class label (conditional or guided models; default: a grid with one row per class)")
+    p.add_argument("--class", dest="label", type=class_argument, default=None,
+                   help="class label (conditional or guided models; default: a grid with one row per class), or "
+                        "'prior': each sample's label drawn at the training split's label shares")
     p.add_argument("--out", default="samples.png", help="a .png grid or an .npz of arrays")
     p.add_argument("--trajectory", default=None, metavar="FILE.png",
                    help=f"also draw the reverse process: x_t and the x0 estimate of the first "

@@ -67,6 +67,9 @@ class PVCNNConfig(DictConfig):
         conditional: take a partial cloud ``partial`` (B, M, in_dim), voxelised with the points.
         zero_init: zero the last layer, so the network starts as the zero function.
         neighbors: k of each block's local branch over the k nearest points (0: none).
+        num_classes: take a class label ``y`` (B,) in [0, num_classes] (num_classes: the null
+            class of classifier-free guidance), its embedding added to the time embedding's
+            (:class:`~ddpmkit.nets.layers.ConditionEmbedding`, as the U-Net's); None: no labels.
     """
 
     in_dim: int = 3
@@ -80,6 +83,7 @@ class PVCNNConfig(DictConfig):
     conditional: bool = False
     zero_init: bool = True
     neighbors: int = 0
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("in_dim", "out_dim", "time_dim", "embed_dim", "groups"):
@@ -100,6 +104,8 @@ class PVCNNConfig(DictConfig):
                 _fail("groups", self.groups, f"must divide the voxel branch's width {width}")
         if isinstance(self.neighbors, bool) or not isinstance(self.neighbors, int) or self.neighbors < 0:
             _fail("neighbors", self.neighbors, "must be an integer >= 0 (0: no local branch)")
+        if self.num_classes is not None and not _is_count(self.num_classes):
+            _fail("num_classes", self.num_classes, "must be an integer >= 1 or None")
         for name in ("conditional", "zero_init"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "must be true or false")
@@ -160,8 +166,9 @@ class PointVoxelBlock(nn.Module):
 
 
 class PVCNN(nn.Module):
-    """``forward(x, t, partial=None)``: ``x`` (B, N, in_dim), ``t`` (B,) or a scalar; ``partial``
-    (B or 1, M, in_dim) when ``config.conditional`` (required then, refused otherwise). Returns
+    """``forward(x, t, partial=None, y=None)``: ``x`` (B, N, in_dim), ``t`` (B,) or a scalar; ``partial``
+    (B or 1, M, in_dim) when ``config.conditional`` (required then, refused otherwise); ``y`` (B,)
+    class labels when ``config.num_classes`` is set (None: the null class). Returns
     (B, N, out_dim), or for ``out_dim = k in_dim`` (learned variance) the k groups stacked on
     dim 1 as (B, k N, in_dim), as :class:`~ddpmkit.nets.pointnet.PointNet` does."""
 
@@ -170,7 +177,7 @@ class PVCNN(nn.Module):
         if not isinstance(config, PVCNNConfig):
             raise ValueError(f"config must be a PVCNNConfig, got {type(config).__name__}")
         self.config = cfg = config
-        self.embed = ConditionEmbedding(cfg.time_dim, cfg.embed_dim, None)
+        self.embed = ConditionEmbedding(cfg.time_dim, cfg.embed_dim, cfg.num_classes)
         features = cfg.in_dim + (1 if cfg.conditional else 0)
         self.lift = nn.Sequential(nn.Linear(features, cfg.channels[0]), nn.SiLU(),
                                   nn.Linear(cfg.channels[0], cfg.channels[0]))
@@ -184,7 +191,8 @@ class PVCNN(nn.Module):
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, partial: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, partial: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         partial = check_point_inputs(x, partial, cfg.in_dim, cfg.conditional)
         n = x.shape[1]
@@ -195,7 +203,7 @@ class PVCNN(nn.Module):
             f = self.lift(torch.cat([points, flags], dim=2))
         else:
             f = self.lift(x)
-        temb = F.silu(self.embed(t, x.shape[0], None)).to(x.dtype)
+        temb = F.silu(self.embed(t, x.shape[0], y)).to(x.dtype)
         coords = {r: grid_coordinates(points, r) for r in set(cfg.resolutions)}
         knn = _nearest(points, cfg.neighbors) if cfg.neighbors else None
         for block in self.blocks:

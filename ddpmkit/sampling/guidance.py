@@ -46,7 +46,7 @@ from ..core.predictions import x0_eps_from_prediction
 from .api import model_device, sample
 
 __all__ = ["GUIDANCE_KINDS", "Guidance", "ClassifierGuidance", "ClassifierFreeGuidance", "ClassifierMeanShift",
-           "check_labels", "class_grid_labels", "classifier_log_prob_grad", "guided_sample"]
+           "check_labels", "class_grid_labels", "prior_labels", "classifier_log_prob_grad", "guided_sample"]
 
 Model = Callable[..., torch.Tensor]
 GUIDANCE_KINDS = ("none", "cfg", "classifier")
@@ -75,6 +75,19 @@ def class_grid_labels(num_classes: int, per_class: int, device: torch.device | s
     if not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class must be an integer >= 1, got per_class={per_class!r}")
     return torch.arange(num_classes, device=device).repeat_interleave(per_class)
+
+
+def prior_labels(labels: Any, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` class ids drawn i.i.d. from the empirical shares of ``labels`` (a data set's own).
+
+    A class-conditional model sampled at these labels samples the data's whole law, by ancestral
+    sampling of p(x) = sum_c p(c) p(x | c) with p(c) the training shares: what an unconditional
+    model's samples are compared against (the point-cloud benchmark's generation rows)."""
+    y = check_labels(labels, int(torch.as_tensor(labels).max()) + 1 if len(labels) else 1, name="labels")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or y.numel() == 0:
+        raise ValueError(f"prior_labels needs n >= 1 and at least one label, got n={n!r} and {y.numel()} labels")
+    shares = torch.bincount(y).double()
+    return torch.multinomial(shares, n, replacement=True, generator=generator)
 
 
 def _check_scale(scale: Any) -> float:
