@@ -162,20 +162,23 @@ class RectifiedFlow(Process):
         Euler grid t_max - j (t_max - t_min) / k, j = 0..k-1 (Liu et al. 2022's k-step distillation; see the module
         notes), t and sigma from the float64 host levels cast once; k = 1 (``"start"``) draws nothing."""
         if self.time_sampling in ("start", "steps"):
-            levels = torch.as_tensor(self._grid_levels, dtype=dtype).to(device)
-            index = self._grid_index(batch, generator, device)
-            return levels[0, index], levels[1, index]
+            return self._grid_draw(batch, generator, device, dtype)[1:]
         if self.time_sampling == "uniform":
             return super().training_sigmas(batch, generator, device, dtype)
         sigma = lognormal_sigmas(batch, generator, device, dtype, self.p_mean, self.p_std)
         t = self.t_of_sigma_on(sigma).clamp(self.t_min, self.t_max)
         return t, self.sigma_on(t)
 
-    def _grid_index(self, batch: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
-        """The k-step grid level j of each example (B,), uniform on 0..k-1 (all 0 for k = 1, no draw)."""
+    def _grid_draw(self, batch: int, generator: torch.Generator | None, device: torch.device | str,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(j, t_j, sigma_j), each (B,): the k-step grid level j of each example, uniform on 0..k-1
+        (all 0 for k = 1, no draw), and its time and noise level from the float64 host table."""
+        levels = torch.as_tensor(self._grid_levels, dtype=dtype).to(device)
         if self.distill_steps == 1:
-            return torch.zeros(batch, dtype=torch.long, device=device)
-        return torch.randint(0, self.distill_steps, (batch,), generator=generator, device=device)
+            index = torch.zeros(batch, dtype=torch.long, device=device)
+        else:
+            index = torch.randint(0, self.distill_steps, (batch,), generator=generator, device=device)
+        return index, levels[0, index], levels[1, index]
 
     def draw_levels(self, batch: int, generator: torch.Generator | None, device: torch.device | str,
                     dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -183,9 +186,8 @@ class RectifiedFlow(Process):
         example's grid index j (the same one draw)."""
         if not self.rollout:
             return super().draw_levels(batch, generator, device, dtype)
-        levels = torch.as_tensor(self._grid_levels, dtype=dtype).to(device)
-        index = self._grid_index(batch, generator, device)
-        return {"t": levels[0, index], "sigma": levels[1, index], "level": index}
+        index, t, sigma = self._grid_draw(batch, generator, device, dtype)
+        return {"t": t, "sigma": sigma, "level": index}
 
     def loss_weight(self, weighting: str, sigma: torch.Tensor, t: torch.Tensor, snr_gamma: float = 5.0) -> torch.Tensor:
         """``"flow"``: (1 + 1 / sigma)^2 (the flow-matching loss); else the base weightings."""
