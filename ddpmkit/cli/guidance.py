@@ -5,7 +5,7 @@
     ddpmkit sample runs/digits-cond --guidance cfg --scale 3 --class 7
     ddpmkit sample runs/digits-cond --guidance classifier --scale 4 --classifier runs/digits-cond-classifier
     ddpmkit sample runs/digits-cond --guidance cfg --scale 2 --out grid.png     # one row per class
-    ddpmkit sample runs/shapes-pvcnn-cond --guidance cfg --scale 2 --class prior   # the data's label shares
+    ddpmkit sample runs/shapes-pvcnn-cond --guidance cfg --scale 1.5 --class prior   # the data's label shares
 
 ``--scale``: classifier-free w (0 unconditional, 1 conditional, > 1 guided; Ho & Salimans'
 w' = w - 1) or the classifier scale s (0 unguided, 1 the conditional model for an exact
