@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["PREDICTIONS", "DenoiserBase", "time_dtype", "batch_sigma", "check_choice", "check_finite", "check_same_shape", "x0_from_eps_at",
+__all__ = ["PREDICTIONS", "DenoiserBase", "time_dtype", "batch_sigma", "per_example", "check_choice", "check_finite", "check_same_shape", "x0_from_eps_at",
            "eps_from_x0_at", "v_from_at", "x0_from_v_at", "eps_from_v_at", "x0_eps_from_prediction_at",
            "x0_eps_from_prediction"]
 
@@ -87,6 +87,11 @@ def time_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of noise levels and network times for data of ``dtype``: float32, or float64 for
     float64 data, never a half precision (t = 937.3 would be 936 in bfloat16)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-example values (B,) as a column (B, 1, ..., 1) in ``like``'s dtype, to scale a batch shaped as ``like``."""
+    return values.reshape((-1,) + (1,) * (like.dim() - 1)).to(like.dtype)
 
 
 def batch_sigma(sigma: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

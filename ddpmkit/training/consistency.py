@@ -38,9 +38,8 @@ import numpy as np
 import torch
 
 from ..core.consistency import Consistency
-from ..core.score_losses import ict_huber_c
-from ..core.score_losses import pseudo_huber as pseudo_huber_of
-from ..core.predictions import check_choice
+from ..core.score_losses import ict_huber_c, pseudo_huber as pseudo_huber_of
+from ..core.predictions import check_choice, per_example
 from ..sampling.grids import karras_sigmas
 from ..sampling.loop import SampleOptions
 from ..sampling.ode import euler_step
@@ -72,15 +71,12 @@ def ict_levels(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
     return karras_sigmas(sigma_min, sigma_max, n)[::-1].copy()
 
 
-def _column(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (like.dim() - 1)).to(like.dtype)
-
 
 def ode_step(solver: str, D: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
              **cond: Any) -> torch.Tensor:
     """One probability-flow ODE step per example from ``sigma`` to ``sigma_next`` (both (B,), > 0):
     Euler (DDIM, :func:`ddpmkit.sampling.ode.euler_step`) or Heun (EDM Alg. 1 lines 4-8)."""
-    s, s_next = _column(sigma, x), _column(sigma_next, x)
+    s, s_next = per_example(sigma, x), per_example(sigma_next, x)
     opts = SampleOptions(progress=False, cond=cond)
     x_euler, _ = euler_step(D, x, s, s_next, opts)
     if solver == "euler":
@@ -179,10 +175,10 @@ class ConsistencyObjective:
         f = self.process.denoiser(model)
         x0, z = part["x0"], part["noise"]
         sigma_lo, sigma_hi = part["sigma_lo"], part["sigma_hi"]
-        x_hi = x0 + _column(sigma_hi, x0) * z
+        x_hi = x0 + per_example(sigma_hi, x0) * z
         with torch.no_grad():
             if self.target == "ct":
-                x_lo = x0 + _column(sigma_lo, x0) * z
+                x_lo = x0 + per_example(sigma_lo, x0) * z
             else:
                 x_lo = ode_step(self.solver, self.teacher, x_hi, sigma_hi, sigma_lo, **cond)
             target = f(x_lo, sigma_lo, **cond)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..core.diffusion import GaussianDiffusion
+from ..core.predictions import per_example
 from ..sampling.grids import sigma_grid
 from ..sampling.loop import SampleOptions
 from ..sampling.ode import euler_step
@@ -53,9 +54,6 @@ def progressive_rounds(teacher_steps: int, steps: int) -> list[int]:
         rounds.append(n)
     return rounds
 
-
-def _column(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (like.dim() - 1)).to(like.dtype)
 
 
 class ProgressiveObjective:
@@ -108,7 +106,7 @@ class ProgressiveObjective:
 
     def loss(self, model: Callable[..., torch.Tensor], part: dict[str, torch.Tensor], **cond: Any) -> torch.Tensor:
         x0, z = part["x0"], part["noise"]
-        sigma, mid, end = (_column(part[k], x0) for k in ("sigma", "sigma_mid", "sigma_end"))
+        sigma, mid, end = (per_example(part[k], x0) for k in ("sigma", "sigma_mid", "sigma_end"))
         x_hat = x0 + sigma * z
         opts = SampleOptions(progress=False, cond=cond)
         with torch.no_grad():

@@ -25,14 +25,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..core.predictions import per_example
 from ..sampling.loop import SampleOptions
 from ..sampling.ode import euler_step
 
 __all__ = ["RolloutObjective"]
 
-
-def _column(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 class RolloutObjective:
@@ -64,12 +62,12 @@ class RolloutObjective:
         x0 + sigma_0 noise; exactly ``noise`` at level 0. Reads nothing from the device."""
         denoiser = self.process.denoiser(model)
         opts = SampleOptions(progress=False, cond=cond)
-        level = _column(level, x0)
+        level = per_example(level, x0)
         x_hat = x0 + float(self.sigmas[0]) * noise
         for i in range(self.process.distill_steps - 1):
             stepped, _ = euler_step(denoiser, x_hat, float(self.sigmas[i]), float(self.sigmas[i + 1]), opts)
             x_hat = torch.where(level > i, stepped, x_hat)
-        return torch.where(level == 0, noise, (x_hat - x0) / _column(sigma, x0).to(x0.dtype))
+        return torch.where(level == 0, noise, (x_hat - x0) / per_example(sigma, x0))
 
     def loss(self, model: Callable[..., torch.Tensor], part: dict[str, torch.Tensor], **cond: Any) -> torch.Tensor:
         x0 = part["x0"]
