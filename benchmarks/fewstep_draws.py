@@ -17,7 +17,9 @@ the training split) has far less bias and noise and ranks methods by their dista
 but has no real-data floor at that size (the test split holds 450).
 
 A row is ``RUN[@ROUND]:SAMPLER:CALLS[:GRID]``: RUN a run directory; ``@ROUND`` picks the ROUND-th
-checkpoint (0-based; a progressive run keeps one per halving); GRID a grid name, a
+checkpoint (0-based; a progressive run keeps one per halving); ``+TEACHER@SIGMA`` adds one call by
+TEACHER's model, from level SIGMA to 0 (``dk.sampling.Handoff``: CALLS counts the student's calls only,
+so ``STUDENT:euler:1+TEACHER@0.25`` takes two); GRID a grid name, a
 `ddpmkit tune-grid` .json file, or the levels, comma-separated (e.g. ``80,0.821,0``: the two-call
 consistency grid with Song et al. 2023's sigma_mid). Every row starts from the same noise: draw i
 is seed ``--seed + i`` (none of the reflow pairs' seeds 0-3), scaled by the process's prior_std. Writes a table and
@@ -46,10 +48,10 @@ from ddpmkit.runs import load_checkpoint
 
 
 def parse_row(spec: str) -> tuple[Path, int | None, str, int, str | None]:
-    """``RUN[@ROUND]:SAMPLER:CALLS[:GRID]`` -> (run, round, sampler, calls, grid)."""
-    parts = spec.split(":")
+    """``RUN[@ROUND]:SAMPLER:CALLS[:GRID][+TEACHER@SIGMA]`` -> (run, round, sampler, calls, grid)."""
+    parts = spec.partition("+")[0].split(":")
     if len(parts) not in (3, 4) or not parts[2].isdigit():
-        raise SystemExit(f"row {spec!r}: expected RUN[@ROUND]:SAMPLER:CALLS[:GRID]")
+        raise SystemExit(f"row {spec!r}: expected RUN[@ROUND]:SAMPLER:CALLS[:GRID][+TEACHER@SIGMA]")
     run, _, round_ = parts[0].partition("@")
     return Path(run), int(round_) if round_ else None, parts[1], int(parts[2]), parts[3] if len(parts) == 4 else None
 
@@ -60,7 +62,12 @@ def sampler_for(spec: str) -> Callable[[torch.Tensor, torch.Generator], torch.Te
     path = run if round_ is None else list_checkpoints(run / "checkpoints")[round_][1]
     ck = load_checkpoint(path)
     prior = float(getattr(ck.process, "prior_std", 1.0))
-    params = {} if grid is None else {"grid": read_grid(grid)[0]}   # a name, a tune-grid file or the levels
+    params: dict[str, Any] = {} if grid is None else {"grid": read_grid(grid)[0]}   # a name, a tune-grid file or the levels
+    _, plus, handoff = spec.partition("+")
+    if plus:   # one more call, by TEACHER from level SIGMA (dk.sampling.Handoff)
+        teacher, _, level = handoff.rpartition("@")
+        tk = load_checkpoint(Path(teacher))
+        params["handoff"] = dk.sampling.Handoff(tk.process, tk.ema_model, float(level))
     return lambda z, g: dk.sample(ck.process, ck.ema_model, None, sampler, calls, x_T=prior * z, generator=g,
                                   clip_x0=True, progress=False, **params)
 

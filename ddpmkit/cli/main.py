@@ -45,6 +45,7 @@ from .convert import add_convert_commands, data_option
 from .distill import add_distill_command
 from .doctor import add_doctor_command
 from .samplers import add_samplers_command
+from .handoff import add_handoff_arguments, prepare_handoff
 from .guidance import add_guidance_arguments, add_train_classifier_command, class_argument, prepare_sampling
 from .inverse import add_inverse_commands
 from .points import add_points_commands, point_condition, refine_sampled, save_point_samples
@@ -156,13 +157,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         guided.cond.update(point_condition(args.partial_from, ckpt.config, guided.n, device))
     elif args.partial_from is not None:
         raise ValueError(f"--partial-from is for point-cloud models, got {data.kind} data of shape {data_shape}")
+    handoff = prepare_handoff(args, data, guided.cond, device)
     recorder = None
     if args.trajectory is not None:
         recorder = trajectory.TrajectoryRecorder(TRAJECTORY_SAMPLES, TRAJECTORY_STEPS)
     generator = torch.Generator(device).manual_seed(args.seed)
     x = sample(ckpt.process, guided.model, (guided.n, *data_shape), sampler=args.sampler, steps=args.steps,
                generator=generator, device=device, clip_x0=args.clip and levels is not None,
-               progress=not args.quiet, cond=guided.cond, callback=recorder, **guided.params, **params)
+               progress=not args.quiet, cond=guided.cond, callback=recorder, handoff=handoff, **guided.params,
+               **params)
     if args.refiner is not None:
         x = refine_sampled(args.refiner, x, guided.cond.get("partial"))
     out = Path(args.out)
@@ -178,7 +181,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         write_npz(out, arrays)
     else:
         save_sample_grid(x.cpu(), out, levels, guided.nrow, kind=data.kind)
-    print(f"wrote {guided.n} samples ({args.sampler}, {args.steps} steps) to {out}")
+    extra = f" and one call of {args.handoff} from sigma {args.handoff_sigma:g}" if handoff is not None else ""
+    print(f"wrote {guided.n} samples ({args.sampler}, {args.steps} steps{extra}) to {out}")
     if recorder is not None:
         path = trajectory.draw_trajectory(recorder.snapshots, args.trajectory)
         print(f"wrote the reverse process of {min(guided.n, TRAJECTORY_SAMPLES)} samples at "
@@ -274,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="missing-points completion runs: move the generated points with PDR's refinement network "
                         "(a `ddpmkit train-refiner` run)")
     add_guidance_arguments(p)
+    add_handoff_arguments(p)
     p.set_defaults(fn=_cmd_sample)
 
     add_train_classifier_command(sub)

@@ -13,6 +13,7 @@ from .ancestral import ancestral_step, ddpm
 from .api import make_generator, model_device, sample
 from .ddim import invert
 from .dpm_solver import dpmpp2m, dpmpp3m, dpmpp_multistep, dpmpp_update
+from .handoff import Handoff, HandoffDenoiser, handoff_grid
 from .grids import GRIDS, SIGMA_MAX, SKIPS, karras_sigmas, respaced_for, sigma_grid, subsequence, time_grid
 from .loop import SampleOptions, StepInfo, run_steps
 from .multistep import deis, ipndm, ipndm_v, unipc
@@ -31,4 +32,5 @@ __all__ = ["sample", "invert", "SampleOptions", "StepInfo", "SAMPLERS", "Sampler
            "sde", "pc", "langevin_step", "dpmpp2m", "dpmpp3m", "dpmpp_multistep", "dpmpp_update",
            "dpmpp2m_sde", "ancestral_step", "ddpm", "dpmpp3m_sde", "heun_churn", "euler_churn", "ald",
            "reverse_diffusion", "euler_maruyama", "ancestral_ve", "predictor_corrector", "posterior_step",
-           "euler_step", "heun_step", "ipndm", "ipndm_v", "deis", "unipc", "tune_grid", "TunedGrid"]
+           "euler_step", "heun_step", "ipndm", "ipndm_v", "deis", "unipc", "tune_grid", "TunedGrid",
+           "Handoff", "HandoffDenoiser", "handoff_grid"]

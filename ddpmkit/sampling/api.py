@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .handoff import Handoff, HandoffDenoiser, check_handoff, handoff_grid
 from .loop import SampleOptions, StepInfo
 from .plan import plan_sampling, scale_at
 from .registry import check_params, lookup
@@ -75,6 +76,7 @@ def sample(
     callback: Callable[[StepInfo], None] | None = None,
     progress: bool = True,
     cond: dict[str, Any] | None = None,
+    handoff: Handoff | None = None,
     **params: Any,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples from ``model`` with the named sampler.
@@ -97,6 +99,9 @@ def sample(
             ``"karras"``: the sampler's own where it is one of these, else the process's
             ``default_grid``),
             ``rho`` (karras), and the sampler's own parameters, e.g. ``eta`` for DDIM.
+        handoff: another model for the last step (:class:`~ddpmkit.sampling.handoff.Handoff`):
+            the grid gets ``handoff.sigma`` before its final 0 and every call at a level <= it
+            goes to ``handoff.model`` (a distilled student's one call, then its teacher's).
     """
     entry = lookup(sampler)
     check_params(entry, params)
@@ -108,6 +113,12 @@ def sample(
         raise ValueError(f"shape must hold positive integers, got shape={tuple(shape)}")
     grid, rho = params.pop("grid", None), params.pop("rho", 7.0)
     plan = plan_sampling(process, sampler, steps, grid, rho, x_T_given=x_T is not None, params=params)
+    if handoff is not None:
+        check_handoff(handoff)
+        if plan.chain is not None:
+            raise ValueError(f"a hand-off needs a sampler over the denoiser, not DDPM's chain: got sampler={sampler!r}")
+        plan = plan_sampling(process, sampler, None, handoff_grid(plan.sigmas, handoff.sigma), rho,
+                             x_T_given=x_T is not None, params=params)
     if device is None:
         device = x_T.device if x_T is not None else (model_device(model) or torch.device("cpu"))
     if generator is None and seed is not None:
@@ -123,4 +134,7 @@ def sample(
     if plan.chain is not None:   # DDPM's chain on the respaced process, in x_t
         return plan.entry.fn(plan.chain, model, x_T, opts, **plan.params)
     x_hat = x_T / plan.start_scale
-    return plan.entry.fn(process.denoiser(model, clip_x0), x_hat, plan.sigmas, opts, **plan.params)
+    D = process.denoiser(model, clip_x0)
+    if handoff is not None:
+        D = HandoffDenoiser(D, handoff.process.denoiser(handoff.model, clip_x0), handoff.sigma)
+    return plan.entry.fn(D, x_hat, plan.sigmas, opts, **plan.params)
