@@ -54,7 +54,8 @@ bench-fewstep: $(STAMP)   # the digits teacher (make demo) with every solver, it
 	test -d runs/digits-flow-reflow || $(PY) -m ddpmkit distill runs/digits-flow --method reflow --out runs/digits-flow-reflow
 	OMP_NUM_THREADS=1 $(PY) benchmarks/fewstep_flow.py runs/digits-flow runs/digits-flow-reflow --baseline runs/digits
 	OMP_NUM_THREADS=1 $(PY) benchmarks/fewstep_draws.py runs/digits-flow:dpmpp3m:8 runs/digits:dpmpp2m:8 \
-	    runs/digits-flow-reflow:euler:2 runs/digits-flow-reflow:euler:1 benchmarks/out/distill/pd@2:ddim:2:trailing \
+	    runs/digits-flow-reflow:euler:2 runs/digits-flow-reflow:euler:1 \
+	    runs/digits-flow-reflow:euler:1+runs/digits-flow@0.3 benchmarks/out/distill/pd@2:ddim:2:trailing \
 	    benchmarks/out/distill/pd@3:ddim:1:trailing benchmarks/out/distill/cd:consistency:2:80,0.821,0 \
 	    runs/digits:unipc:4 runs/digits:dpmpp2m:4 runs/digits:unipc:5 runs/digits:dpmpp2m:5   # 20 noise draws each
 	for k in 4 5; do $(PY) -m ddpmkit tune-grid runs/digits --sampler unipc --steps $$k --quiet || exit 1; done
