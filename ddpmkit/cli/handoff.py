@@ -2,7 +2,7 @@
 and the teacher's model takes the last call, S -> 0 (:mod:`ddpmkit.sampling.handoff`): a one-step
 student and its teacher draw in two calls.
 
-    ddpmkit sample runs/digits-flow-2step-ph-5k --steps 1 --handoff runs/digits-flow --handoff-sigma 0.25
+    ddpmkit sample runs/digits-flow-2step-ph-5k --steps 1 --handoff runs/digits-flow --handoff-sigma 0.3
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def add_handoff_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handoff", default=None, metavar="RUN",
                    help="one more call, by RUN's model (a distilled run's teacher), from --handoff-sigma to 0")
     p.add_argument("--handoff-sigma", type=float, default=None, metavar="S",
-                   help="the level where RUN takes over (digits: 0.25, docs/FLOW.md)")
+                   help="the level where RUN takes over (the digits flow students: 0.3, docs/FLOW.md)")
 
 
 def prepare_handoff(args: argparse.Namespace, data: Any, cond: dict[str, Any],

@@ -45,8 +45,8 @@ from .convert import add_convert_commands, data_option
 from .distill import add_distill_command
 from .doctor import add_doctor_command
 from .samplers import add_samplers_command
-from .handoff import add_handoff_arguments, prepare_handoff
 from .guidance import add_guidance_arguments, add_train_classifier_command, class_argument, prepare_sampling
+from .handoff import add_handoff_arguments, prepare_handoff
 from .inverse import add_inverse_commands
 from .points import add_points_commands, point_condition, refine_sampled, save_point_samples
 from .refine import add_refine_command

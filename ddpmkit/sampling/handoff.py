@@ -10,7 +10,7 @@ the teacher's one call E[x_0 | x_hat] (Tweedie's formula, x_hat + sigma^2 grad l
 restores the detail. Both denoisers are on the noise-level contract, D(x_hat, sigma) in x_hat =
 x_0 + sigma eps, so any two processes combine (a rectified-flow student with a VP teacher).
 
-    handoff = Handoff(teacher.process, teacher.ema_model, sigma=0.25)
+    handoff = Handoff(teacher.process, teacher.ema_model, sigma=0.3)
     x = dk.sample(student.process, student.ema_model, shape, "euler", 1, handoff=handoff)   # 2 calls
 
 The grid is the sampler's own for ``steps`` steps with its final 0 replaced by ``sigma, 0``
