@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from oracles import gaussian_oracle
 from test_continuous_processes import exact_network as exact_vp_network
 from test_kstep_distill_cli import runs  # noqa: F401  (the module fixture: a tiny flow teacher and rf2)
 from test_rectified_flow import MU, SD, exact_network
@@ -63,6 +64,28 @@ def test_with_exact_models_the_hand_off_is_the_sampler_on_the_longer_grid():
                            handoff=Handoff(flow, net, 0.05))
         assert torch.equal(handed, longer), sampler
         assert not torch.equal(handed, plain)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+def test_the_discrete_chain_hands_off_on_every_schedule(schedule):
+    """A discrete student (its exact oracle) through ddim / dpmpp2m / unipc at 3 steps on the
+    ``trailing`` grid (whose last level is not the chain's first step, as a progressive student's): the hand-off
+    to itself is the sampler on the longer grid bit for bit, and an exact flow teacher's last step is
+    the chain's own."""
+    diffusion = dk.GaussianDiffusion(dk.Schedule.named(schedule, 1000))
+    oracle = gaussian_oracle(diffusion.schedule, [MU], [SD])
+    flow = dk.RectifiedFlow()
+    x_T = start(3)
+    for sampler in ("ddim", "dpmpp2m", "unipc"):
+        grid = handoff_grid(dk.sampling.plan_sampling(diffusion, sampler, 3, "trailing").sigmas, 0.05)
+        longer = dk.sample(diffusion, oracle, None, sampler, grid=grid.tolist(), x_T=x_T, progress=False)
+        handed = dk.sample(diffusion, oracle, None, sampler, 3, x_T=x_T, progress=False, grid="trailing",
+                           handoff=Handoff(diffusion, oracle, 0.05))
+        assert torch.equal(handed, longer), (schedule, sampler)
+        by_flow = dk.sample(diffusion, oracle, None, sampler, 3, x_T=x_T, progress=False, grid="trailing",
+                            handoff=Handoff(flow, exact_network(flow), 0.05))
+        # both teachers are exact at sigma = 0.05: float64 roundings of O(1) numbers (2e-16 measured)
+        torch.testing.assert_close(by_flow, handed, rtol=0, atol=1e-12)
 
 
 def test_a_teacher_of_another_process_serves_the_same_step():
