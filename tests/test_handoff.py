@@ -17,6 +17,7 @@ from oracles import gaussian_oracle
 from test_continuous_processes import exact_network as exact_vp_network
 from test_kstep_distill_cli import runs  # noqa: F401  (the module fixture: a tiny flow teacher and rf2)
 from test_rectified_flow import MU, SD, exact_network
+from test_sync_free_sampling import Net, count_host_reads
 
 import ddpmkit as dk
 from ddpmkit.cli.main import main
@@ -169,3 +170,21 @@ def test_the_benchmark_reads_a_hand_off_row():
     spec.loader.exec_module(draws)
     assert draws.parse_row("runs/a:euler:1+runs/b@0.3") == (Path("runs/a"), None, "euler", 1, None)
     assert draws.parse_row("runs/a@2:ddim:2:trailing+runs/b@0.3") == (Path("runs/a"), 2, "ddim", 2, "trailing")
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp2m", "unipc"])
+def test_a_hand_off_reads_the_device_no_more_with_more_steps(sampler):
+    """The choice of model is made on the host's grid floats: a run of 4 and of 8 student steps
+    make the same number of host reads (tests/test_sync_free_sampling.py's counter)."""
+    torch.manual_seed(0)
+    student, teacher = dk.RectifiedFlow(), VP()
+    handoff = Handoff(teacher, Net().eval(), 0.05)   # below the last level of uniform_open at 8 steps (0.14)
+    net = Net().eval()
+    reads = []
+    for steps in (4, 8):
+        x_T = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+        with count_host_reads() as counts:
+            dk.sample(student, net, None, sampler, steps, x_T=x_T, progress=False, grid="uniform_open",
+                      handoff=handoff)
+        reads.append(sum(counts.values()))
+    assert reads[0] == reads[1], reads
